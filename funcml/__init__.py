@@ -1,0 +1,26 @@
+"""funcml: a pure-functional, JAX-style deep-learning library in PyTorch.
+
+Models are pure functions over explicit parameter pytrees; randomness comes only from
+explicit keys; configs are frozen dataclasses; training steps are pure and compiled.
+
+    from funcml import random, tree
+    key = random.key(0)
+    params, state = model.init(key, cfg)
+    out, state = model.apply(params, state, x, cfg, key=key, train=True)
+
+Start with `help(funcml.random)` and `help(funcml.tree)`.
+"""
+
+from . import checks, config, errors, random, repro, tree
+from .checks import check_dtype, check_finite, check_range, check_shape
+from .errors import (CheckpointError, ConfigError, DataError, DTypeError, FuncmlError, NonFiniteError,
+                     PRNGKeyError, RangeError, ShapeError)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "checks", "config", "errors", "random", "repro", "tree",
+    "check_shape", "check_dtype", "check_range", "check_finite",
+    "FuncmlError", "ShapeError", "DTypeError", "RangeError", "ConfigError", "DataError",
+    "CheckpointError", "NonFiniteError", "PRNGKeyError",
+]

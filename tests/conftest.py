@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests run on 2 CPU cores in CI: keep each file fast, mark long ones `slow`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from funcml import random
+
+# Two cores in CI: more threads than cores only adds contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def key() -> torch.Tensor:
+    """A fixed PRNG key, so every test is deterministic."""
+    return random.key(0)
+
+
+@pytest.fixture
+def getkey():
+    """A callable that returns a fresh key on each call (`k = getkey()`), deterministically."""
+    state = {"key": random.key(1234)}
+
+    def next_key() -> torch.Tensor:
+        state["key"], sub = random.split(state["key"])
+        return sub
+
+    return next_key
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skipif(True, reason="needs a CUDA device (run on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
