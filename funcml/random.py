@@ -29,7 +29,6 @@ runs and machines (Python's `hash` is not).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Sequence
 
@@ -120,10 +119,13 @@ def split(k: Key, n: int = 2) -> Key:
     return torch.stack([y0, y1], dim=-1)
 
 
-@torch.compiler.assume_constant_result
 def _name_hash(name: str) -> int:
-    # A pure function of the string, so torch.compile may fold it into a constant.
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    """64-bit FNV-1a of the UTF-8 bytes: stable across runs and machines, and plain Python
+    integer arithmetic, so torch.compile folds it into a constant."""
+    h = 0xCBF29CE484222325
+    for byte in name.encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 
 def _data_words(data) -> tuple:

@@ -1,0 +1,1 @@
+"""funcml.nn: layers as pure `(init, apply)` pairs over parameter dicts of tensors."""

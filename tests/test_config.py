@@ -1,0 +1,138 @@
+"""funcml.config: frozen, hashable, round-trips through files, strict about fields, tyro CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Annotated, Literal, Union
+
+import pytest
+import tyro
+
+from funcml import config
+from funcml.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class SmallNet:
+    depth: int = 2
+    width: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class BigNet:
+    depth: int = 4
+    heads: int = 2
+
+
+Model = Union[Annotated[SmallNet, tyro.conf.subcommand("small")], Annotated[BigNet, tyro.conf.subcommand("big")]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Train:
+    lr: float = 1e-3
+    steps: int = 10
+    precision: Literal["fp32", "bf16"] = "fp32"
+    sizes: tuple[int, ...] = (32, 64)
+    note: str | None = None
+    model: Model = SmallNet()
+
+
+PRESETS = {"small": ("the small net", Train()), "big": ("the big net", Train(model=BigNet(heads=4), lr=3e-4))}
+
+
+def test_configs_are_frozen_and_hashable():
+    cfg = Train()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0  # type: ignore[misc]
+    assert hash(cfg) == hash(Train())
+    assert {cfg: 1}[Train()] == 1
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_save_and_load_round_trip_with_union_members(tmp_path, suffix):
+    cfg = Train(lr=0.5, sizes=(1, 2, 3), note="x", model=BigNet(heads=8))
+    path = config.save(cfg, tmp_path / f"config{suffix}")
+    back = config.load(Train, path)
+    assert back == cfg and isinstance(back.model, BigNet)
+
+
+def test_to_dict_tags_dataclasses_with_their_type():
+    d = config.to_dict(Train(model=BigNet()))
+    assert d["model"]["_type"] == "BigNet" and d["sizes"] == [32, 64]
+    json.dumps(d)
+
+
+def test_unknown_field_is_named(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"lr": 0.1, "learning_rate": 0.2}))
+    with pytest.raises(ConfigError, match=r"unknown config field\(s\) \['learning_rate'\] for Train"):
+        config.load(Train, tmp_path / "c.json")
+
+
+def test_nested_unknown_field_carries_its_path():
+    with pytest.raises(ConfigError, match=r"\['model.wdith'\]"):
+        config.from_dict(Train, {"model": {"_type": "SmallNet", "wdith": 3}})
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [({"lr": "fast"}, "lr"), ({"steps": 2.5}, "steps"), ({"precision": "fp8"}, "precision"),
+     ({"sizes": [1, "a"]}, r"sizes\[1\]"), ({"model": {"_type": "Huge"}}, "model"), ({"steps": True}, "steps")],
+)
+def test_ill_typed_field_is_named(data, field):
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        config.from_dict(Train, data)
+
+
+def test_ints_are_accepted_for_floats_and_lists_become_tuples():
+    cfg = config.from_dict(Train, {"lr": 1, "sizes": [4]})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.sizes == (4,)
+
+
+def test_missing_or_unparsable_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(Train, tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{lr: ")
+    with pytest.raises(ConfigError, match="could not be parsed"):
+        config.load(Train, tmp_path / "bad.json")
+
+
+def test_cli_flags_and_union_subcommands():
+    cfg = config.cli(Train, args=["--lr", "0.25", "--sizes", "1", "2", "model:big", "--model.heads", "6"])
+    assert cfg == Train(lr=0.25, sizes=(1, 2), model=BigNet(heads=6))
+
+
+def test_cli_presets_give_defaults_that_flags_override():
+    cfg = config.cli(Train, presets=PRESETS, args=["big", "--lr", "0.1"])
+    assert cfg == Train(model=BigNet(heads=4), lr=0.1)
+
+
+def test_cli_config_file_gives_defaults_that_flags_override(tmp_path):
+    path = config.save(Train(steps=99, model=BigNet(heads=3)), tmp_path / "c.json")
+    cfg = config.cli(Train, args=["--config", str(path), "--lr", "0.5"])
+    assert cfg == Train(steps=99, lr=0.5, model=BigNet(heads=3))
+
+
+def test_cli_refuses_preset_and_config_together(tmp_path):
+    path = config.save(Train(), tmp_path / "c.json")
+    with pytest.raises(ConfigError, match="either a preset"):
+        config.cli(Train, presets=PRESETS, args=["big", "--config", str(path)])
+
+
+def test_bad_flag_exits_with_status_2(tmp_path):
+    script = tmp_path / "cli.py"
+    script.write_text(textwrap.dedent("""
+        import dataclasses
+        from funcml import config
+        @dataclasses.dataclass(frozen=True)
+        class C:
+            steps: int = 1
+        print(config.cli(C))
+    """))
+    ok = subprocess.run([sys.executable, str(script), "--steps", "3"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "C(steps=3)" in ok.stdout
+    bad = subprocess.run([sys.executable, str(script), "--steps", "three"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--steps" in bad.stdout + bad.stderr
