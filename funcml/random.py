@@ -22,8 +22,8 @@ compute in float64 and round once to the output dtype, so a last-bit difference 
 two float64 math libraries almost never reaches a float32 result.
 
 Streams are kept apart by a domain word in the counter: sampling uses counters `(0, i)`,
-`split` uses `(1, i)`, and `fold_in` hashes its data under two other domain words. Named
-streams: `fold_in(key, "dropout")` hashes the name with BLAKE2b, which is stable across
+`split` uses `(1, i)`, and `fold_in` uses the data as the counter under a tweaked key. Named
+streams: `fold_in(key, "dropout")` hashes the name with 64-bit FNV-1a, which is stable across
 runs and machines (Python's `hash` is not).
 """
 
@@ -58,7 +58,8 @@ Shape = int | Sequence[int] | torch.Size
 _MASK = 0xFFFFFFFF
 _PARITY = 0x1BD11BDA  # Threefry's key-schedule constant
 _ROT = ((13, 15, 26, 6), (17, 29, 16, 24))
-_DOMAIN_BITS, _DOMAIN_SPLIT, _DOMAIN_FOLD_HI, _DOMAIN_FOLD_LO = 0, 1, 0x9E3779B9, 0x7F4A7C15
+_DOMAIN_BITS, _DOMAIN_SPLIT = 0, 1
+_FOLD_TWEAK = (0x9E3779B9, 0x7F4A7C15)  # golden-ratio and SplitMix constants
 
 
 def _add(a: torch.Tensor, b) -> torch.Tensor:
@@ -147,12 +148,16 @@ def _data_words(data) -> tuple:
 
 def fold_in(k: Key, data: int | str | torch.Tensor) -> Key:
     """A new key that depends on `k` and `data` (an int in `[0, 2**64)`, a name, or a scalar
-    integer tensor such as the train step, so that it can be traced without recompiling)."""
+    integer tensor such as the train step, so that it can be traced without recompiling).
+
+    One Threefry block: the 64-bit data is the counter and the cipher key is `k` with its
+    words tweaked by fixed constants, which keeps fold_in's outputs apart from `split` and
+    sampling (both of which use `k` itself) while all 2**64 data values stay distinct.
+    """
     _check_key(k)
     hi, lo = _data_words(data)
-    a0, a1 = threefry2x32(k[0], k[1], _DOMAIN_FOLD_HI, hi)
-    b0, b1 = threefry2x32(a0, a1, _DOMAIN_FOLD_LO, lo)
-    return torch.stack([torch.as_tensor(b0), torch.as_tensor(b1)]).to(device=k.device)
+    y0, y1 = threefry2x32(k[0] ^ _FOLD_TWEAK[0], k[1] ^ _FOLD_TWEAK[1], hi, lo)
+    return torch.stack([torch.as_tensor(y0), torch.as_tensor(y1)]).to(device=k.device)
 
 
 def _shape(shape: Shape) -> tuple[int, ...]:

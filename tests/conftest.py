@@ -12,6 +12,11 @@ from funcml import random
 # Two cores in CI: more threads than cores only adds contention.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# The default stage compiles with aot_eager: the same Dynamo capture and AOT autograd as
+# inductor, checked in seconds. CI's second stage re-runs the `compile` tests with inductor,
+# whose C++ code generation costs minutes on a cold cache (see funcml/compiler.py).
+os.environ.setdefault("FUNCML_COMPILE_BACKEND", "aot_eager")
+
 
 @pytest.fixture
 def key() -> torch.Tensor:

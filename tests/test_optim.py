@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import vmap
 
-from funcml import optim, random, tree
+from funcml import compiler, optim, random, tree
 from funcml.errors import ConfigError, ShapeError
 
 STEPS = 50
@@ -300,10 +300,11 @@ def test_update_leaves_grads_state_and_params_unchanged(key):
     assert not tree.allclose(new_params, params) and not tree.allclose(new_state, state)
 
 
+@pytest.mark.compile
 def test_compiled_update_equals_eager_and_does_not_recompile_as_lr_changes(key):
     tx = _full_tx()
     step = _step(tx)
-    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    compiled = compiler.compile(step)
     params = {"w": random.normal(key, (4, 3)), "b": torch.zeros(4)}
     grads = _grad_sequence(key, params, steps=4)
     eager_p, eager_s = comp_p, comp_s = params, tx.init(params)

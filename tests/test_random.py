@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from funcml import random
+from funcml import compiler, random
 from funcml.errors import PRNGKeyError
 
 SAMPLERS = {
@@ -51,7 +51,7 @@ def test_golden_values_pin_the_streams():
     # A change of algorithm, domain words or bit-to-float conversion changes these numbers.
     k = random.key(42)
     assert random.split(k).tolist() == [[430176367, 3485206521], [1154097635, 473298049]]
-    assert random.fold_in(k, "dropout").tolist() == [199181908, 2824490082]
+    assert random.fold_in(k, "dropout").tolist() == [1657757451, 633146784]
     assert random.bits(k, 3).tolist() == GOLDEN_BITS
     torch.testing.assert_close(random.uniform(k, (4,)), torch.tensor(GOLDEN_UNIFORM), rtol=0, atol=0)
     torch.testing.assert_close(random.normal(k, (4,)), torch.tensor(GOLDEN_NORMAL), rtol=0, atol=0)
@@ -69,6 +69,7 @@ def test_float32_uniform_is_the_top_24_bits_of_a_word(key):
     assert float(random.uniform(k, (1,))[0]) == (GOLDEN_BITS[0] >> 8) / 2**24
 
 
+@pytest.mark.compile
 def test_same_key_same_bits_eager_and_compiled(key):
     # One compiled graph holds every sampler (compiling each alone costs ~10 s on 2 cores).
     def all_samplers(k):
@@ -76,7 +77,7 @@ def test_same_key_same_bits_eager_and_compiled(key):
 
     eager = all_samplers(key)
     again = all_samplers(key.clone())
-    compiled = torch.compile(all_samplers, fullgraph=True, dynamic=False)(key)
+    compiled = compiler.compile(all_samplers)(key)
     for name, e, a, c in zip(SAMPLERS, eager, again, compiled):
         assert torch.equal(e, a), name
         assert torch.equal(e, c), name
@@ -93,11 +94,12 @@ def test_vmap_over_keys_equals_a_loop(name, key):
         assert not torch.equal(batched[0], batched[1]), "a batch of keys must give independent streams"
 
 
+@pytest.mark.compile
 def test_float64_normals_agree_to_an_ulp_when_compiled(key):
     # Two float64 math libraries (eager ATen vs inductor) may differ in the last bit; float32
     # outputs are rounded from float64 and are bit-identical (tested above).
     f = lambda k: random.normal(k, (1000,), dtype=torch.float64)  # noqa: E731
-    torch.testing.assert_close(torch.compile(f, fullgraph=True)(key), f(key), rtol=4e-16, atol=1e-15)
+    torch.testing.assert_close(compiler.compile(f)(key), f(key), rtol=4e-16, atol=1e-15)
 
 
 def test_bits_are_prefix_stable(key):

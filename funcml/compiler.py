@@ -1,0 +1,32 @@
+"""One place where funcml calls `torch.compile`.
+
+    step = compiler.compile(step)          # fullgraph=True, static shapes
+
+The backend is `inductor` (torch's default, generated C++/Triton kernels) unless the
+environment variable `FUNCML_COMPILE_BACKEND` names another, e.g. `aot_eager`: the same
+Dynamo graph capture and AOT autograd, run with eager kernels. That is how the default test
+stage checks tracing (one graph, no recompiles, same numbers) in seconds; inductor's code
+generation costs minutes on a cold cache on 2 CPU cores, so its tests run in CI's second
+stage (`FUNCML_COMPILE_BACKEND=inductor python3 dev.py test -m "slow or compile"`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import torch
+
+__all__ = ["compile", "backend"]
+
+F = TypeVar("F", bound=Callable)
+
+
+def backend() -> str:
+    """The compile backend in force: `$FUNCML_COMPILE_BACKEND`, else "inductor"."""
+    return os.environ.get("FUNCML_COMPILE_BACKEND", "inductor")
+
+
+def compile(fn: F, *, fullgraph: bool = True, dynamic: bool | None = False) -> F:  # noqa: A001 - mirrors torch.compile
+    """`torch.compile(fn, fullgraph=fullgraph, dynamic=dynamic, backend=backend())`."""
+    return torch.compile(fn, fullgraph=fullgraph, dynamic=dynamic, backend=backend())

@@ -1,0 +1,272 @@
+"""Pre-norm transformer blocks and stacks (Vaswani et al., "Attention is all you need", 2017;
+pre-norm as in Xiong et al., "On layer normalization in the transformer architecture", 2020).
+
+    encoder block:  x = x + drop(mha(ln1(x)))
+                    x = x + drop(ffn(ln2(x)))
+    decoder block:  x = x + drop(mha(ln1(x)))                       self-attention
+                    x = x + drop(mha(ln2(x), memory))               cross-attention
+                    x = x + drop(ffn(ln3(x)))
+    stack:          x = ln_f(block_{L-1}(... block_0(x)))
+
+    params = init_encoder(key, num_layers=2, d_model=64, num_heads=4, d_ff=256)
+    h = encoder(params, x, num_heads=4, mask=valid)                   # x: [B, T, 64]
+    dec = init_decoder(key, 2, 64, 4, 256)
+    y = decoder(dec, tokens, h, num_heads=4, memory_mask=valid)
+
+With `dropout_rate > 0` and `train=True`, dropout is applied to the attention weights, after
+the FFN's activation, and to each sublayer's output before the residual add (as in the
+original paper); it needs an explicit `key`. A block draws each dropout from a named stream
+`random.fold_in(key, name)`; a stack gives layer `i` the key `random.split(key, L)[i]`.
+Masks follow `funcml.nn.attention`: boolean, True = attend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .. import random
+from ..checks import check_shape
+from ..errors import ConfigError, PRNGKeyError
+from .attention import _check_heads, init_mha, mha
+from .layers import activation as _activation
+from .layers import dense, dropout, init_dense
+from .norm import init_layer_norm, layer_norm
+
+__all__ = [
+    "TransformerConfig",
+    "init_ffn", "ffn",
+    "init_encoder_block", "encoder_block", "init_decoder_block", "decoder_block",
+    "init_encoder", "encoder", "init_decoder", "decoder",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes of a transformer stack, for callers that keep them in a config.
+
+    d_model: the residual width D. num_heads: H, a divisor of D. d_ff: the FFN hidden width.
+    num_layers: L blocks. dropout: the rate used everywhere in train mode. impl: `"sdpa"`
+    or `"math"` (see `funcml.nn.attention`). activation: the FFN nonlinearity.
+    """
+
+    d_model: int
+    num_heads: int
+    d_ff: int
+    num_layers: int
+    dropout: float = 0.0
+    impl: str = "sdpa"
+    activation: str = "gelu"
+
+    def __post_init__(self):
+        for field in ("d_model", "num_heads", "d_ff", "num_layers"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"TransformerConfig.{field} must be a positive int, got {value!r}")
+        _check_heads(self.d_model, self.num_heads, "TransformerConfig")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.impl not in ("sdpa", "math"):
+            raise ConfigError(f"TransformerConfig.impl must be 'sdpa' or 'math', got {self.impl!r}")
+        _activation(self.activation)  # an unknown name fails when the config is made
+
+
+def _require_key(key: torch.Tensor | None, dropout_rate: float, train: bool, where: str) -> None:
+    if train and dropout_rate > 0 and key is None:
+        raise PRNGKeyError(
+            f"{where}: train=True with dropout_rate={dropout_rate} needs an explicit key= "
+            "(pass a funcml.random key, or train=False / dropout_rate=0)"
+        )
+
+
+def _stream(key: torch.Tensor | None, name: str) -> torch.Tensor | None:
+    return None if key is None else random.fold_in(key, name)
+
+
+# -------------------------------------------------------------------------------- feed-forward
+
+
+def init_ffn(key: torch.Tensor, d_model: int, d_ff: int, *, dtype: torch.dtype = torch.float32) -> dict:
+    """`{"fc1": dense [D, d_ff], "fc2": dense [d_ff, D]}`."""
+    k1, k2 = random.split(key)
+    return {"fc1": init_dense(k1, d_model, d_ff, dtype=dtype), "fc2": init_dense(k2, d_ff, d_model, dtype=dtype)}
+
+
+def ffn(params: dict, x: torch.Tensor, *, activation: str = "gelu", dropout_rate: float = 0.0,
+        key: torch.Tensor | None = None, train: bool = False) -> torch.Tensor:
+    """The position-wise feed-forward network `y = drop(act(x W_1 + b_1)) W_2 + b_2`.
+
+    Arguments:
+        x: `[..., D]` float.
+        activation: a name accepted by `funcml.nn.layers.activation`.
+        dropout_rate, key, train: dropout after the activation (train mode; needs `key`).
+
+    Returns: `[..., D]`.
+    """
+    _require_key(key, dropout_rate, train, "ffn")
+    check_shape(x, "... d", name="x", d=params["fc1"]["w"].shape[0])
+    h = _activation(activation)(dense(params["fc1"], x))
+    h = dropout(key, h, dropout_rate, train=train)
+    return dense(params["fc2"], h)
+
+
+# -------------------------------------------------------------------------------------- blocks
+
+
+def init_encoder_block(key: torch.Tensor, d_model: int, num_heads: int, d_ff: int, *,
+                       dtype: torch.dtype = torch.float32) -> dict:
+    """`{"ln1": layer norm, "attn": mha, "ln2": layer norm, "ffn": ffn}`."""
+    k_attn, k_ffn = random.split(key)
+    return {
+        "ln1": init_layer_norm(d_model, dtype=dtype),
+        "attn": init_mha(k_attn, d_model, num_heads, dtype=dtype),
+        "ln2": init_layer_norm(d_model, dtype=dtype),
+        "ffn": init_ffn(k_ffn, d_model, d_ff, dtype=dtype),
+    }
+
+
+def encoder_block(params: dict, x: torch.Tensor, *, num_heads: int, mask: torch.Tensor | None = None,
+                  causal: bool = False, dropout_rate: float = 0.0, key: torch.Tensor | None = None,
+                  train: bool = False, impl: str = "sdpa", activation: str = "gelu") -> torch.Tensor:
+    """A pre-norm encoder block:
+
+        x = x + drop(mha(ln1(x), mask))
+        y = x + drop(ffn(ln2(x)))
+
+    Arguments:
+        x: `[B, T, D]` float.
+        num_heads: H (static).
+        mask: bool, True = attend: `[B, T]` key padding or `[B, T, T]` full.
+        causal: also mask future positions.
+        dropout_rate, key, train: see the module doc; `key` is needed when training with dropout.
+        impl: `"sdpa"` or `"math"` attention.
+
+    Returns: `y: [B, T, D]`.
+    """
+    _require_key(key, dropout_rate, train, "encoder_block")
+    check_shape(x, "b t d", name="x", d=params["ln1"]["scale"].shape[0])
+    drop = dict(dropout_rate=dropout_rate, train=train)
+    h = mha(params["attn"], layer_norm(params["ln1"], x), num_heads=num_heads, mask=mask, causal=causal,
+            key=_stream(key, "attn.dropout"), impl=impl, **drop)
+    x = x + dropout(_stream(key, "attn.residual_dropout"), h, dropout_rate, train=train)
+    h = ffn(params["ffn"], layer_norm(params["ln2"], x), activation=activation,
+            key=_stream(key, "ffn.dropout"), **drop)
+    return x + dropout(_stream(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
+
+
+def init_decoder_block(key: torch.Tensor, d_model: int, num_heads: int, d_ff: int, *,
+                       d_memory: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """`{"ln1", "self_attn", "ln2", "cross_attn", "ln3", "ffn"}`; `d_memory` is the feature dim
+    of the memory the cross-attention reads (default `d_model`)."""
+    k_self, k_cross, k_ffn = random.split(key, 3)
+    return {
+        "ln1": init_layer_norm(d_model, dtype=dtype),
+        "self_attn": init_mha(k_self, d_model, num_heads, dtype=dtype),
+        "ln2": init_layer_norm(d_model, dtype=dtype),
+        "cross_attn": init_mha(k_cross, d_model, num_heads, d_kv=d_memory, dtype=dtype),
+        "ln3": init_layer_norm(d_model, dtype=dtype),
+        "ffn": init_ffn(k_ffn, d_model, d_ff, dtype=dtype),
+    }
+
+
+def decoder_block(params: dict, x: torch.Tensor, memory: torch.Tensor, *, num_heads: int,
+                  self_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
+                  causal: bool = False, dropout_rate: float = 0.0, key: torch.Tensor | None = None,
+                  train: bool = False, impl: str = "sdpa", activation: str = "gelu") -> torch.Tensor:
+    """A pre-norm decoder block with self- and cross-attention:
+
+        x = x + drop(mha(ln1(x), self_mask, causal))
+        x = x + drop(mha(ln2(x), memory, memory_mask))
+        y = x + drop(ffn(ln3(x)))
+
+    Arguments:
+        x: `[B, T, D]` float, the decoder stream.
+        memory: `[B, S, Dm]` float, e.g. the encoder output (already normalized by its `ln_f`).
+        num_heads: H (static).
+        self_mask: bool, True = attend: `[B, T]` or `[B, T, T]`.
+        memory_mask: bool, True = attend: `[B, S]` or `[B, T, S]`.
+        causal: mask future positions in self-attention (autoregressive decoding); the
+            default False suits non-autoregressive decoders.
+        dropout_rate, key, train, impl, activation: as in `encoder_block`.
+
+    Returns: `y: [B, T, D]`.
+    """
+    _require_key(key, dropout_rate, train, "decoder_block")
+    dims = check_shape(x, "b t d", name="x", d=params["ln1"]["scale"].shape[0])
+    check_shape(memory, "b s dm", name="memory", b=dims["b"], dm=params["cross_attn"]["k"]["w"].shape[0])
+    drop = dict(dropout_rate=dropout_rate, train=train)
+    h = mha(params["self_attn"], layer_norm(params["ln1"], x), num_heads=num_heads, mask=self_mask,
+            causal=causal, key=_stream(key, "self_attn.dropout"), impl=impl, **drop)
+    x = x + dropout(_stream(key, "self_attn.residual_dropout"), h, dropout_rate, train=train)
+    h = mha(params["cross_attn"], layer_norm(params["ln2"], x), memory, num_heads=num_heads, mask=memory_mask,
+            key=_stream(key, "cross_attn.dropout"), impl=impl, **drop)
+    x = x + dropout(_stream(key, "cross_attn.residual_dropout"), h, dropout_rate, train=train)
+    h = ffn(params["ffn"], layer_norm(params["ln3"], x), activation=activation,
+            key=_stream(key, "ffn.dropout"), **drop)
+    return x + dropout(_stream(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
+
+
+# -------------------------------------------------------------------------------------- stacks
+
+
+def _layer_keys(key: torch.Tensor | None, n: int) -> list[torch.Tensor | None]:
+    return [None] * n if key is None else list(random.split(key, n))
+
+
+def _num_layers(params: dict) -> int:
+    return len(params["layers"])
+
+
+def init_encoder(key: torch.Tensor, num_layers: int, d_model: int, num_heads: int, d_ff: int, *,
+                 dtype: torch.dtype = torch.float32) -> dict:
+    """`{"layers": {"0": block, ..., str(L-1): block}, "ln_f": layer norm}`; block `i` is
+    initialized from `random.split(key, L)[i]`."""
+    keys = random.split(key, num_layers)
+    layers = {str(i): init_encoder_block(keys[i], d_model, num_heads, d_ff, dtype=dtype) for i in range(num_layers)}
+    return {"layers": layers, "ln_f": init_layer_norm(d_model, dtype=dtype)}
+
+
+def encoder(params: dict, x: torch.Tensor, *, num_heads: int, mask: torch.Tensor | None = None,
+            causal: bool = False, dropout_rate: float = 0.0, key: torch.Tensor | None = None,
+            train: bool = False, impl: str = "sdpa", activation: str = "gelu") -> torch.Tensor:
+    """`y = ln_f(block_{L-1}(... block_0(x)))` with `encoder_block`s.
+
+    Arguments: as `encoder_block`; block `i` gets the key `random.split(key, L)[i]`.
+
+    Returns: `y: [B, T, D]`.
+    """
+    _require_key(key, dropout_rate, train, "encoder")
+    n = _num_layers(params)
+    for i, k in enumerate(_layer_keys(key, n)):
+        x = encoder_block(params["layers"][str(i)], x, num_heads=num_heads, mask=mask, causal=causal,
+                          dropout_rate=dropout_rate, key=k, train=train, impl=impl, activation=activation)
+    return layer_norm(params["ln_f"], x)
+
+
+def init_decoder(key: torch.Tensor, num_layers: int, d_model: int, num_heads: int, d_ff: int, *,
+                 d_memory: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """`{"layers": {"0": block, ..., str(L-1): block}, "ln_f": layer norm}` of decoder blocks."""
+    keys = random.split(key, num_layers)
+    layers = {str(i): init_decoder_block(keys[i], d_model, num_heads, d_ff, d_memory=d_memory, dtype=dtype)
+              for i in range(num_layers)}
+    return {"layers": layers, "ln_f": init_layer_norm(d_model, dtype=dtype)}
+
+
+def decoder(params: dict, x: torch.Tensor, memory: torch.Tensor, *, num_heads: int,
+            self_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
+            causal: bool = False, dropout_rate: float = 0.0, key: torch.Tensor | None = None,
+            train: bool = False, impl: str = "sdpa", activation: str = "gelu") -> torch.Tensor:
+    """`y = ln_f(block_{L-1}(... block_0(x, memory), memory))` with `decoder_block`s.
+
+    Arguments: as `decoder_block`; block `i` gets the key `random.split(key, L)[i]`.
+
+    Returns: `y: [B, T, D]`.
+    """
+    _require_key(key, dropout_rate, train, "decoder")
+    n = _num_layers(params)
+    for i, k in enumerate(_layer_keys(key, n)):
+        x = decoder_block(params["layers"][str(i)], x, memory, num_heads=num_heads, self_mask=self_mask,
+                          memory_mask=memory_mask, causal=causal, dropout_rate=dropout_rate, key=k,
+                          train=train, impl=impl, activation=activation)
+    return layer_norm(params["ln_f"], x)

@@ -1,0 +1,28 @@
+"""Segmentation: synthetic shapes and folder data, paired transforms, losses and metrics.
+
+    from funcml.seg import shapes_batch, ShapesConfig, split_key, ce_dice_loss, confusion_matrix
+    images, masks = shapes_batch(split_key(key, "train"), 32, ShapesConfig())
+    loss = ce_dice_loss(logits, masks, ignore_index=255)
+    cm = confusion_matrix(logits.argmax(1), masks, num_classes=5, ignore_index=255)
+    metrics_from_confusion(cm)["mean_iou"]
+"""
+
+from . import folder, losses, metrics, shapes, transforms
+from .folder import FolderDataset, save_mask_png, write_example_folder
+from .losses import (bce_dice_loss, binary_cross_entropy, binary_dice_loss, ce_dice_loss, cross_entropy,
+                     soft_dice_loss)
+from .metrics import SegMetrics, confusion_matrix, metrics_from_confusion, per_image_dice
+from .shapes import Scene, ShapesConfig, draw_shape, render_scene, sample_scene, shapes_batch, split_key
+from .transforms import (AugmentConfig, augment, hflip, normalize, pad_collate, random_crop, random_flip,
+                         random_rot90, resize, rot90, vflip)
+
+__all__ = [
+    "folder", "losses", "metrics", "shapes", "transforms",
+    "ShapesConfig", "Scene", "shapes_batch", "sample_scene", "render_scene", "draw_shape", "split_key",
+    "FolderDataset", "save_mask_png", "write_example_folder",
+    "AugmentConfig", "augment", "resize", "normalize", "hflip", "vflip", "random_flip", "random_crop",
+    "rot90", "random_rot90", "pad_collate",
+    "soft_dice_loss", "binary_dice_loss", "cross_entropy", "binary_cross_entropy", "ce_dice_loss",
+    "bce_dice_loss",
+    "confusion_matrix", "metrics_from_confusion", "per_image_dice", "SegMetrics",
+]

@@ -1,0 +1,196 @@
+"""The one training loop every application uses.
+
+    result = fit(ts, train_step, get_batch, num_steps=2000,
+                 eval_fn=evaluate, eval_every=250, run=run, checkpoints=manager,
+                 early_stop=EarlyStop("val/miou", mode="max", patience=4))
+    result.ts, result.summary
+
+Data comes from `get_batch(step) -> batch`, a function of the step number (for generated
+data: `shapes_batch(fold_in(data_key, step), ...)`; for a dataset: an epoch permutation
+from a key). So a run resumed at step k sees exactly the batches it would have seen, and
+with the step key `fold_in(ts.key, ts.step)` it reproduces the uninterrupted run bit for bit.
+
+The loop: progress bar with loss and throughput; metrics logged every `log_every` steps to
+the run directory; eval every `eval_every` steps and at the end; a checkpoint at every eval
+(ranked by the eval metrics) and every `ckpt_every` steps; resume from the latest
+checkpoint; early stop on an eval metric; Ctrl-C saves a checkpoint and returns cleanly
+with `summary["interrupted"] = True`; a final summary written to `summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from .state import TrainState
+
+if TYPE_CHECKING:  # checkpoint imports train.state, so only the type is imported here
+    from ..checkpoint import CheckpointManager
+    from ..runs import RunDir
+
+__all__ = ["fit", "FitResult", "EarlyStop"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStop:
+    """Stop when `metric` (an eval metric name) has not improved by `min_delta` for `patience` evals."""
+
+    metric: str
+    mode: Literal["max", "min"] = "max"
+    patience: int = 5
+    min_delta: float = 0.0
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        return value > best + self.min_delta if self.mode == "max" else value < best - self.min_delta
+
+
+@dataclasses.dataclass
+class FitResult:
+    ts: TrainState
+    summary: dict[str, Any]
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+def _batch_size(batch: Any) -> int | None:
+    from ..tree import leaves
+
+    for x in leaves(batch):
+        if isinstance(x, torch.Tensor) and x.ndim > 0:
+            return int(x.shape[0])
+    return None
+
+
+def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+        get_batch: Callable[[int], Any], *, num_steps: int,
+        eval_fn: Callable[[TrainState], dict[str, Any]] | None = None, eval_every: int = 0,
+        run: RunDir | None = None, checkpoints: CheckpointManager | None = None, ckpt_every: int = 0,
+        config: Any = None, log_every: int = 10, resume: bool = False, early_stop: EarlyStop | None = None,
+        progress: bool = True, desc: str = "train", on_eval: Callable[[int, dict], None] | None = None) -> FitResult:
+    """Train from `ts` up to step `num_steps` (see the module docstring).
+
+    Arguments:
+        ts: the start state (used as the `like` tree when resuming).
+        train_step: from `make_train_step`.
+        get_batch: `step -> batch`.
+        num_steps: the total number of steps of the run (a resumed run continues to it).
+        eval_fn: `ts -> {name: value}` (e.g. {"val/miou": 0.8}); run every `eval_every` steps and at the end.
+        run: where metrics and the summary go (None: nothing written).
+        checkpoints: a `CheckpointManager` (None: no checkpoints).
+        resume: continue from `checkpoints.latest()` when there is one.
+        early_stop: stop on an eval metric that stopped improving.
+    """
+    if num_steps < 0:
+        raise ConfigError(f"num_steps must be >= 0, got {num_steps}")
+    if resume and checkpoints is not None and checkpoints.latest() is not None:
+        ts = checkpoints.restore_latest(ts, device=ts.key.device)
+        print(f"[fit] resumed from {checkpoints.latest()} at step {int(ts.step)}", file=sys.stderr)
+    start = int(ts.step)
+    t_start = time.perf_counter()
+    window_t, window_items, window_steps = time.perf_counter(), 0, 0
+    throughputs: list[float] = []
+    step_times: list[float] = []
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_without_improvement = 0
+    stopped_early = interrupted = False
+
+    def do_eval(step: int) -> dict[str, float]:
+        nonlocal best_value, best_step, evals_without_improvement, last_eval
+        metrics = _floats(eval_fn(ts)) if eval_fn is not None else {}
+        last_eval = metrics
+        if run is not None and metrics:
+            run.log(step, metrics, split="val")
+        if early_stop is not None and early_stop.metric in metrics:
+            value = metrics[early_stop.metric]
+            if early_stop.improved(value, best_value):
+                best_value, best_step, evals_without_improvement = value, step, 0
+            else:
+                evals_without_improvement += 1
+        if on_eval is not None:
+            on_eval(step, metrics)
+        return metrics
+
+    def save(step: int, metrics: dict[str, float]) -> None:
+        if checkpoints is not None and step not in checkpoints.steps():
+            checkpoints.save(ts, metrics={**last_train, **metrics}, config=config)
+
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=1.0)
+    step = start
+    try:
+        while step < num_steps:
+            batch = get_batch(step)
+            ts, metrics = train_step(ts, batch)
+            step += 1
+            window_items += _batch_size(batch) or 0
+            window_steps += 1
+            if step % log_every == 0 or step == num_steps:
+                last_train = _floats(metrics)  # the host sync of the window
+                now = time.perf_counter()
+                elapsed = now - window_t
+                if step - window_steps > start:  # the first window holds the compile: not a sample
+                    throughputs.append(window_items / elapsed)
+                    step_times.append(elapsed / window_steps)
+                window_t, window_items, window_steps = now, 0, 0
+                if run is not None:
+                    run.log(step, last_train, split="train")
+                postfix = {"loss": f"{last_train.get('loss', float('nan')):.4f}"}
+                if throughputs:
+                    postfix["items/s"] = f"{throughputs[-1]:.0f}"
+                bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            is_eval = eval_fn is not None and eval_every > 0 and step % eval_every == 0 and step < num_steps
+            if is_eval:
+                save(step, do_eval(step))
+                if early_stop is not None and evals_without_improvement >= early_stop.patience:
+                    stopped_early = True
+                    print(f"[fit] early stop at step {step}: {early_stop.metric} has not improved for "
+                          f"{early_stop.patience} evals (best {best_value} at step {best_step})", file=sys.stderr)
+                    break
+            elif ckpt_every > 0 and step % ckpt_every == 0:
+                save(step, {})
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\n[fit] interrupted at step {step}: saving a checkpoint", file=sys.stderr)
+    finally:
+        bar.close()
+    if not interrupted and eval_fn is not None:
+        do_eval(step)
+    if step > start or interrupted:
+        save(step, last_eval)
+    summary = {
+        "steps": step,
+        "start_step": start,
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "items_per_s_median": round(statistics.median(throughputs), 2) if throughputs else None,
+        "step_ms_median": round(1000 * statistics.median(step_times), 3) if step_times else None,
+        "train": last_train,
+        "eval": last_eval,
+        "best": {"metric": early_stop.metric, "value": best_value, "step": best_step} if early_stop else None,
+        "stopped_early": stopped_early,
+        "interrupted": interrupted,
+    }
+    if run is not None:
+        run.write_json("summary.json", summary)
+    return FitResult(ts, summary)

@@ -1,0 +1,220 @@
+"""The pure train step: `train_step(ts, batch) -> (ts, metrics)`, and its eval twin.
+
+    def loss_fn(params, model_state, batch, key):
+        logits, model_state = model.apply(params, model_state, batch["x"], cfg, key=key, train=True)
+        loss = cross_entropy(logits, batch["y"])
+        return loss, ({"acc": accuracy(logits, batch["y"])}, model_state)
+
+    train_step = make_train_step(loss_fn, optim.adamw(1e-3), precision="bf16")
+    ts, metrics = train_step(ts, batch)
+
+The step follows big_vision's `update_fn`: the step key is `fold_in(ts.key, ts.step)`, so a
+run resumed from a saved step replays the same randomness; gradients come from
+`torch.func.grad_and_value(loss_fn, has_aux=True)`; the optimizer is an optax-style
+transformation; nothing is updated in place. The whole step is compiled as one graph
+(`funcml.compiler.compile`: `torch.compile(fullgraph=True)`), optimizer included.
+
+Non-finite values. The update is applied branch-free, `where(finite, new, old)` per leaf,
+so a step with a NaN/Inf loss or gradient leaves params, model state and optimizer state
+exactly as they were, and the compiled graph has no data-dependent control flow. Then
+`nonfinite="skip"` counts the step in `metrics["skipped"]` and goes on, and
+`nonfinite="raise"` (the default) raises `NonFiniteError` naming the step and the first
+non-finite leaf (found by re-running the gradient eagerly, once, on the failing batch).
+
+Precision. Params stay float32 (master weights). "bf16" runs the loss under
+`torch.autocast(dtype=bfloat16)`. "fp16" also autocasts, and keeps a dynamic loss scale in
+`ts.loss_scale`: the loss is multiplied by the scale before differentiation and the grads
+divided after; an overflow skips the update and halves the scale, and `growth_interval`
+finite steps in a row double it (Micikevicius et al., "Mixed Precision Training", 2018).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Literal
+
+import torch
+
+from .. import compiler, optim, random, tree
+from ..checks import check_finite
+from ..errors import ConfigError, NonFiniteError, ShapeError
+from .state import LossScaleState, TrainState
+
+__all__ = ["make_train_step", "make_eval_step", "init_train_state", "LossFn", "Precision"]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+LossFn = Callable[[Any, Any, Any, torch.Tensor], tuple[torch.Tensor, tuple[dict, Any]]]
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def init_train_state(params: Any, model_state: Any, tx: optim.GradientTransformation, key: torch.Tensor, *,
+                     precision: Precision = "fp32", init_loss_scale: float = 2.0**15) -> TrainState:
+    """A step-0 TrainState; under fp16 it carries a `LossScaleState` starting at `init_loss_scale`."""
+    dev = key.device
+    loss_scale = None
+    if precision == "fp16":
+        loss_scale = LossScaleState(torch.tensor(init_loss_scale, dtype=torch.float32, device=dev),
+                                    torch.zeros((), dtype=torch.int64, device=dev))
+    return TrainState(torch.zeros((), dtype=torch.int64, device=dev), params, model_state, tx.init(params), key,
+                      loss_scale)
+
+
+def _autocast(precision: Precision, device_type: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=_AUTOCAST[precision])
+
+
+def _split_micro(batch: Any, n: int) -> list[Any]:
+    """Split every tensor leaf of `batch` along dim 0 into `n` equal micro-batches."""
+    sizes = {x.shape[0] for x in tree.leaves(batch) if isinstance(x, torch.Tensor) and x.ndim > 0}
+    if len(sizes) != 1:
+        raise ShapeError(f"grad_accum: batch leaves disagree on the batch dim: {sorted(sizes)}")
+    (b,) = sizes
+    if b % n:
+        raise ShapeError(f"grad_accum={n} must divide the batch size {b}")
+    return [tree.tree_map(lambda x, i=i: x[i * (b // n):(i + 1) * (b // n)] if x.ndim > 0 else x, batch)
+            for i in range(n)]
+
+
+def _all_finite(xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([torch.isfinite(x).all() for x in xs]).all()
+
+
+def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precision: Precision = "fp32",
+                    grad_accum: int = 1, compile: bool = True, nonfinite: Literal["raise", "skip"] = "raise",
+                    growth_interval: int = 200) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Build `train_step(ts, batch) -> (ts, metrics)`.
+
+    Arguments:
+        loss_fn: `(params, model_state, batch, key) -> (loss, (metrics, model_state))`, pure.
+        tx: the optimizer (an `optim.GradientTransformation`; put clipping in its chain).
+        precision: "fp32", "bf16" (autocast) or "fp16" (autocast + dynamic loss scaling; the
+            state must come from `init_train_state(..., precision="fp16")`).
+        grad_accum: split the batch into this many micro-batches and average their grads
+            (micro-batch i uses the key `fold_in(step_key, i)`; model state is threaded).
+        compile: wrap the step in `torch.compile(fullgraph=True)`.
+        nonfinite: "raise" or "skip" (see the module docstring).
+
+    Metrics (tensors, no host sync): the loss_fn's metrics averaged over micro-batches,
+    `loss`, `grad_norm` (before clipping), `lr`, `finite` (1.0 or 0.0), `loss_scale` (fp16).
+    """
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    if nonfinite not in ("raise", "skip"):
+        raise ConfigError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+    if grad_accum < 1:
+        raise ConfigError(f"grad_accum must be >= 1, got {grad_accum}")
+
+    def scaled_loss(params, model_state, batch, key, scale):
+        with _autocast(precision, key.device.type):
+            loss, (metrics, new_state) = loss_fn(params, model_state, batch, key)
+        loss = loss.float()
+        return loss * scale if scale is not None else loss, (loss, metrics, new_state)
+
+    grad_fn = torch.func.grad_and_value(scaled_loss, has_aux=True)
+
+    def grads_and_aux(ts: TrainState, batch: Any):
+        step_key = random.fold_in(ts.key, ts.step)
+        scale = ts.loss_scale.scale if ts.loss_scale is not None else None
+        if grad_accum == 1:
+            grads, (_, (loss, metrics, new_state)) = grad_fn(ts.params, ts.model_state, batch, step_key, scale)
+        else:
+            grads, losses, metric_list, new_state = None, [], [], ts.model_state
+            for i, micro in enumerate(_split_micro(batch, grad_accum)):
+                g, (_, (l_i, m_i, new_state)) = grad_fn(ts.params, new_state, micro, random.fold_in(step_key, i), scale)
+                grads = g if grads is None else tree.tree_map(torch.add, grads, g)
+                losses.append(l_i)
+                metric_list.append(m_i)
+            grads = tree.tree_map(lambda g: g / grad_accum, grads)
+            loss = torch.stack(losses).mean()
+            metrics = tree.tree_map(lambda *ms: torch.stack([m.float() for m in ms]).mean(), *metric_list)
+        if scale is not None:
+            grads = tree.tree_map(lambda g: g / scale, grads)
+        return grads, loss, metrics, new_state
+
+    def step(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        grads, loss, metrics, new_model_state = grads_and_aux(ts, batch)
+        loss_finite = torch.isfinite(loss)
+        grads_finite = _all_finite(tree.leaves(grads))
+        finite = loss_finite & grads_finite
+        updates, new_opt_state = tx.update(grads, ts.opt_state, ts.params)
+        new_params = optim.apply_updates(ts.params, updates)
+
+        def keep(new, old):
+            return tree.tree_map(lambda n, o: torch.where(finite, n, o), new, old)
+
+        loss_scale = ts.loss_scale
+        if loss_scale is not None:
+            grow = finite & (loss_scale.good_steps + 1 >= growth_interval)
+            new_scale = torch.where(finite, torch.where(grow, loss_scale.scale * 2, loss_scale.scale),
+                                    torch.clamp(loss_scale.scale / 2, min=1.0))
+            good = torch.where(finite & ~grow, loss_scale.good_steps + 1, torch.zeros_like(loss_scale.good_steps))
+            loss_scale = LossScaleState(new_scale, good)
+        new_ts = TrainState(ts.step + 1, keep(new_params, ts.params), keep(new_model_state, ts.model_state),
+                            keep(new_opt_state, ts.opt_state), ts.key, loss_scale)
+        out = {k: (v.detach().float() if isinstance(v, torch.Tensor) else v) for k, v in dict(metrics).items()}
+        out.update(loss=loss.detach(), grad_norm=optim.global_norm(grads).detach(),
+                   lr=optim.current_lr(new_opt_state).detach().float() if _has_lr(ts.opt_state) else torch.tensor(0.0),
+                   finite=finite.float(), loss_finite=loss_finite.float())
+        if ts.loss_scale is not None:
+            out["loss_scale"] = ts.loss_scale.scale
+        return new_ts, out
+
+    compiled = compiler.compile(step) if compile else step
+    skipped = {"n": 0}
+
+    def train_step(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        if precision == "fp16" and ts.loss_scale is None:
+            raise ConfigError("precision='fp16' needs a loss scale in the train state: "
+                              "build it with init_train_state(..., precision='fp16')")
+        new_ts, metrics = compiled(ts, batch)
+        # One host sync per step: the price of stopping at the first bad step.
+        if not bool(metrics["finite"]):
+            overflow_only = ts.loss_scale is not None and bool(metrics["loss_finite"])
+            if nonfinite == "raise" and not overflow_only:
+                raise NonFiniteError(_describe_nonfinite(grads_and_aux, ts, batch))
+            skipped["n"] += 1
+        metrics["skipped"] = skipped["n"]
+        return new_ts, metrics
+
+    train_step.step_fn = step  # the uncompiled pure step, for tests and vmap
+    return train_step
+
+
+def _has_lr(opt_state: Any) -> bool:
+    try:
+        optim.current_lr(opt_state)
+        return True
+    except Exception:  # noqa: BLE001 - optimizers without a learning rate (e.g. a bare scale)
+        return False
+
+
+def _describe_nonfinite(grads_and_aux, ts: TrainState, batch: Any) -> str:
+    step = int(ts.step)
+    grads, loss, _, _ = grads_and_aux(ts, batch)
+    where = f"loss = {float(loss)}"
+    if bool(torch.isfinite(loss)):
+        try:
+            check_finite(grads, name="grads")
+        except NonFiniteError as e:
+            where = f"loss = {float(loss):.6g}, {e}"
+    return (f"non-finite value at step {step}: {where}. The update was not applied and params are those of "
+            "step {step}; lower the learning rate, clip gradients, check the inputs for NaN, or pass "
+            "nonfinite='skip' to count and skip such steps").replace("{step}", str(step))
+
+
+def make_eval_step(eval_fn: Callable[[Any, Any, Any], dict], *, precision: Precision = "fp32",
+                   compile: bool = True) -> Callable[[TrainState, Any], dict]:
+    """Build `eval_step(ts, batch) -> metrics` from a pure `eval_fn(params, model_state, batch)`; no grads."""
+
+    def step(params, model_state, batch):
+        with torch.no_grad(), _autocast(precision, next(iter(tree.leaves(params))).device.type):
+            return eval_fn(params, model_state, batch)
+
+    compiled = compiler.compile(step) if compile else step
+
+    def eval_step(ts: TrainState, batch: Any) -> dict:
+        return compiled(ts.params, ts.model_state, batch)
+
+    return eval_step

@@ -1,0 +1,265 @@
+"""The pure train step, the loop, resume exactness and run directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from funcml import optim, random, tree
+from funcml.checkpoint import CheckpointManager
+from funcml.errors import ConfigError, NonFiniteError
+from funcml.nn import model as models
+from funcml.nn.reference import CNNConfig, MLPConfig
+from funcml.runs import create_run, open_run, read_metrics
+from funcml.train import EarlyStop, fit, init_train_state, make_eval_step, make_train_step
+
+MLP = MLPConfig(in_dim=8, hidden=(32, 32), out_dim=1, dropout=0.1)
+W_TRUE = random.normal(random.key(99), (8,))
+
+
+def regression_batch(step: int, n: int = 64) -> dict:
+    x = random.normal(random.fold_in(random.key(5), step), (n, 8))
+    return {"x": x, "y": x @ W_TRUE}
+
+
+def mlp_loss(params, model_state, batch, key, cfg=MLP):
+    pred, model_state = models.apply(params, model_state, batch["x"], cfg, key=key, train=True)
+    loss = ((pred[:, 0] - batch["y"]) ** 2).mean()
+    return loss, ({"mse": loss}, model_state)
+
+
+def make_state(cfg=MLP, tx=None, seed=0, precision="fp32"):
+    tx = tx or optim.adamw(1e-2)
+    params, model_state = models.init(random.key(seed), cfg)
+    return init_train_state(params, model_state, tx, random.key(seed + 1), precision=precision), tx
+
+
+def test_fifty_steps_reduce_the_loss_at_least_fivefold():
+    ts, tx = make_state()
+    step = make_train_step(mlp_loss, tx, compile=False)
+    first = None
+    for i in range(50):
+        ts, m = step(ts, regression_batch(i))
+        first = float(m["loss"]) if first is None else first
+    assert float(m["loss"]) < first / 5, (first, float(m["loss"]))
+    assert int(ts.step) == 50
+
+
+@pytest.mark.compile
+def test_compiled_step_equals_eager_and_never_recompiles():
+    tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.warmup_cosine_decay_schedule(0.0, 1e-2, 3, 20)))
+    ts0, _ = make_state(tx=tx)
+    eager, compiled = make_train_step(mlp_loss, tx, compile=False), make_train_step(mlp_loss, tx, compile=True)
+    ts_e, ts_c = ts0, ts0
+    for i in range(6):
+        if i == 1:
+            torch.compiler.set_stance("fail_on_recompile")  # steps 1..5: a recompile is an error
+        try:
+            ts_c, m_c = compiled(ts_c, regression_batch(i))
+        finally:
+            torch.compiler.set_stance("default")
+        ts_e, m_e = eager(ts_e, regression_batch(i))
+        torch.testing.assert_close(m_c["loss"], m_e["loss"], rtol=1e-5, atol=1e-6)
+    assert tree.allclose(ts_c.params, ts_e.params, rtol=1e-5, atol=1e-6)
+    assert tree.allclose(ts_c.opt_state, ts_e.opt_state, rtol=1e-5, atol=1e-6)
+
+
+def test_the_step_is_pure_and_leaves_torchs_global_rng_alone():
+    ts, tx = make_state()
+    before = torch.random.get_rng_state()
+    snapshot = tree.tree_map(torch.clone, ts)
+    step = make_train_step(mlp_loss, tx, compile=False)
+    a, _ = step(ts, regression_batch(0))
+    b, _ = step(ts, regression_batch(0))
+    assert tree.equal(ts, snapshot), "the input state was mutated"
+    assert tree.equal(a, b), "same state and batch must give the same bits"
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_step_key_depends_on_the_step_so_dropout_differs_between_steps():
+    ts, tx = make_state()
+    step = make_train_step(mlp_loss, tx, compile=False)
+    _, m0 = step(ts, regression_batch(0))
+    _, m1 = step(ts._replace(step=ts.step + 1), regression_batch(0))
+    assert float(m0["loss"]) != float(m1["loss"])
+
+
+def test_nonfinite_raise_names_the_step_and_the_leaf_and_keeps_params():
+    ts, tx = make_state()
+    step = make_train_step(mlp_loss, tx, compile=False)
+    ts, _ = step(ts, regression_batch(0))
+    bad = regression_batch(1)
+    bad["y"] = bad["y"].clone()
+    bad["y"][3] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"non-finite value at step 1: loss = nan.*nonfinite='skip'"):
+        step(ts, bad)
+    grads_bad = regression_batch(1)
+    grads_bad["x"] = grads_bad["x"].clone()
+    grads_bad["x"][0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="step 1"):
+        step(ts, grads_bad)
+
+
+def test_nonfinite_skip_leaves_every_state_unchanged_and_counts():
+    ts, tx = make_state()
+    step = make_train_step(mlp_loss, tx, compile=False, nonfinite="skip")
+    bad = regression_batch(0)
+    bad["y"] = torch.full_like(bad["y"], float("nan"))
+    new, m = step(ts, bad)
+    assert m["skipped"] == 1 and float(m["finite"]) == 0.0
+    assert tree.equal(new.params, ts.params) and tree.equal(new.opt_state, ts.opt_state)
+    assert int(new.step) == 1  # the step counter moves on, so the next step gets a fresh key
+    new, m = step(new, regression_batch(1))
+    assert m["skipped"] == 1 and not tree.equal(new.params, ts.params)
+
+
+def test_fp16_overflow_skips_and_halves_the_scale_then_growth_doubles_it():
+    ts, tx = make_state(precision="fp16")
+    ts = ts._replace(loss_scale=ts.loss_scale._replace(scale=torch.tensor(2.0**126)))
+    step = make_train_step(mlp_loss, tx, compile=False, precision="fp16", growth_interval=2)
+    new, m = step(ts, regression_batch(0))  # the scaled grads overflow: skip, not an error
+    assert float(new.loss_scale.scale) == 2.0**125 and tree.equal(new.params, ts.params)
+    ts = ts._replace(loss_scale=ts.loss_scale._replace(scale=torch.tensor(64.0)))
+    ts, _ = step(ts, regression_batch(1))
+    assert float(ts.loss_scale.scale) == 64.0 and int(ts.loss_scale.good_steps) == 1
+    ts, _ = step(ts, regression_batch(2))
+    assert float(ts.loss_scale.scale) == 128.0 and int(ts.loss_scale.good_steps) == 0
+
+
+def test_fp16_without_a_loss_scale_is_a_clear_error():
+    ts, tx = make_state()
+    with pytest.raises(ConfigError, match="init_train_state"):
+        make_train_step(mlp_loss, tx, compile=False, precision="fp16")(ts, regression_batch(0))
+
+
+def test_bf16_autocast_trains():
+    ts, tx = make_state(cfg=MLPConfig(in_dim=8, hidden=(32,), out_dim=1))
+    step = make_train_step(lambda p, s, b, k: mlp_loss(p, s, b, k, MLPConfig(in_dim=8, hidden=(32,), out_dim=1)),
+                           tx, compile=False, precision="bf16")
+    losses = []
+    for i in range(30):
+        ts, m = step(ts, regression_batch(i))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < losses[0] / 3 and ts.params["layers"]["0"]["w"].dtype == torch.float32
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    cfg = MLPConfig(in_dim=8, hidden=(16,), out_dim=1, dropout=0.0)
+    loss = lambda p, s, b, k: mlp_loss(p, s, b, k, cfg)  # noqa: E731
+    ts, tx = make_state(cfg=cfg, tx=optim.sgd(0.1))
+    one, _ = make_train_step(loss, tx, compile=False)(ts, regression_batch(0))
+    four, _ = make_train_step(loss, tx, compile=False, grad_accum=4)(ts, regression_batch(0))
+    assert tree.allclose(one.params, four.params, rtol=1e-5, atol=1e-7)
+
+
+def test_eval_step_returns_metrics_without_grads():
+    ts, _ = make_state()
+
+    def eval_fn(params, model_state, batch):
+        pred, _ = models.apply(params, model_state, batch["x"], MLP, train=False)
+        return {"mse": ((pred[:, 0] - batch["y"]) ** 2).mean()}
+
+    m = make_eval_step(eval_fn, compile=False)(ts, regression_batch(0))
+    assert m["mse"].ndim == 0 and not m["mse"].requires_grad
+
+
+def _cnn_setup():
+    cfg = CNNConfig(in_channels=1, channels=(4, 8), num_classes=3, dropout=0.2)
+
+    def loss_fn(params, model_state, batch, key):
+        logits, model_state = models.apply(params, model_state, batch["x"], cfg, key=key, train=True)
+        loss = torch.nn.functional.cross_entropy(logits, batch["y"])
+        return loss, ({"acc": (logits.argmax(-1) == batch["y"]).float().mean()}, model_state)
+
+    def get_batch(step):
+        k = random.fold_in(random.key(11), step)
+        y = random.randint(k, (8,), 0, 3)
+        x = random.normal(random.fold_in(k, 1), (8, 1, 8, 8)) + y[:, None, None, None].float()
+        return {"x": x, "y": y}
+
+    tx = optim.adamw(1e-2)
+    params, state = models.init(random.key(3), cfg)
+    return init_train_state(params, state, tx, random.key(4)), make_train_step(loss_fn, tx, compile=False), get_batch
+
+
+def test_resume_from_a_checkpoint_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    ts0, step, get_batch = _cnn_setup()  # dropout + BatchNorm state: key and model state both matter
+    straight = fit(ts0, step, get_batch, num_steps=12, progress=False).ts
+    manager = CheckpointManager(tmp_path / "ckpt", keep_last=2)
+    fit(ts0, step, get_batch, num_steps=6, checkpoints=manager, progress=False)
+    fresh, step2, _ = _cnn_setup()  # a new process would rebuild the same `like` tree
+    resumed = fit(fresh, step2, get_batch, num_steps=12, checkpoints=manager, resume=True, progress=False).ts
+    assert int(resumed.step) == 12
+    assert tree.equal(resumed.params, straight.params)
+    assert tree.equal(resumed.model_state, straight.model_state)
+    assert tree.equal(resumed.opt_state, straight.opt_state)
+
+
+def test_fit_logs_evaluates_checkpoints_and_summarizes(tmp_path):
+    ts0, step, get_batch = _cnn_setup()
+    run = create_run(tmp_path / "runs", "unit", config=MLP)
+    manager = CheckpointManager(run.checkpoints, keep_last=1, keep_best=1, best_metric="val/acc", mode="max")
+    evals = {"n": 0}
+
+    def eval_fn(ts):
+        evals["n"] += 1
+        return {"val/acc": 0.1 * evals["n"]}
+
+    res = fit(ts0, step, get_batch, num_steps=10, eval_fn=eval_fn, eval_every=4, log_every=2, run=run,
+              checkpoints=manager, progress=False)
+    assert evals["n"] == 3  # steps 4, 8 and the end
+    rows = read_metrics(run.path)
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6, 8, 10]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [4, 8, 10]
+    header = (run.path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "split", "loss", "acc", "val/acc"} <= set(header)
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["steps"] == 10 and summary["eval"]["val/acc"] == pytest.approx(0.3)
+    assert manager.steps() == [10] and manager.best().name.endswith("10")
+    assert res.summary["items_per_s_median"] > 0
+
+
+def test_early_stop_stops_after_patience_evals_without_improvement():
+    ts0, step, get_batch = _cnn_setup()
+    res = fit(ts0, step, get_batch, num_steps=100, eval_fn=lambda ts: {"val/acc": 0.5}, eval_every=2,
+              early_stop=EarlyStop("val/acc", patience=2), progress=False)
+    assert res.summary["stopped_early"] and res.summary["steps"] == 6
+    assert res.summary["best"] == {"metric": "val/acc", "value": 0.5, "step": 2}
+
+
+def test_ctrl_c_saves_a_checkpoint_and_returns_cleanly(tmp_path):
+    ts0, step, get_batch = _cnn_setup()
+
+    def interrupted_step(ts, batch):
+        if int(ts.step) == 3:
+            raise KeyboardInterrupt
+        return step(ts, batch)
+
+    manager = CheckpointManager(tmp_path / "ckpt")
+    res = fit(ts0, interrupted_step, get_batch, num_steps=10, checkpoints=manager, progress=False)
+    assert res.summary["interrupted"] and manager.steps() == [3] and int(res.ts.step) == 3
+
+
+def test_run_ids_are_unique_within_one_second(tmp_path):
+    paths = {create_run(tmp_path, "same").path for _ in range(20)}
+    assert len(paths) == 20
+    run = open_run(next(iter(paths)))
+    assert (run.path / "env.json").exists() and run.checkpoints.is_dir() and run.plots.is_dir()
+
+
+def test_open_run_on_a_plain_folder_says_what_to_pass(tmp_path):
+    from funcml.errors import DataError
+
+    with pytest.raises(DataError, match="not a funcml run directory"):
+        open_run(tmp_path)
+
+
+def test_metrics_csv_widens_its_header_when_a_new_metric_appears(tmp_path):
+    run = create_run(tmp_path, "csv")
+    run.log(1, {"loss": 1.0})
+    run.log(2, {"loss": 0.5, "acc": 0.9})
+    lines = (run.path / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",")[-1] == "acc" and len(lines) == 3
+    assert lines[1].endswith(",1.0,") and lines[2].endswith(",0.5,0.9")
