@@ -30,13 +30,12 @@ Same bits on every device: all randomness comes from `funcml.random` (threefry),
 per-object sines and cosines are evaluated once in float64 on the CPU, and everything done per
 pixel is additions, multiplications, divisions, comparisons and gathers, which IEEE 754 rounds
 the same way on every device. Pixel noise is drawn by inverse-CDF lookup from 16 random bits
-(a table of 65536 normal quantiles), so it needs no transcendental function per pixel.
+(`funcml.random.fast_normal`), so it needs no transcendental function per pixel.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Literal, NamedTuple, Sequence
 
@@ -381,24 +380,6 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.reshape(*lead, h, w)
 
 
-@functools.lru_cache(maxsize=8)
-def _normal_table(device: str) -> torch.Tensor:
-    """The 65536 standard-normal quantiles Phi^-1((i + 1/2) / 2^16), a constant (float32)."""
-    p = (torch.arange(65536, dtype=torch.float64) + 0.5) / 65536.0
-    return (math.sqrt(2.0) * torch.erfinv(2.0 * p - 1.0)).to(torch.float32).to(device)
-
-
-def _pixel_noise(key: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard-normal noise by inverse-CDF lookup: two 16-bit draws per random 32-bit word.
-
-    Discrete (65536 levels, tails to +-4.2 sigma): far finer than 8-bit images need.
-    """
-    n = math.prod(shape)
-    words = random.bits(key.to(device), (n + 1) // 2)
-    idx = torch.stack([words >> 16, words & 0xFFFF], dim=-1).reshape(-1)[:n]
-    return _normal_table(str(device))[idx].reshape(shape)
-
-
 def render_scene(scene: Scene, cfg: ShapesConfig = ShapesConfig(), *, key: torch.Tensor | None = None,
                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Paint a scene: images `[N, C, H, W]` float32 in [0, 1] and masks `[N, H, W]` int64.
@@ -444,7 +425,7 @@ def render_scene(scene: Scene, cfg: ShapesConfig = ShapesConfig(), *, key: torch
     if cfg.noise_std > 0:
         if key is None:
             raise ConfigError("render_scene: cfg.noise_std > 0 needs a key for the pixel noise")
-        image = image + cfg.noise_std * _pixel_noise(key, (n, c, h, w), device)
+        image = image + cfg.noise_std * random.fast_normal(key.to(device), (n, c, h, w))
     image = image.clamp(0.0, 1.0)
     if cfg.mode == "binary":
         mask = (mask > 0).to(torch.int64)

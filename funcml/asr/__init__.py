@@ -1,0 +1,1 @@
+"""Speech recognition (Paraformer): tokenizer, toy features, batching, metrics, and the model."""
