@@ -52,6 +52,7 @@ __all__ = [
     "categorical",
     "gumbel",
     "threefry2x32",
+    "check_key",
 ]
 
 Key = torch.Tensor
@@ -90,7 +91,8 @@ def threefry2x32(k0, k1, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tens
     return x0, x1
 
 
-def _check_key(k: Key) -> None:
+def check_key(k: Key) -> None:
+    """Raise PRNGKeyError unless `k` is a key: an int64 tensor of shape [2]."""
     if not isinstance(k, torch.Tensor) or k.dtype != torch.int64 or tuple(k.shape) != (2,):
         got = f"{type(k).__name__}" if not isinstance(k, torch.Tensor) else f"{k.dtype} {list(k.shape)}"
         raise PRNGKeyError(
@@ -115,7 +117,7 @@ def _block(k: Key, domain: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def split(k: Key, n: int = 2) -> Key:
     """`n` new independent keys, shape `[n, 2]`. Do not use `k` itself afterwards."""
-    _check_key(k)
+    check_key(k)
     if n < 1:
         raise PRNGKeyError(f"split: n must be >= 1, got {n}")
     y0, y1 = _block(k, _DOMAIN_SPLIT, n)
@@ -156,7 +158,7 @@ def fold_in(k: Key, data: int | str | torch.Tensor) -> Key:
     words tweaked by fixed constants, which keeps fold_in's outputs apart from `split` and
     sampling (both of which use `k` itself) while all 2**64 data values stay distinct.
     """
-    _check_key(k)
+    check_key(k)
     hi, lo = _data_words(data)
     y0, y1 = threefry2x32(k[0] ^ _FOLD_TWEAK[0], k[1] ^ _FOLD_TWEAK[1], hi, lo)
     return torch.stack([torch.as_tensor(y0), torch.as_tensor(y1)]).to(device=k.device)
@@ -170,7 +172,7 @@ def _shape(shape: Shape) -> tuple[int, ...]:
 
 def bits(k: Key, n: int) -> torch.Tensor:
     """`n` random 32-bit words as int64 in `[0, 2**32)`; prefix-stable (`bits(k, 4)[:2] == bits(k, 2)`)."""
-    _check_key(k)
+    check_key(k)
     y0, y1 = _block(k, _DOMAIN_BITS, (n + 1) // 2)
     return torch.stack([y0, y1], dim=-1).reshape(-1)[:n]
 
@@ -194,7 +196,7 @@ def _check_float(dtype: torch.dtype, fn: str) -> None:
 def uniform(k: Key, shape: Shape = (), minval: float = 0.0, maxval: float = 1.0, *,
             dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """Uniform samples in `[minval, maxval)`."""
-    _check_key(k)
+    check_key(k)
     _check_float(dtype, "uniform")
     shape = _shape(shape)
     u = _uniform01(k, math.prod(shape), dtype).reshape(shape)
@@ -208,7 +210,7 @@ def uniform(k: Key, shape: Shape = (), minval: float = 0.0, maxval: float = 1.0,
 def normal(k: Key, shape: Shape = (), *, dtype: torch.dtype = torch.float32,
            device: torch.device | str | None = None) -> torch.Tensor:
     """Standard normal samples (Box-Muller in float64, rounded once to `dtype`)."""
-    _check_key(k)
+    check_key(k)
     _check_float(dtype, "normal")
     shape = _shape(shape)
     n = math.prod(shape)
@@ -237,7 +239,7 @@ def fast_normal(k: Key, shape: Shape = ()) -> torch.Tensor:
     stop at about +-4.2 sigma: right for noise in generated data, not for initializers or
     statistics that need the tails. Same bits on every device.
     """
-    _check_key(k)
+    check_key(k)
     shape = _shape(shape)
     n = math.prod(shape)
     words = bits(k, (n + 1) // 2)
@@ -248,7 +250,7 @@ def fast_normal(k: Key, shape: Shape = ()) -> torch.Tensor:
 def truncated_normal(k: Key, shape: Shape = (), lower: float = -2.0, upper: float = 2.0, *,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """Standard normal samples conditioned on `lower <= z <= upper` (inverse-CDF method)."""
-    _check_key(k)
+    check_key(k)
     _check_float(dtype, "truncated_normal")
     if not lower < upper:
         raise PRNGKeyError(f"truncated_normal: need lower < upper, got {lower}, {upper}")
@@ -263,7 +265,7 @@ def truncated_normal(k: Key, shape: Shape = (), lower: float = -2.0, upper: floa
 
 def bernoulli(k: Key, p: float | torch.Tensor = 0.5, shape: Shape | None = None) -> torch.Tensor:
     """Boolean samples, True with probability `p` (`shape` defaults to `p`'s shape)."""
-    _check_key(k)
+    check_key(k)
     if shape is None:
         shape = tuple(p.shape) if isinstance(p, torch.Tensor) else ()
     u = uniform(k, shape, dtype=torch.float32)
@@ -278,7 +280,7 @@ def _bits62(k: Key, n: int) -> torch.Tensor:
 def randint(k: Key, shape: Shape, low: int, high: int, *, dtype: torch.dtype = torch.int64,
             device: torch.device | str | None = None) -> torch.Tensor:
     """Integers uniform in `[low, high)` (62 random bits reduced modulo the span: bias < span / 2**62)."""
-    _check_key(k)
+    check_key(k)
     if not high > low:
         raise PRNGKeyError(f"randint: need high > low, got low={low}, high={high}")
     shape = _shape(shape)
@@ -289,7 +291,7 @@ def randint(k: Key, shape: Shape, low: int, high: int, *, dtype: torch.dtype = t
 
 def permutation(k: Key, x: int | torch.Tensor) -> torch.Tensor:
     """A random permutation of `range(x)`, or of a tensor's rows (dim 0)."""
-    _check_key(k)
+    check_key(k)
     n = x if isinstance(x, int) else x.shape[0]
     perm = torch.argsort(_bits62(k, n), stable=True)
     return perm if isinstance(x, int) else x[perm]
@@ -297,7 +299,7 @@ def permutation(k: Key, x: int | torch.Tensor) -> torch.Tensor:
 
 def gumbel(k: Key, shape: Shape = (), *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard Gumbel samples `-log(-log(u))`, computed in float64."""
-    _check_key(k)
+    check_key(k)
     shape = _shape(shape)
     u = _uniform01(k, math.prod(shape), torch.float64).clamp_min(2.0**-53)
     return (-torch.log(-torch.log(u))).to(dtype).reshape(shape)
@@ -305,6 +307,6 @@ def gumbel(k: Key, shape: Shape = (), *, dtype: torch.dtype = torch.float32) -> 
 
 def categorical(k: Key, logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Samples of class indices from unnormalized `logits` along `dim` (Gumbel-max)."""
-    _check_key(k)
+    check_key(k)
     g = gumbel(k, logits.shape, dtype=torch.float64).to(logits.device)
     return torch.argmax(logits.to(torch.float64) + g, dim=dim)
