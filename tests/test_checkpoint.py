@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import safetensors.torch
@@ -20,19 +19,13 @@ import torch
 from funcml import checkpoint as ckpt
 from funcml import random, tree
 from funcml.errors import CheckpointError, ConfigError
+from funcml.optim import EmptyState
+from funcml.optim import ScaleByAdamState as AdamState
 from funcml.train import LossScaleState, TrainState
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class AdamState(NamedTuple):
-    count: torch.Tensor
-    mu: dict
-    nu: dict
-
-
-class EmptyState(NamedTuple):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)

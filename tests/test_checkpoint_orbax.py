@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -12,19 +11,13 @@ import torch
 
 from funcml import checkpoint, checkpoint_orbax, random, tree
 from funcml.errors import CheckpointError
+from funcml.optim import EmptyState
+from funcml.optim import ScaleByAdamState as AdamState
 from funcml.train import LossScaleState, TrainState
 
 ocp = pytest.importorskip("orbax.checkpoint", reason="orbax-checkpoint is an optional extra: pip install funcml[orbax]")
 
 
-class AdamState(NamedTuple):
-    count: torch.Tensor
-    mu: dict
-    nu: dict
-
-
-class EmptyState(NamedTuple):
-    pass
 
 
 def make_state(key: torch.Tensor, step: int = 7, *, loss_scale: bool = False) -> TrainState:

@@ -165,7 +165,7 @@ def test_eval_step_returns_metrics_without_grads():
     assert m["mse"].ndim == 0 and not m["mse"].requires_grad
 
 
-def _cnn_setup():
+def _cnn_setup(compile: bool = False):
     cfg = CNNConfig(in_channels=1, channels=(4, 8), num_classes=3, dropout=0.2)
 
     def loss_fn(params, model_state, batch, key):
@@ -181,7 +181,7 @@ def _cnn_setup():
 
     tx = optim.adamw(1e-2)
     params, state = models.init(random.key(3), cfg)
-    return init_train_state(params, state, tx, random.key(4)), make_train_step(loss_fn, tx, compile=False), get_batch
+    return init_train_state(params, state, tx, random.key(4)), make_train_step(loss_fn, tx, compile=compile), get_batch
 
 
 def test_resume_from_a_checkpoint_is_bit_identical_to_an_uninterrupted_run(tmp_path):
@@ -195,6 +195,16 @@ def test_resume_from_a_checkpoint_is_bit_identical_to_an_uninterrupted_run(tmp_p
     assert tree.equal(resumed.params, straight.params)
     assert tree.equal(resumed.model_state, straight.model_state)
     assert tree.equal(resumed.opt_state, straight.opt_state)
+
+
+@pytest.mark.compile
+def test_resume_is_bit_identical_with_a_compiled_step_too(tmp_path):
+    ts0, step, get_batch = _cnn_setup(compile=True)
+    straight = fit(ts0, step, get_batch, num_steps=6, progress=False).ts
+    manager = CheckpointManager(tmp_path / "ckpt")
+    fit(ts0, step, get_batch, num_steps=3, checkpoints=manager, progress=False)
+    resumed = fit(ts0, step, get_batch, num_steps=6, checkpoints=manager, resume=True, progress=False).ts
+    assert tree.equal(resumed.params, straight.params) and tree.equal(resumed.opt_state, straight.opt_state)
 
 
 def test_fit_logs_evaluates_checkpoints_and_summarizes(tmp_path):
