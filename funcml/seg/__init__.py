@@ -1,4 +1,8 @@
-"""Segmentation: synthetic shapes and folder data, paired transforms, losses and metrics.
+"""Segmentation: data, transforms, U-Net and U-Net+Transformer, losses, metrics, training.
+
+    python experiments/seg_train.py unet-transformer        # train (see funcml.seg.task.PRESETS)
+    python experiments/seg_eval.py --run RUN                # evaluate a run or checkpoint
+    python experiments/seg_infer.py --run RUN --input DIR   # masks and overlays
 
     from funcml.seg import shapes_batch, ShapesConfig, split_key, ce_dice_loss, confusion_matrix
     images, masks = shapes_batch(split_key(key, "train"), 32, ShapesConfig())
@@ -7,17 +11,24 @@
     metrics_from_confusion(cm)["mean_iou"]
 """
 
-from . import folder, losses, metrics, shapes, transforms
+from . import folder, hybrid, losses, metrics, shapes, task, transforms, unet, viz
 from .folder import FolderDataset, save_mask_png, write_example_folder
 from .losses import (bce_dice_loss, binary_cross_entropy, binary_dice_loss, ce_dice_loss, cross_entropy,
                      soft_dice_loss)
 from .metrics import SegMetrics, confusion_matrix, metrics_from_confusion, per_image_dice
 from .shapes import Scene, ShapesConfig, draw_shape, render_scene, sample_scene, shapes_batch, split_key
+from .hybrid import UNetTransformerConfig, apply_unet_transformer, init_unet_transformer
+from .task import PRESETS, SegTrainConfig, evaluate, load_model, predict, train
+from .unet import UNetConfig, apply_unet, init_unet
+from .viz import colorize, legend, overlay, overlay_grid, save_overlay_grid
 from .transforms import (AugmentConfig, augment, hflip, normalize, pad_collate, random_crop, random_flip,
                          random_rot90, resize, rot90, vflip)
 
 __all__ = [
-    "folder", "losses", "metrics", "shapes", "transforms",
+    "folder", "hybrid", "losses", "metrics", "shapes", "task", "transforms", "unet", "viz",
+    "UNetConfig", "init_unet", "apply_unet", "UNetTransformerConfig", "init_unet_transformer",
+    "apply_unet_transformer", "SegTrainConfig", "PRESETS", "train", "evaluate", "load_model", "predict",
+    "colorize", "legend", "overlay", "overlay_grid", "save_overlay_grid",
     "ShapesConfig", "Scene", "shapes_batch", "sample_scene", "render_scene", "draw_shape", "split_key",
     "FolderDataset", "save_mask_png", "write_example_folder",
     "AugmentConfig", "augment", "resize", "normalize", "hflip", "vflip", "random_flip", "random_crop",

@@ -1,0 +1,216 @@
+"""python experiments/seg_eval.py --run runs/seg/20260101-120000-abc12300
+
+Evaluate a trained segmentation model: per-class IoU and Dice, their means, pixel accuracy,
+and the Dice of every image.
+
+    python experiments/seg_eval.py --run RUN                                  # the shapes validation split
+    python experiments/seg_eval.py --run RUN/checkpoints/step_00001000 --batch-size 32
+    python experiments/seg_eval.py --run RUN --folder data/cells --out reports/cells
+
+`--run` is a run directory (its best checkpoint is used) or one checkpoint directory. Without
+`--folder` the model is scored on the validation split of the data it was trained on
+(`funcml.seg.task.val_batches`); with `--folder` on a folder dataset (`root/images/<stem>.png`,
+`root/masks/<stem>.png`, see `funcml.seg.folder`), whose masks must hold class ids in
+`[0, num_classes)` of the run's model (or `--ignore-index`). Folder images are resized to the
+training size (bilinear; masks nearest) and scored there; `--no-resize` scores every file at its
+own size (the model pads H and W up to a multiple of `2^depth` and crops its logits back).
+
+Writes to `--out` (default `<run>/eval/`; for a checkpoint `<run>/checkpoints/<name>`, the run's
+`eval/`; for a checkpoint elsewhere, `<checkpoint>-eval/`):
+
+    metrics.json         means, pixel accuracy and per-class figures (NaN written as null)
+    metrics.csv          one row per class: class, IoU, Dice, support; then the row `mean`
+    per_image_dice.csv   one row per image: its id (file stem or index) and its Dice averaged over
+                         the classes present in its target or prediction
+
+and prints the per-class table. Metrics are dataset-level (`funcml.seg.metrics`): a class absent
+from both targets and predictions has no IoU or Dice (shown as "-", written as NaN / null) and is
+left out of the means. Each file is written to a temporary name and renamed, so an existing
+output folder keeps its other files and never holds a half-written one. Mistakes (a missing run,
+a folder without masks, a class id out of range) print one line `error: ...` and exit with 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from funcml import config
+from funcml.errors import ConfigError, DataError, cli_main
+from funcml.seg import task
+from funcml.seg.folder import FolderDataset
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluate a segmentation run on its validation split or on a folder dataset."""
+
+    run: Path
+    """A run directory (its best checkpoint) or a checkpoint directory."""
+    folder: Path | None = None
+    """A folder dataset (images/ and masks/) to evaluate on instead of the shapes validation split."""
+    out: Path | None = None
+    """Output folder (default: `<run>/eval/`)."""
+    batch_size: int = 64
+    """Images per forward pass."""
+    resize: bool = True
+    """Resize folder images (bilinear) and masks (nearest) to the training size; off: score at each file's size."""
+    ignore_index: int = 255
+    """Mask value of unlabelled pixels (not scored)."""
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _default_out(run: Path) -> Path:
+    if (run / "config.json").is_file() or (run / "env.json").is_file():
+        return run / "eval"
+    if run.parent.name == "checkpoints":
+        return run.parent.parent / "eval"
+    return run.with_name(f"{run.name}-eval")
+
+
+def _floats(x: Any) -> list[float]:
+    return [float(v) for v in torch.as_tensor(x, dtype=torch.float64).reshape(-1)]
+
+
+def _json_number(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _fmt(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.4f}"
+
+
+def _folder_batches(ds: FolderDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive examples in batches of at most `batch_size`; a new batch starts where the size changes."""
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        if images and (len(images) == batch_size or image.shape != images[0].shape):
+            yield torch.stack(images), torch.stack(masks)
+            images, masks = [], []
+        images.append(image)
+        masks.append(mask)
+    if images:
+        yield torch.stack(images), torch.stack(masks)
+
+
+class _Counted:
+    """Pass batches through, counting images and the pixels of each true class (the support)."""
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, ignore_index: int):
+        self.batches, self.k, self.ignore_index = batches, num_classes, ignore_index
+        self.support = torch.zeros(num_classes, dtype=torch.int64)
+        self.images = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, masks in self.batches:
+            labels = masks[masks != self.ignore_index].to(torch.int64)
+            labels = labels[(labels >= 0) & (labels < self.k)]  # out-of-range ids are evaluate's error to raise
+            self.support = self.support + torch.bincount(labels, minlength=self.k)[: self.k].cpu()
+            self.images += int(images.shape[0])
+            yield images, masks
+
+
+def _table(names: Sequence[str], iou: Sequence[float], dice: Sequence[float], support: Sequence[int],
+           means: dict[str, float]) -> str:
+    rows = [(n, _fmt(i), _fmt(d), str(s)) for n, i, d, s in zip(names, iou, dice, support)]
+    footer = [("mean", _fmt(means["mean_iou"]), _fmt(means["mean_dice"]), str(sum(support)))]
+    header = ("class", "IoU", "Dice", "support")
+    widths = [max(len(r[c]) for r in [header, *rows, *footer]) for c in range(4)]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])])
+
+    rule = "-" * len(line(header))
+    out = [line(header), rule, *map(line, rows), rule, *map(line, footer),
+           f"pixel accuracy: {_fmt(means['pixel_accuracy'])}"]
+    if any(math.isnan(v) for v in [*iou, *dice]):
+        out.append('"-": the class is absent from both targets and predictions; it is excluded from the means.')
+    return "\n".join(out)
+
+
+def _csv(rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+@cli_main
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if args is None else list(args)
+    cfg = config.cli(EvalConfig, args=argv, prog="experiments/seg_eval.py")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if not cfg.run.exists():
+        raise DataError(f"--run {cfg.run} does not exist; pass a run directory (e.g. runs/seg/20260101-120000-"
+                        "abc12300) or one of its checkpoints/ directories")
+    train_cfg, model_cfg, params, model_state = task.load_model(cfg.run)
+    k = model_cfg.num_classes
+
+    if cfg.folder is not None:
+        size = (train_cfg.data.height, train_cfg.data.width) if cfg.resize else None
+        ds = FolderDataset(cfg.folder, num_classes=k, image_size=size, ignore_index=cfg.ignore_index,
+                           channels=model_cfg.in_channels)
+        batches: Iterable = _folder_batches(ds, cfg.batch_size)
+        ids: list[str] | None = ds.stems
+        source = str(cfg.folder)
+    else:
+        batches, ids, source = task.val_batches(train_cfg, batch_size=cfg.batch_size), None, "validation split"
+    counted = _Counted(batches, k, cfg.ignore_index)
+    result = task.evaluate(params, model_state, model_cfg, counted, train_cfg, ignore_index=cfg.ignore_index)
+    if counted.images == 0:
+        raise DataError(f"no images to evaluate in {source}")
+
+    names = [str(n) for n in result["class_names"]]
+    iou, dice = _floats(result["per_class_iou"]), _floats(result["per_class_dice"])
+    support = [int(s) for s in counted.support]
+    means = {m: float(result[m]) for m in ("mean_iou", "mean_dice", "pixel_accuracy")}
+    per_image = _floats(result["per_image_dice"])  # each image's Dice, averaged over its classes present
+    ids = ids if ids is not None else [str(i) for i in range(len(per_image))]
+    if len(ids) != len(per_image):
+        raise DataError(f"evaluate returned {len(per_image)} per-image scores for {len(ids)} images")
+
+    out = cfg.out if cfg.out is not None else _default_out(cfg.run)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "run": str(cfg.run), "data": source, "num_images": counted.images, "num_classes": k,
+        "ignore_index": cfg.ignore_index, "class_names": names,
+        **{m: _json_number(v) for m, v in means.items()},
+        "per_class": {n: {"iou": _json_number(i), "dice": _json_number(d), "support": s}
+                      for n, i, d, s in zip(names, iou, dice, support)},
+        "note": "IoU/Dice null: the class is absent from both targets and predictions; excluded from the means",
+    }
+    _write_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    rows = [("class", "IoU", "Dice", "support"), *zip(names, iou, dice, support),
+            ("mean", means["mean_iou"], means["mean_dice"], sum(support))]
+    _write_atomic(out / "metrics.csv", _csv(rows))
+    image_rows = [("image", "mean_dice"), *zip(ids, per_image)]
+    _write_atomic(out / "per_image_dice.csv", _csv(image_rows))
+
+    print(f"{cfg.run} on {source}: {counted.images} images, {k} classes")
+    print(_table(names, iou, dice, support, means))
+    print(f"wrote metrics.json, metrics.csv, per_image_dice.csv to {out}/")
+    return report
+
+
+if __name__ == "__main__":
+    main()

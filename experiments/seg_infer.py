@@ -1,0 +1,213 @@
+"""python experiments/seg_infer.py --run runs/seg/20260101-120000-abc12300 --input photos/ --out predictions/
+
+Segment images with a trained model and draw the results.
+
+    python experiments/seg_infer.py --run RUN --input image.png --out pred/
+    python experiments/seg_infer.py --run RUN --input data/cells/images --masks data/cells/masks --out pred/
+
+`--run` is a run directory (its best checkpoint) or a checkpoint directory; `--input` one image
+(.png, .jpg, .jpeg) or a folder of them. For each image `<stem>` it writes to `--out`
+(default `<run>/infer/`):
+
+    <stem>_mask.png      the predicted class ids as a palette PNG (`funcml.seg.save_mask_png`),
+                         the input's size; `FolderDataset` and PIL read the ids back
+    <stem>_overlay.png   the image with the prediction blended in (`--alpha`) and a legend
+    grid.png             image | prediction for the first `--max-rows` images, or
+                         image | ground truth | prediction with `--masks`
+
+Sizes. Every image is converted to the model's channels (RGB or grey) and resized to the
+training size (bilinear, half-pixel centres), the size the model learned its scales at; the
+predicted mask is resized back to the image's own size with NEAREST (each output pixel takes the
+class of the model pixel under its centre), so masks and overlays have the input's size. The grid
+shows the images, masks and predictions at the training size.
+
+`--masks DIR` holds ground-truth masks `<stem>.png` (class ids, as `FolderDataset` reads them)
+for every input image; they are drawn in the grid only (use `seg_eval.py --folder` for scores).
+
+Files in the input folder whose suffix is not an image suffix (say a README) are skipped with a
+warning on stderr; a file with an image suffix that cannot be decoded is an error. Mistakes (a
+missing run or input, an unreadable image, a mask missing for some stem, a mask of another size
+or with an out-of-range id) print one line `error: ...` and exit with 2. Files are written to a
+temporary name and renamed, so an existing output folder is never left half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from funcml import config
+from funcml.errors import ConfigError, DataError, cli_main
+from funcml.seg import task
+from funcml.seg.folder import IMAGE_SUFFIXES, save_mask_png
+from funcml.seg.viz import overlay, save_image_atomic, save_overlay_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """Predict masks for images and draw overlays with a trained segmentation model."""
+
+    run: Path
+    """A run directory (its best checkpoint) or a checkpoint directory."""
+    input: Path
+    """One image file (.png, .jpg, .jpeg) or a folder of images."""
+    out: Path | None = None
+    """Output folder (default: `<run>/infer/`)."""
+    masks: Path | None = None
+    """Optional folder of ground-truth masks `<stem>.png`, drawn in the grid."""
+    alpha: float = 0.45
+    """Opacity of the prediction colours in the overlays, in [0, 1]."""
+    batch_size: int = 16
+    """Images per forward pass."""
+    max_rows: int = 8
+    """Rows (images) in grid.png."""
+    ignore_index: int = 255
+    """Mask value of unlabelled pixels (left uncoloured)."""
+
+
+def _default_out(run: Path) -> Path:
+    if (run / "config.json").is_file() or (run / "env.json").is_file():
+        return run / "infer"
+    if run.parent.name == "checkpoints":
+        return run.parent.parent / "infer"
+    return run.with_name(f"{run.name}-infer")
+
+
+def _list_inputs(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataError(f"--input {path} does not exist; pass an image file or a folder of images")
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"--input {path} is not an image (expected {', '.join(IMAGE_SUFFIXES)})")
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        print(f"warning: skipping {len(skipped)} non-image file(s) in {path}: {', '.join(skipped[:3])}{more}",
+              file=sys.stderr)
+    if not images:
+        raise DataError(f"--input {path} holds no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
+    stems: dict[str, Path] = {}
+    for p in images:
+        if p.stem in stems:
+            raise DataError(f"{path}: two images share the name {p.stem!r} ({stems[p.stem].name}, {p.name}); "
+                            "their outputs would collide, keep one")
+        stems[p.stem] = p
+    return images
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e}); replace or remove it") from None
+
+
+def _read_image(path: Path, channels: int) -> torch.Tensor:
+    """`[C, H, W]` float32 in [0, 1]."""
+    im = _open(path).convert("RGB" if channels == 3 else "L")
+    pixels = np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, channels)
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
+
+
+def _read_mask(path: Path, size: tuple[int, int], num_classes: int, ignore_index: int) -> torch.Tensor:
+    """`[H, W]` int64 class ids, checked against the image's size and the class range."""
+    im = _open(path)
+    if im.mode not in ("P", "L", "I", "I;16", "1"):
+        raise DataError(f"{path}: a mask must be a palette (P) or greyscale PNG of class ids, got mode {im.mode}")
+    values = torch.from_numpy(np.asarray(im, dtype=np.int64).copy())
+    if tuple(values.shape) != size:
+        raise DataError(f"{path} is {values.shape[1]}x{values.shape[0]} but its image is {size[1]}x{size[0]} "
+                        "(width x height); they must match")
+    bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
+    if bool(bad.any()):
+        raise DataError(f"{path}: class ids {torch.unique(values[bad]).tolist()} are outside [0, {num_classes}) "
+                        f"(ignore_index={ignore_index})")
+    return values
+
+
+def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`[C, H, W] -> [C, h, w]`, bilinear with half-pixel centres (as `funcml.seg.transforms.resize`)."""
+    if tuple(image.shape[-2:]) == size:
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0.0, 1.0)
+
+
+def _resize_ids(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`[H, W]` ids -> `[h, w]`: each output pixel takes the id of the source pixel under its centre."""
+    if tuple(mask.shape) == size:
+        return mask
+    out = F.interpolate(mask[None, None].to(torch.float32), size=size, mode="nearest-exact")
+    return out[0, 0].round().to(mask.dtype)
+
+
+@cli_main
+def main(args: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if args is None else list(args)
+    cfg = config.cli(InferConfig, args=argv, prog="experiments/seg_infer.py")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
+    if cfg.batch_size < 1 or cfg.max_rows < 1:
+        raise ConfigError(f"--batch-size and --max-rows must be >= 1, got {cfg.batch_size} and {cfg.max_rows}")
+    if not cfg.run.exists():
+        raise DataError(f"--run {cfg.run} does not exist; pass a run directory (e.g. runs/seg/20260101-120000-"
+                        "abc12300) or one of its checkpoints/ directories")
+    paths = _list_inputs(cfg.input)
+    if cfg.masks is not None:
+        if not cfg.masks.is_dir():
+            raise DataError(f"--masks {cfg.masks} is not a folder; pass the folder holding <stem>.png masks")
+        missing = [p.stem for p in paths if not (cfg.masks / f"{p.stem}.png").is_file()]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise DataError(f"--masks {cfg.masks}: no mask {missing[0]}.png for image {missing[0]}{more}; "
+                            "add the masks or leave out --masks")
+
+    train_cfg, model_cfg, params, model_state = task.load_model(cfg.run)
+    k, channels = model_cfg.num_classes, model_cfg.in_channels
+    size = (train_cfg.data.height, train_cfg.data.width)
+    names = list(task.class_names(train_cfg))
+
+    images = [_read_image(p, channels) for p in paths]
+    gts = ([_read_mask(cfg.masks / f"{p.stem}.png", tuple(x.shape[-2:]), k, cfg.ignore_index)
+            for p, x in zip(paths, images)] if cfg.masks is not None else None)
+    small = torch.stack([_resize_image(x, size) for x in images])  # [N, C, h, w], the model's size
+    preds = []
+    for i in range(0, len(images), cfg.batch_size):
+        pred, _ = task.predict(params, model_state, model_cfg, task.preprocess(small[i:i + cfg.batch_size], train_cfg))
+        preds.append(pred)
+    pred_small = torch.cat(preds)  # [N, h, w] int64
+
+    out = cfg.out if cfg.out is not None else _default_out(cfg.run)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, image, p in zip(paths, images, pred_small):
+        mask = _resize_ids(p, tuple(image.shape[-2:]))  # back to the image's own size
+        tmp = out / f".{path.stem}_mask.png.tmp"
+        try:
+            save_mask_png(mask, tmp)
+            tmp.replace(out / f"{path.stem}_mask.png")
+        finally:
+            tmp.unlink(missing_ok=True)
+        save_image_atomic(overlay(image, mask, alpha=cfg.alpha, class_names=names, ignore_index=cfg.ignore_index),
+                          out / f"{path.stem}_overlay.png")
+        written.append(path.stem)
+    gt_small = torch.stack([_resize_ids(g, size) for g in gts]) if gts is not None else None
+    save_overlay_grid(small, gt_small, pred_small, names, out / "grid.png", max_rows=cfg.max_rows,
+                      ignore_index=cfg.ignore_index)
+    print(f"{len(written)} image(s): wrote <stem>_mask.png and <stem>_overlay.png for each, and grid.png, to {out}/")
+    return {"out": str(out), "stems": written}
+
+
+if __name__ == "__main__":
+    main()
