@@ -46,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.seg import task
-from funcml.seg.folder import IMAGE_SUFFIXES, save_mask_png
+from funcml.seg.folder import IMAGE_SUFFIXES, list_images, save_mask_png
 from funcml.seg.viz import overlay, save_image_atomic, save_overlay_grid
 
 
@@ -88,21 +88,12 @@ def _list_inputs(path: Path) -> list[Path]:
             raise DataError(f"--input {path} is not an image (expected {', '.join(IMAGE_SUFFIXES)})")
         return [path]
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if skipped:
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         print(f"warning: skipping {len(skipped)} non-image file(s) in {path}: {', '.join(skipped[:3])}{more}",
               file=sys.stderr)
-    if not images:
-        raise DataError(f"--input {path} holds no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
-    stems: dict[str, Path] = {}
-    for p in images:
-        if p.stem in stems:
-            raise DataError(f"{path}: two images share the name {p.stem!r} ({stems[p.stem].name}, {p.name}); "
-                            "their outputs would collide, keep one")
-        stems[p.stem] = p
-    return images
+    return list_images(path)
 
 
 def _open(path: Path) -> Image.Image:

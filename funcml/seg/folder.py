@@ -28,7 +28,7 @@ from ..errors import DataError
 from .shapes import ShapesConfig, shapes_batch
 from .transforms import resize
 
-__all__ = ["FolderDataset", "save_mask_png", "write_example_folder", "DEFAULT_PALETTE", "IMAGE_SUFFIXES"]
+__all__ = ["FolderDataset", "list_images", "save_mask_png", "write_example_folder", "DEFAULT_PALETTE", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Class 0 black, then well-separated colours; ids past the list reuse it.
@@ -47,6 +47,24 @@ def _open(path: Path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e}); "
                         "replace or remove the corrupt file") from None
+
+
+def list_images(directory: Path) -> list[Path]:
+    """The image files of `directory` (by suffix, sorted), with unique stems.
+
+    Raises DataError when there are none or two share a stem (`a.png`, `a.jpg`): their masks
+    and outputs are keyed by stem and would collide.
+    """
+    images = sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{directory}: no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
+    by_stem: dict[str, Path] = {}
+    for p in images:
+        if p.stem in by_stem:
+            raise DataError(f"{directory}: two images share the name {p.stem!r} ({by_stem[p.stem].name}, {p.name}); "
+                            "keep one")
+        by_stem[p.stem] = p
+    return images
 
 
 class FolderDataset:
@@ -89,15 +107,7 @@ class FolderDataset:
             if not d.is_dir():
                 raise DataError(f"{self.root}: missing folder {d.name}/ (expected {self.root}/images/<name>.png|jpg "
                                 f"and {self.root}/masks/<name>.png)")
-        images = sorted(p for p in self.image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise DataError(f"{self.image_dir}: no images (*.png, *.jpg, *.jpeg)")
-        by_stem: dict[str, Path] = {}
-        for p in images:
-            if p.stem in by_stem:
-                raise DataError(f"{self.image_dir}: two images share the name {p.stem!r} "
-                                f"({by_stem[p.stem].name}, {p.name}); keep one")
-            by_stem[p.stem] = p
+        images = list_images(self.image_dir)
         missing = [p for p in images if not (self.mask_dir / f"{p.stem}.png").is_file()]
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
