@@ -41,12 +41,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
 from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.seg import task
-from funcml.seg.folder import IMAGE_SUFFIXES, list_images, save_mask_png
+from funcml.seg.folder import IMAGE_SUFFIXES, list_images, open_image, save_mask_png
 from funcml.seg.viz import overlay, save_image_atomic, save_overlay_grid
 
 
@@ -96,25 +95,16 @@ def _list_inputs(path: Path) -> list[Path]:
     return list_images(path)
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e}); replace or remove it") from None
-
-
 def _read_image(path: Path, channels: int) -> torch.Tensor:
     """`[C, H, W]` float32 in [0, 1]."""
-    im = _open(path).convert("RGB" if channels == 3 else "L")
+    im = open_image(path).convert("RGB" if channels == 3 else "L")
     pixels = np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, channels)
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
 
 
 def _read_mask(path: Path, size: tuple[int, int], num_classes: int, ignore_index: int) -> torch.Tensor:
     """`[H, W]` int64 class ids, checked against the image's size and the class range."""
-    im = _open(path)
+    im = open_image(path)
     if im.mode not in ("P", "L", "I", "I;16", "1"):
         raise DataError(f"{path}: a mask must be a palette (P) or greyscale PNG of class ids, got mode {im.mode}")
     values = torch.from_numpy(np.asarray(im, dtype=np.int64).copy())

@@ -28,7 +28,8 @@ from ..errors import DataError
 from .shapes import ShapesConfig, shapes_batch
 from .transforms import resize
 
-__all__ = ["FolderDataset", "list_images", "save_mask_png", "write_example_folder", "DEFAULT_PALETTE", "IMAGE_SUFFIXES"]
+__all__ = ["FolderDataset", "list_images", "open_image", "save_mask_png", "write_example_folder", "DEFAULT_PALETTE",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Class 0 black, then well-separated colours; ids past the list reuse it.
@@ -38,7 +39,7 @@ DEFAULT_PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 
 _IGNORE_COLOR = (255, 255, 255)
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     """Open and fully decode an image, or a DataError naming the file."""
     try:
         with Image.open(path) as im:
@@ -123,7 +124,7 @@ class FolderDataset:
         return len(self._images)
 
     def _mask_values(self, path: Path) -> np.ndarray:
-        im = _open(path)
+        im = open_image(path)
         if im.mode not in ("P", "L", "I", "I;16", "1"):
             raise DataError(f"{path}: a mask must be a palette (P) or greyscale PNG of class ids, got mode "
                             f"{im.mode}; save it with funcml.seg.save_mask_png")
@@ -145,7 +146,7 @@ class FolderDataset:
             raise IndexError(f"index {i} out of range for {len(self)} examples")
         image_path = self._images[i]
         mask_path = self.mask_dir / f"{image_path.stem}.png"
-        im = _open(image_path).convert("RGB" if self.channels == 3 else "L")
+        im = open_image(image_path).convert("RGB" if self.channels == 3 else "L")
         values = self._mask_values(mask_path)
         if values.shape != (im.height, im.width):
             raise DataError(f"{image_path} is {im.width}x{im.height} but its mask {mask_path} is "

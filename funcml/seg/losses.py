@@ -105,6 +105,17 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, class_weights: 
     return _safe_div(loss.sum(), w.sum())
 
 
+def _binary_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None):
+    """`(x, t, valid)`: float logits, targets as x's dtype with ignored pixels set to 0, and the
+    valid-pixel mask (ignore_index applies to integer targets only)."""
+    x, target = _binary_pair(logits, target)
+    x = _float(x)
+    if ignore_index is not None and not target.is_floating_point():
+        valid = target != ignore_index
+        return x, torch.where(valid, target, torch.zeros_like(target)).to(x.dtype), valid
+    return x, target.to(x.dtype), torch.ones_like(target, dtype=torch.bool)
+
+
 def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pos_weight: float | torch.Tensor | None = None,
                          ignore_index: int | None = None) -> torch.Tensor:
     """Sigmoid cross-entropy with a positive-class weight, averaged over non-ignored pixels.
@@ -119,13 +130,7 @@ def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, pos_weight:
     logits: `[B, 1, *S]` or `[B, *S]` float; target: `[B, *S]` int (0, 1 or ignore_index) or
     float in [0, 1].
     """
-    x, target = _binary_pair(logits, target)
-    x = _float(x)
-    if ignore_index is not None and not target.is_floating_point():
-        valid = target != ignore_index
-        t = torch.where(valid, target, torch.zeros_like(target)).to(x.dtype)
-    else:
-        valid, t = torch.ones_like(target, dtype=torch.bool), target.to(x.dtype)
+    x, t, valid = _binary_inputs(logits, target, ignore_index)
     softplus_neg = torch.log1p(torch.exp(-x.abs())) + (-x).clamp_min(0)  # log(1 + exp(-x))
     if pos_weight is None:
         weight = 1.0
@@ -204,13 +209,7 @@ def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index
 
     logits: `[B, 1, *S]` or `[B, *S]` float; target: `[B, *S]` in {0, 1} (or ignore_index).
     """
-    x, target = _binary_pair(logits, target)
-    x = _float(x)
-    if ignore_index is not None and not target.is_floating_point():
-        valid = target != ignore_index
-        g = torch.where(valid, target, torch.zeros_like(target)).to(x.dtype)
-    else:
-        valid, g = torch.ones_like(target, dtype=torch.bool), target.to(x.dtype)
+    x, g, valid = _binary_inputs(logits, target, ignore_index)
     x, g, v = (rearrange(a, "b ... -> b (...)") for a in (x, g, valid.to(x.dtype)))
     p = torch.sigmoid(x) * v
     g = g * v
