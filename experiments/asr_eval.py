@@ -1,0 +1,95 @@
+"""python experiments/asr_eval.py --run runs/asr-speech/20260101-120000-abc12300
+
+Evaluate a trained Paraformer: CER, WER, token accuracy (teacher-forced lengths), length
+accuracy (fired token count), real-time factor, and reference / hypothesis pairs.
+
+    python experiments/asr_eval.py --run RUN                      # the test split (held-out voices)
+    python experiments/asr_eval.py --run RUN --split val          # the validation split (training voices)
+    python experiments/asr_eval.py --run RUN/checkpoints/step_00001200 --num-test 400
+    python experiments/asr_eval.py --run RUN --max-cer 0.10       # exit 1 if the CER is above 10%
+
+`--run` is a run directory (its best checkpoint by val/cer) or one checkpoint directory. The
+splits are those of the run's own config (`funcml.asr.task.val_examples` / `test_examples`);
+`--num-test` draws a larger test set from the same held-out voices. Writes
+`<out>/metrics_<split>.json` (default out: `<run>/eval/`) through a temporary file and a
+rename, and prints the table. Mistakes print one line `error: ...` and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tyro  # noqa: E402
+
+from funcml.asr import task  # noqa: E402
+from funcml.errors import ConfigError, cli_main  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluate an ASR run on its test (held-out voices) or validation split."""
+
+    run: Path
+    """A run directory (its best checkpoint) or a checkpoint directory."""
+    split: Literal["test", "val"] = "test"
+    """Which split of the run's data."""
+    num_test: int = 0
+    """Utterances in the split (0 = the run's num_test / num_val)."""
+    batch_size: int = 32
+    """Utterances per forward pass."""
+    out: Path | None = None
+    """Output folder (default: `<run>/eval/`)."""
+    max_cer: float | None = None
+    """Exit with status 1 when the CER is above this (a target check)."""
+
+
+def _out_dir(cfg: EvalConfig) -> Path:
+    if cfg.out is not None:
+        return cfg.out
+    run = cfg.run if (cfg.run / "checkpoints").is_dir() else cfg.run.parent.parent
+    return run / "eval" if (run / "checkpoints").is_dir() else cfg.run.with_name(cfg.run.name + "-eval")
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> dict:
+    cfg = tyro.cli(EvalConfig, args=argv, description=__doc__.splitlines()[0])
+    if cfg.batch_size < 1 or cfg.num_test < 0:
+        raise ConfigError(f"--batch-size must be >= 1 and --num-test >= 0, got {cfg.batch_size}, {cfg.num_test}")
+    train_cfg, params, tok = task.load_model(cfg.run)
+    if cfg.num_test:
+        field = "num_test" if cfg.split == "test" else "num_val"
+        train_cfg = dataclasses.replace(train_cfg, **{field: cfg.num_test})
+    examples = (task.test_examples if cfg.split == "test" else task.val_examples)(train_cfg, tok)
+    m = task.evaluate(params, train_cfg, examples, tok, batch_size=cfg.batch_size, num_examples=10)
+    m.update(split=cfg.split, run=str(cfg.run), data=train_cfg.data)
+    out = _out_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"metrics_{cfg.split}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(m, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    voices = "held-out voices" if train_cfg.data == "speech" and cfg.split == "test" else "training voices"
+    print(f"{cfg.split} split ({m['num_utts']} utterances, {voices if train_cfg.data == 'speech' else 'toy'})")
+    print(f"CER {100 * m['cer']:.2f}%   WER {100 * m['wer']:.2f}%   token acc {100 * m['token_acc']:.2f}%   "
+          f"length acc {100 * m['length_acc']:.2f}%   RTF {m['rtf']:.4f}")
+    for pair in m["examples"][:5]:
+        print(f"  ref: {pair['ref']!r}\n  hyp: {pair['hyp']!r}")
+    print(f"written {path}")
+    if cfg.max_cer is not None and not m["cer"] <= cfg.max_cer:
+        print(f"CER {m['cer']:.4f} is above --max-cer {cfg.max_cer}", file=sys.stderr)
+        sys.exit(1)
+    return m
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,521 @@
+"""Paraformer ASR as a task: the training config, presets, data, training, loading, evaluation, inference.
+
+    python experiments/asr_train.py speech            # synthesized speech (espeak-ng), the main job's preset
+    python experiments/asr_train.py toy --steps 300   # the toy feature dataset
+
+    run, summary = train(cfg)                                       # run dir + fit summary (+ eval.json)
+    cfg, params, tok = load_model(run.path)                         # the best checkpoint by val/cer
+    metrics = evaluate(params, cfg, test_examples(cfg), tok)        # CER / WER / token acc / RTF
+    hyp = transcribe_waveform(params, cfg, tok, waveform, sample_rate)
+
+Data. Two kinds, one representation: an `Example` holds `features [T, F]`, the token ids and
+the text. `data="speech"`: `funcml.asr.speech.make_corpus` synthesizes `num_train` training
+utterances with the training voices (cached on disk under `cache_dir`), `num_val` more with
+the same voices (validation, picks the best checkpoint) and `num_test` with the *held-out*
+voices (the test split: generalization to unseen speakers); the front end
+(`funcml.asr.frontend.features`) turns them into log-mel features once. Training batches walk
+epoch permutations of the training set (`funcml.tasks.epoch_indices`), with SpecAugment from
+`fold_in(augment_key, step)`. `data="toy"`: every batch is `toy_batch(fold_in(train_key, step))`
+and the val / test splits are fixed toy batches.
+
+A batch pads features to the longest item rounded up to `pad_multiple` frames (few distinct
+shapes, so a compiled step recompiles rarely) and tokens to `model.max_tokens`.
+
+`model.vocab_size` and `model.encoder.input_dim` follow from the data (the tokenizer, the
+front end): `resolve(cfg)` fills them in, and the saved config holds the resolved values.
+
+Keys: `root = key(seed)`; init `fold_in(root, "init")`, train-step `fold_in(root, "train")`,
+SpecAugment `fold_in(root, "augment")`; data `key(data_seed)` with named splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Literal, NamedTuple, Sequence
+
+import torch
+
+from .. import checkpoint, random
+from .. import config as config_lib
+from ..checks import check_dtype, check_finite, check_shape
+from ..errors import CheckpointError, ConfigError, DataError, ShapeError
+from ..nn import model as models
+from ..runs import RunDir, create_run
+from ..tasks import checkpoint_dir, epoch_indices, make_optimizer, open_for_resume, write_curves
+from ..train import EarlyStop, fit, init_train_state, make_train_step
+from . import audio as audio_lib
+from .encoder import EncoderConfig
+from .frontend import FrontendConfig, features as frontend_features, spec_augment
+from .metrics import cer, length_accuracy, token_accuracy, wer
+from .paraformer import (LossConfig, ParaformerConfig, Transcript, frame_shift_seconds, greedy_decode,
+                         paraformer_loss)
+from .speech import DIGITS, WORDS, SpeechConfig, make_corpus
+from .tokenizer import CharTokenizer
+from .toy import ToyConfig, toy_batch, toy_tokenizer
+
+__all__ = ["AsrTrainConfig", "PRESETS", "Example", "resolve", "tokenizer_for", "train_examples", "val_examples",
+           "test_examples", "collate", "evaluate", "train", "load_model", "transcribe", "transcribe_features",
+           "transcribe_waveform", "frame_shift", "feature_dim"]
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AsrTrainConfig:
+    """Train a Paraformer (see funcml.asr.task).
+
+    model: the Paraformer (encoder kind, sizes, CIF, decoder); vocab_size and encoder.input_dim
+        are filled in from the data by `resolve`.
+    loss: CE / quantity / CTC weights, label smoothing, glancing ratio.
+    data: "speech" (espeak-ng synthesized utterances) or "toy" (synthetic features).
+    speech, toy, frontend: the two data sources and the log-mel front end.
+    num_train, num_val, num_test: utterances per split (speech; toy uses num_val / num_test).
+    cache_dir: where synthesized corpora are cached (None: synthesize every time).
+    spec_augment: SpecAugment training batches (time_masks x max_time frames, freq_masks x max_freq bins).
+    steps, batch_size, lr, weight_decay, warmup_steps, grad_clip: AdamW, warmup + cosine decay.
+    precision, compile: the train step's autocast dtype and torch.compile switch.
+    pad_multiple: features are padded to a multiple of this many frames.
+    eval_every: validate (and checkpoint) every this many steps, and at the end.
+    seed: init, dropout, glancing and SpecAugment; data_seed: the corpora.
+    runs_dir, experiment, resume, patience, keep_last: as in funcml.seg.task.
+    """
+
+    model: ParaformerConfig = ParaformerConfig()
+    loss: LossConfig = LossConfig()
+    data: Literal["speech", "toy"] = "speech"
+    speech: SpeechConfig = SpeechConfig()
+    toy: ToyConfig = ToyConfig()
+    frontend: FrontendConfig = FrontendConfig()
+    num_train: int = 2000
+    num_val: int = 100
+    num_test: int = 200
+    cache_dir: Path | None = Path(".cache/funcml-speech")
+    spec_augment: bool = True
+    time_masks: int = 2
+    max_time: int = 10
+    freq_masks: int = 2
+    max_freq: int = 10
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    pad_multiple: int = 16
+    eval_every: int = 200
+    seed: int = 0
+    data_seed: int = 0
+    runs_dir: Path = Path("runs")
+    experiment: str = "asr"
+    resume: Path | None = None
+    patience: int = 0
+    keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"AsrTrainConfig: {msg}")
+
+        need(self.data in ("speech", "toy"), f"data must be 'speech' or 'toy', got {self.data!r}")
+        for name in ("steps", "eval_every", "warmup_steps", "patience", "num_train"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "num_val", "num_test", "keep_last", "pad_multiple"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("time_masks", "max_time", "freq_masks", "max_freq"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
+        need(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        need(self.data == "toy" or self.num_train >= 1, "num_train must be >= 1 for speech data")
+        need(self.loss.ctc_weight == 0 or self.model.ctc,
+             f"loss.ctc_weight={self.loss.ctc_weight} needs a CTC head: add --model.ctc")
+
+
+class Example(NamedTuple):
+    """One utterance: `features [T, F]` float32, `tokens` (ids, no specials), `text`, `seconds` of audio."""
+
+    features: torch.Tensor
+    tokens: list[int]
+    text: str
+    seconds: float
+
+
+# --------------------------------------------------------------------------- presets
+
+# The speech preset. Measured on 2 busy CPU cores, eager, B=16 of ~290 frames: 1.45 s/step with
+# conv_channels=144, 0.42 s with 32; dropout 0.1 costs another ~0.45 s/step in eager mode (its
+# Threefry bits are ~100 elementwise passes over every masked tensor; compiled they fuse), so the
+# preset regularizes with SpecAugment and glancing instead. LFR input (60 ms frames) is cheaper
+# still but cannot fire the ~18 characters/s of fast speech (at most one token per frame).
+_SPEECH_MODEL = ParaformerConfig(
+    encoder=EncoderConfig(d_model=144, num_heads=4, d_ff=576, num_layers=4, block="sanm", input_layer="conv2d",
+                          conv_channels=32, dropout=0.0),
+    decoder_layers=2, max_tokens=40)
+
+
+def _preset_speech() -> AsrTrainConfig:
+    return AsrTrainConfig(model=_SPEECH_MODEL, data="speech", num_train=2000, num_val=100, num_test=200,
+                          steps=1200, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=200,
+                          experiment="asr-speech")
+
+
+def _preset_toy() -> AsrTrainConfig:
+    return AsrTrainConfig(
+        model=ParaformerConfig(encoder=EncoderConfig(d_model=64, num_heads=4, d_ff=256, num_layers=2,
+                                                     block="transformer", input_layer="linear", dropout=0.0),
+                               decoder_layers=1, max_tokens=16),
+        data="toy", toy=ToyConfig.preset("easy"), num_val=64, num_test=64, spec_augment=False, steps=300,
+        batch_size=16, lr=3e-3, warmup_steps=20, eval_every=100, experiment="asr-toy")
+
+
+def _preset_tiny() -> AsrTrainConfig:
+    return AsrTrainConfig(
+        model=ParaformerConfig(encoder=EncoderConfig(d_model=16, num_heads=2, d_ff=32, num_layers=1,
+                                                     block="transformer", input_layer="linear", dropout=0.0),
+                               decoder_layers=1, max_tokens=16),
+        data="toy", toy=ToyConfig(feat_dim=8, max_len=6), num_val=8, num_test=8, spec_augment=False, steps=6,
+        batch_size=4, lr=3e-3, warmup_steps=1, eval_every=3, experiment="asr-tiny")
+
+
+PRESETS: dict[str, tuple[str, AsrTrainConfig]] = {
+    "speech": ("python experiments/asr_train.py speech  -- a SAN-M Paraformer on espeak-ng digit strings, "
+               "CER on held-out voices (the main job's ASR part)", _preset_speech()),
+    "toy": ("python experiments/asr_train.py toy  -- a small transformer Paraformer on the easy toy features",
+            _preset_toy()),
+    "tiny": ("python experiments/asr_train.py tiny  -- a seconds-long smoke run on tiny toy data", _preset_tiny()),
+}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def tokenizer_for(cfg: AsrTrainConfig) -> CharTokenizer:
+    """The character vocabulary of the data: the toy vocabulary, or every character of the
+    speech corpus's digit and word lists plus the space (unknown characters are errors)."""
+    if cfg.data == "toy":
+        return toy_tokenizer(cfg.toy)
+    chars = sorted(set("".join(DIGITS + WORDS)) | {" "})
+    return CharTokenizer(tuple(chars), use_unk=False)
+
+
+def feature_dim(cfg: AsrTrainConfig) -> int:
+    """F of the model's input: the toy `feat_dim`, or the front end's (80, or 560 with LFR)."""
+    return cfg.toy.feat_dim if cfg.data == "toy" else cfg.frontend.feature_dim
+
+
+def resolve(cfg: AsrTrainConfig) -> AsrTrainConfig:
+    """`cfg` with `model.vocab_size` and `model.encoder.input_dim` set from the data."""
+    v, f = tokenizer_for(cfg).vocab_size, feature_dim(cfg)
+    m = cfg.model
+    if m.vocab_size == v and m.encoder.input_dim == f:
+        return cfg
+    enc = dataclasses.replace(m.encoder, input_dim=f)
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, vocab_size=v, encoder=enc))
+
+
+def frame_shift(cfg: AsrTrainConfig) -> float:
+    """Seconds per encoder frame (toy features count as 10 ms frames)."""
+    hop = 10.0 if cfg.data == "toy" else cfg.frontend.hop_ms
+    n = cfg.frontend.lfr_n if (cfg.data == "speech" and cfg.frontend.use_lfr) else 1
+    return frame_shift_seconds(hop, n, cfg.model.encoder)
+
+
+def _data_key(cfg: AsrTrainConfig, split: str) -> torch.Tensor:
+    return random.fold_in(random.key(cfg.data_seed), split)
+
+
+def _speech_examples(cfg: AsrTrainConfig, split: str, n: int, tok: CharTokenizer) -> list[Example]:
+    voices = "test" if split == "test" else "train"
+    utts = make_corpus(_data_key(cfg, split), n, cfg.speech, split=voices, cache_dir=cfg.cache_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-utterance tensors are small; one thread is faster on a busy machine
+    try:
+        out = []
+        for u in utts:
+            wav = u.waveform if u.sample_rate == cfg.frontend.sample_rate else audio_lib.resample(
+                u.waveform, u.sample_rate, cfg.frontend.sample_rate)
+            out.append(Example(frontend_features(wav, cfg.frontend), tok.encode(u.text), u.text,
+                               u.waveform.numel() / u.sample_rate))
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def _toy_examples(cfg: AsrTrainConfig, key: torch.Tensor, n: int, tok: CharTokenizer) -> list[Example]:
+    b = toy_batch(key, n, cfg.toy, tok)
+    out = []
+    for i in range(n):
+        t, l_ = int(b["feat_lengths"][i]), int(b["token_lengths"][i])
+        out.append(Example(b["features"][i, :t], b["tokens"][i, :l_].tolist(), b["texts"][i], t * 0.01))
+    return out
+
+
+def train_examples(cfg: AsrTrainConfig, tok: CharTokenizer | None = None) -> list[Example]:
+    """The speech training set (`num_train` utterances of the training voices)."""
+    if cfg.data != "speech":
+        raise ConfigError("train_examples: toy training data is drawn per step (toy_batch), not a fixed set")
+    return _speech_examples(cfg, "train", cfg.num_train, tok or tokenizer_for(cfg))
+
+
+def val_examples(cfg: AsrTrainConfig, tok: CharTokenizer | None = None) -> list[Example]:
+    """The validation split: `num_val` utterances of the training voices (new texts), or a toy batch."""
+    tok = tok or tokenizer_for(cfg)
+    if cfg.data == "toy":
+        return _toy_examples(cfg, _data_key(cfg, "val"), cfg.num_val, tok)
+    return _speech_examples(cfg, "val", cfg.num_val, tok)
+
+
+def test_examples(cfg: AsrTrainConfig, tok: CharTokenizer | None = None) -> list[Example]:
+    """The test split: `num_test` utterances of the *held-out* voices, or a toy batch."""
+    tok = tok or tokenizer_for(cfg)
+    if cfg.data == "toy":
+        return _toy_examples(cfg, _data_key(cfg, "test"), cfg.num_test, tok)
+    return _speech_examples(cfg, "test", cfg.num_test, tok)
+
+
+def collate(examples: Sequence[Example], cfg: AsrTrainConfig) -> dict[str, torch.Tensor]:
+    """Pad a list of examples into a batch:
+
+        features [B, T, F] float32 (T = longest, rounded up to pad_multiple; zeros after each length)
+        feat_lengths [B] int64, tokens [B, N] int64 (N = model.max_tokens, pad id 0), token_lengths [B] int64
+
+    A text with more than `max_tokens` tokens (one fewer with `predict_eos`) is a DataError."""
+    if not examples:
+        raise DataError("collate: no examples")
+    f = examples[0].features.shape[-1]
+    n_max = cfg.model.max_tokens - int(cfg.model.predict_eos)
+    for i, e in enumerate(examples):
+        check_shape(e.features, "t f", name=f"examples[{i}].features", f=f)
+        if len(e.tokens) > n_max:
+            raise DataError(f"collate: {e.text!r} has {len(e.tokens)} tokens but the model has "
+                            f"max_tokens={cfg.model.max_tokens}" + (" (one kept for <eos>)" if cfg.model.predict_eos
+                                                                   else "") + "; raise --model.max-tokens")
+        if len(e.tokens) == 0:
+            raise DataError(f"collate: examples[{i}] has an empty transcript")
+    lengths = torch.tensor([e.features.shape[0] for e in examples], dtype=torch.int64)
+    t = int(lengths.max())
+    t = -(-t // cfg.pad_multiple) * cfg.pad_multiple
+    feats = torch.zeros(len(examples), t, f, dtype=torch.float32)
+    tokens = torch.zeros(len(examples), cfg.model.max_tokens, dtype=torch.int64)
+    for i, e in enumerate(examples):
+        feats[i, : e.features.shape[0]] = e.features
+        tokens[i, : len(e.tokens)] = torch.tensor(e.tokens, dtype=torch.int64)
+    return {"features": feats, "feat_lengths": lengths, "tokens": tokens,
+            "token_lengths": torch.tensor([len(e.tokens) for e in examples], dtype=torch.int64)}
+
+
+def _train_batch_fn(cfg: AsrTrainConfig, tok: CharTokenizer):
+    """`get_batch(step) -> batch dict`, a pure function of the step."""
+    aug_key = random.fold_in(random.key(cfg.seed), "augment")
+    train_key = _data_key(cfg, "train")
+    data = train_examples(cfg, tok) if cfg.data == "speech" else None
+
+    def get_batch(step: int) -> dict[str, torch.Tensor]:
+        if data is not None:
+            idx = epoch_indices(train_key, len(data), step, cfg.batch_size)
+            batch = collate([data[int(i)] for i in idx], cfg)
+        else:
+            batch = collate(_toy_examples(cfg, random.fold_in(train_key, step), cfg.batch_size, tok), cfg)
+        if cfg.spec_augment:
+            batch["features"] = spec_augment(random.fold_in(aug_key, step), batch["features"],
+                                             num_time_masks=cfg.time_masks, max_time=cfg.max_time,
+                                             num_freq_masks=cfg.freq_masks, max_freq=cfg.max_freq,
+                                             lengths=batch["feat_lengths"])
+        return batch
+
+    return get_batch
+
+
+# --------------------------------------------------------------------------- model use
+
+
+def _batches(examples: Sequence[Example], batch_size: int) -> Iterable[list[Example]]:
+    order = sorted(range(len(examples)), key=lambda i: examples[i].features.shape[0])  # less padding
+    for i in range(0, len(order), batch_size):
+        yield [examples[j] for j in order[i:i + batch_size]]
+
+
+def evaluate(params: PyTree, cfg: AsrTrainConfig, examples: Sequence[Example], tokenizer: CharTokenizer, *,
+             batch_size: int = 32, num_examples: int = 5) -> dict[str, Any]:
+    """Greedy-decode `examples` in eval mode and score them.
+
+    Returns `cer`, `wer` (corpus rates from `funcml.asr.metrics`), `length_acc` (fraction whose
+    fired token count, `<eos>` excluded, equals the reference's), `token_acc` (argmax of a
+    teacher-forced pass, where CIF is given the reference length, over reference positions),
+    `rtf` (model compute seconds / audio seconds, batched, front end excluded), `num_utts`,
+    and `examples`: the first `num_examples` `{ref, hyp}` pairs in length order.
+    """
+    model = cfg.model
+    refs, hyps, pairs = [], [], []
+    acc_sum, len_sum, n_tok, compute_s, audio_s = 0.0, 0.0, 0, 0.0, 0.0
+    with torch.no_grad():
+        for group in _batches(examples, batch_size):
+            batch = collate(group, cfg)
+            x = {"features": batch["features"], "feat_lengths": batch["feat_lengths"]}
+            t0 = time.perf_counter()
+            out, _ = models.apply(params, {}, x, model, train=False)
+            decoded = greedy_decode(out, tokenizer, frame_shift_s=frame_shift(cfg))
+            compute_s += time.perf_counter() - t0
+            audio_s += sum(e.seconds for e in group)
+            forced, _ = models.apply(params, {}, {**x, "target_lengths": batch["token_lengths"]}, model, train=False)
+            mask = torch.arange(model.max_tokens) < batch["token_lengths"][:, None]
+            k = int(mask.sum())
+            acc_sum += float(token_accuracy(forced.logits, batch["tokens"], mask)) * k
+            n_tok += k
+            fired = out.token_lengths - int(model.predict_eos)
+            len_sum += float(length_accuracy(fired, batch["token_lengths"])) * len(group)
+            for e, d in zip(group, decoded):
+                refs.append(e.text)
+                hyps.append(d.text)
+                if len(pairs) < num_examples:
+                    pairs.append({"ref": e.text, "hyp": d.text})
+    n = len(refs)
+    return {
+        "cer": cer(refs, hyps) if n else float("nan"),
+        "wer": wer(refs, hyps) if n else float("nan"),
+        "token_acc": acc_sum / n_tok if n_tok else float("nan"),
+        "length_acc": len_sum / n if n else float("nan"),
+        "rtf": compute_s / audio_s if audio_s > 0 else float("nan"),
+        "num_utts": n,
+        "examples": pairs,
+    }
+
+
+def transcribe_features(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharTokenizer,
+                        features: Sequence[torch.Tensor]) -> tuple[list[Transcript], Any]:
+    """Transcribe a list of feature matrices `[T_i, F]` (F = `model.encoder.input_dim`) in one
+    batch. Returns the transcripts and the `ParaformerOutput` (for plots)."""
+    f = cfg.model.encoder.input_dim
+    for i, x in enumerate(features):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != f:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"features[{i}]: expected [T, {f}] (the model's feature dimension), got {shape}")
+        if x.shape[0] < 1:
+            raise DataError(f"features[{i}]: no frames (T = 0)")
+        check_dtype(x, "float", name=f"features[{i}]")
+        check_finite(x, name=f"features[{i}]")
+    batch = collate([Example(x.to(torch.float32), [0], "", 0.0) for x in features], cfg)
+    with torch.no_grad():
+        out, _ = models.apply(params, {}, {"features": batch["features"], "feat_lengths": batch["feat_lengths"]},
+                              cfg.model, train=False)
+    return greedy_decode(out, tokenizer, frame_shift_s=frame_shift(cfg)), out
+
+
+def transcribe_waveform(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharTokenizer, waveform: torch.Tensor,
+                        sample_rate: int) -> tuple[Transcript, torch.Tensor, Any]:
+    """Transcribe one waveform `[N]` float at any sample rate (resampled to the front end's).
+    Returns `(transcript, features [T, F], ParaformerOutput)`."""
+    if cfg.data != "speech":
+        raise ConfigError("transcribe_waveform: this model was trained on toy features, not audio; pass features")
+    check_shape(waveform, "n", name="waveform")
+    if waveform.numel() == 0:
+        raise DataError("waveform: the audio is empty (0 samples)")
+    check_finite(waveform, name="waveform")
+    if sample_rate != cfg.frontend.sample_rate:
+        waveform = audio_lib.resample(waveform, sample_rate, cfg.frontend.sample_rate)
+    feats = frontend_features(waveform.to(torch.float32), cfg.frontend)
+    (hyp,), out = transcribe_features(params, cfg, tokenizer, [feats])
+    return hyp, feats, out
+
+
+def transcribe(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharTokenizer, examples: Sequence[Example]
+               ) -> list[Transcript]:
+    """Transcribe examples (their features) in one batch."""
+    return transcribe_features(params, cfg, tokenizer, [e.features for e in examples])[0]
+
+
+# --------------------------------------------------------------------------- training
+
+
+_RESUME_FIELDS = ("model", "data", "speech", "toy", "frontend", "num_train", "seed", "data_seed")
+
+
+def _initial_state(cfg: AsrTrainConfig):
+    root = random.key(cfg.seed)
+    params, model_state = models.init(random.fold_in(root, "init"), cfg.model)
+    tx = make_optimizer(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                        grad_clip=cfg.grad_clip)
+    return init_train_state(params, model_state, tx, random.fold_in(root, "train")), tx
+
+
+def _val_metrics(m: dict) -> dict[str, float]:
+    return {"val/cer": m["cer"], "val/wer": m["wer"], "val/token_acc": m["token_acc"], "val/length_acc": m["length_acc"]}
+
+
+def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[str, Any]]:
+    """Train a Paraformer with `funcml.train.fit`; returns the run and a summary.
+
+    The run directory gets config.json (resolved), tokenizer.json, metrics.csv/jsonl (train
+    loss / ce / quantity / token_acc every 10 steps; val CER, WER, token and length accuracy
+    every `eval_every` steps), checkpoints/ (best by val/cer and the last `keep_last`),
+    plots/loss.png and plots/val_cer.png, summary.json and eval.json (`evaluate` of the best
+    checkpoint on the val and test splits; for speech the test split is the held-out voices).
+    """
+    cfg = resolve(cfg)
+    tok = tokenizer_for(cfg)
+    ts, tx = _initial_state(cfg)
+    run = open_for_resume(cfg.resume, cfg, AsrTrainConfig, fields=_RESUME_FIELDS) if cfg.resume is not None else None
+    t0 = time.perf_counter()
+    get_batch = _train_batch_fn(cfg, tok)
+    val = val_examples(cfg, tok)
+    data_s = time.perf_counter() - t0
+    if run is None:
+        run = create_run(cfg.runs_dir, cfg.experiment, config=cfg)
+    else:
+        config_lib.save(cfg, run.path / "config.json")
+    tok.save(run.path / "tokenizer.json")
+    print(f"[asr] run directory: {run.path} (data ready in {data_s:.1f} s)", file=sys.stderr)
+
+    def loss_fn(params, model_state, batch, key):
+        loss, metrics = paraformer_loss(params, batch, cfg.model, cfg.loss, key=key, train=True)
+        return loss, (metrics, model_state)
+
+    def eval_fn(ts) -> dict[str, float]:
+        return _val_metrics(evaluate(ts.params, cfg, val, tok))
+
+    train_step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile)
+    manager = checkpoint.CheckpointManager(run.checkpoints, keep_last=cfg.keep_last, keep_best=1,
+                                           best_metric="val/cer", mode="min")
+    early = EarlyStop("val/cer", mode="min", patience=cfg.patience) if cfg.patience > 0 else None
+    result = fit(ts, train_step, get_batch, num_steps=cfg.steps, eval_fn=eval_fn, eval_every=cfg.eval_every,
+                 run=run, checkpoints=manager, config=cfg, resume=cfg.resume is not None, early_stop=early,
+                 progress=progress, desc=cfg.experiment)
+    summary = dict(result.summary)
+    summary["data_seconds"] = round(data_s, 1)
+    summary["plots"] = [str(p) for p in write_curves(run, [("loss", "train", "loss", "train loss"),
+                                                             ("val_cer", "val", "val/cer", "val CER")])]
+    if manager.latest() is not None:
+        _, params, _ = load_model(run.path)
+        ckpt = manager.best() or manager.latest()
+        metrics = {"val": evaluate(params, cfg, val, tok), "test": evaluate(params, cfg, test_examples(cfg, tok), tok),
+                   "checkpoint": str(ckpt), "step": checkpoint.load_meta(ckpt)["step"],
+                   "test_split": "held-out voices" if cfg.data == "speech" else "toy test batch"}
+        run.write_json("eval.json", metrics)
+        summary["eval_json"] = metrics
+    summary["run"] = str(run.path)
+    return run, summary
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(path: str | Path) -> tuple[AsrTrainConfig, PyTree, CharTokenizer]:
+    """Load `(train_cfg, params, tokenizer)` from a run directory (its best checkpoint by
+    val/cer, else its latest) or from one checkpoint directory (`step_*`). Names, shapes and
+    dtypes are checked against a fresh model of the saved config."""
+    ckpt = checkpoint_dir(Path(path), best_metric="val/cer", mode="min", trainer="asr_train")
+    meta = checkpoint.load_meta(ckpt)
+    if not meta.get("config"):
+        raise CheckpointError(f"{ckpt}: meta.json holds no config; it was not written by funcml.asr training")
+    try:
+        cfg = config_lib.from_dict(AsrTrainConfig, meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}: its config is not an AsrTrainConfig ({e})") from None
+    like, _ = _initial_state(cfg)
+    ts = checkpoint.restore(ckpt, like)
+    return cfg, ts.params, tokenizer_for(cfg)

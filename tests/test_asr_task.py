@@ -1,0 +1,217 @@
+"""The ASR task and its CLIs: train / eval / infer on tiny toy and speech configs, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from funcml import random
+from funcml.asr import audio, speech, task
+from funcml.asr.task import AsrTrainConfig, Example
+from funcml.errors import CheckpointError, ConfigError, DataError, ShapeError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import asr_eval  # noqa: E402
+import asr_infer  # noqa: E402
+import asr_train  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+_TINY_SPEECH = ["tiny", "--data", "speech", "--num-train", "8", "--num-val", "4", "--num-test", "4",
+                "--speech.digits-len", "1", "2", "--spec-augment", "--steps", "3", "--eval-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    asr_train.main(["tiny", "--runs-dir", str(runs)])
+    (run,) = runs.glob("asr-tiny/*")
+    return run
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("speech_runs")
+    cache = tmp_path_factory.mktemp("cache")
+    asr_train.main([*_TINY_SPEECH, "--runs-dir", str(runs), "--cache-dir", str(cache)])
+    (run,) = runs.glob("asr-tiny/*")
+    return run
+
+
+def _error_exit(capsys, fn, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ config and data
+
+
+def test_resolve_fills_vocab_size_and_input_dim_from_the_data():
+    cfg = task.resolve(AsrTrainConfig(data="speech"))
+    assert cfg.model.vocab_size == task.tokenizer_for(cfg).vocab_size
+    assert cfg.model.encoder.input_dim == 80
+    lfr = task.resolve(dataclasses.replace(cfg, frontend=dataclasses.replace(cfg.frontend, use_lfr=True)))
+    assert lfr.model.encoder.input_dim == 560
+    toy = task.resolve(task.PRESETS["tiny"][1])
+    assert toy.model.encoder.input_dim == toy.toy.feat_dim
+
+
+def test_speech_tokenizer_covers_every_word_of_the_corpus():
+    tok = task.tokenizer_for(AsrTrainConfig(data="speech"))
+    for word in speech.DIGITS + speech.WORDS:
+        assert tok.decode(tok.encode(word)) == word
+
+
+def test_collate_pads_features_to_the_multiple_and_tokens_to_max_tokens():
+    cfg = task.resolve(task.PRESETS["tiny"][1])
+    ex = [Example(torch.ones(5, 8), [5, 6], "ab", 0.05), Example(2 * torch.ones(17, 8), [7], "c", 0.17)]
+    b = task.collate(ex, cfg)
+    assert b["features"].shape == (2, 32, 8)
+    assert b["feat_lengths"].tolist() == [5, 17] and b["token_lengths"].tolist() == [2, 1]
+    assert b["tokens"].shape == (2, cfg.model.max_tokens)
+    assert b["tokens"][0, :3].tolist() == [5, 6, 0]
+    assert float(b["features"][0, 5:].abs().sum()) == 0
+
+
+def test_collate_rejects_a_text_longer_than_max_tokens():
+    cfg = task.resolve(task.PRESETS["tiny"][1])
+    with pytest.raises(DataError, match="max_tokens"):
+        task.collate([Example(torch.ones(5, 8), [5] * 17, "a" * 17, 0.05)], cfg)
+
+
+def test_train_batches_are_a_pure_function_of_the_step():
+    cfg = task.resolve(dataclasses.replace(task.PRESETS["tiny"][1], spec_augment=True))
+    tok = task.tokenizer_for(cfg)
+    a, b = task._train_batch_fn(cfg, tok), task._train_batch_fn(cfg, tok)
+    assert all(torch.equal(a(3)[k], b(3)[k]) for k in a(3))
+    assert not torch.equal(a(3)["features"], a(4)["features"])
+
+
+def test_config_rejects_ctc_weight_without_a_ctc_head():
+    with pytest.raises(ConfigError, match="--model.ctc"):
+        AsrTrainConfig(loss=task.LossConfig(ctc_weight=0.3))
+
+
+# ---------------------------------------------------------------------------------- train / eval
+
+
+def test_toy_run_writes_checkpoints_tokenizer_plots_and_eval(toy_run, capsys):
+    assert (toy_run / "tokenizer.json").is_file() and (toy_run / "plots" / "val_cer.png").is_file()
+    ev = json.loads((toy_run / "eval.json").read_text())
+    assert {"val", "test", "checkpoint", "step"} <= set(ev)
+    for split in ("val", "test"):
+        m = ev[split]
+        assert m["num_utts"] == 8 and 0 <= m["token_acc"] <= 1 and m["cer"] >= 0 and m["rtf"] > 0
+    cfg, params, tok = task.load_model(toy_run)
+    assert cfg.model.vocab_size == tok.vocab_size
+
+
+def test_eval_cli_writes_metrics_and_checks_a_cer_target(toy_run, tmp_path, capsys):
+    m = asr_eval.main(["--run", str(toy_run), "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "metrics_test.json").read_text())
+    assert saved["cer"] == m["cer"] and saved["num_utts"] == 8
+    with pytest.raises(SystemExit) as e:
+        asr_eval.main(["--run", str(toy_run), "--out", str(tmp_path), "--max-cer", "-1"])
+    assert e.value.code == 1
+
+
+def test_eval_and_infer_name_a_missing_run(tmp_path, capsys):
+    err = _error_exit(capsys, asr_eval.main, ["--run", str(tmp_path / "nope")])
+    assert "does not exist" in err
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        task.load_model(tmp_path / "run")
+
+
+def test_resume_with_another_model_is_refused(toy_run, capsys):
+    err = _error_exit(capsys, asr_train.main, ["tiny", "--resume", str(toy_run), "--model.decoder-layers", "2"])
+    assert "different model" in err
+
+
+# ----------------------------------------------------------------------------------------- infer
+
+
+def test_infer_features_from_npy_and_safetensors(toy_run, tmp_path, capsys):
+    feats = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "f.npy", feats.numpy())
+    save_file({"features": feats}, str(tmp_path / "f.safetensors"))
+    a = asr_infer.main(["--run", str(toy_run), "--features", str(tmp_path / "f.npy"), "--json"])
+    b = asr_infer.main(["--run", str(toy_run), "--features", str(tmp_path / "f.safetensors")])
+    assert a["text"] == b["text"] and len(a["timestamps"]) == len(a["tokens"])
+    assert all(s < e for s, e in a["timestamps"])
+
+
+def test_infer_rejects_a_wrong_feature_dimension(toy_run, tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.zeros((40, 9), dtype=np.float32))
+    err = _error_exit(capsys, asr_infer.main, ["--run", str(toy_run), "--features", str(tmp_path / "bad.npy")])
+    assert "[T, 8]" in err and "(40, 9)" in err
+
+
+def test_infer_rejects_nan_features_and_a_bad_extension(toy_run, tmp_path, capsys):
+    np.save(tmp_path / "nan.npy", np.full((10, 8), np.nan, dtype=np.float32))
+    assert "NaN" in _error_exit(capsys, asr_infer.main, ["--run", str(toy_run), "--features", str(tmp_path / "nan.npy")])
+    (tmp_path / "f.txt").write_text("1 2 3")
+    assert "unsupported" in _error_exit(capsys, asr_infer.main,
+                                        ["--run", str(toy_run), "--features", str(tmp_path / "f.txt")])
+
+
+def test_infer_needs_exactly_one_input(toy_run, capsys):
+    assert "exactly one" in _error_exit(capsys, asr_infer.main, ["--run", str(toy_run)])
+
+
+def test_infer_on_a_toy_model_refuses_audio(toy_run, capsys):
+    assert "toy features" in _error_exit(capsys, asr_infer.main, ["--run", str(toy_run), "--text", "one two"])
+
+
+def test_speech_run_transcribes_a_wav_with_timestamps_and_a_plot(speech_run, tmp_path, capsys):
+    wav, sr = speech.synthesize("four two", voice="en+f3")
+    audio.write_wav(tmp_path / "clip.wav", wav, sr)
+    out = asr_infer.main(["--run", str(speech_run), "--wav", str(tmp_path / "clip.wav"), "--plot",
+                          str(tmp_path / "cif.png")])
+    assert (tmp_path / "cif.png").stat().st_size > 1000
+    assert len(out["timestamps"]) == len(out["tokens"]) and out["audio_seconds"] > 0.3
+    printed = capsys.readouterr().out
+    assert "plot written" in printed
+
+
+def test_speech_run_transcribes_text_synthesized_offline(speech_run, capsys):
+    out = asr_infer.main(["--run", str(speech_run), "--text", "nine one", "--json"])
+    assert isinstance(out["text"], str) and out["rtf"] > 0
+
+
+def test_infer_rejects_empty_audio_a_non_wav_file_and_an_unknown_character(speech_run, tmp_path, capsys):
+    audio.write_wav(tmp_path / "empty.wav", torch.zeros(0), 16000)
+    assert "no audio" in _error_exit(capsys, asr_infer.main, ["--run", str(speech_run), "--wav",
+                                                              str(tmp_path / "empty.wav")])
+    (tmp_path / "fake.wav").write_bytes(b"this is not a wav file at all")
+    assert "WAV" in _error_exit(capsys, asr_infer.main, ["--run", str(speech_run), "--wav", str(tmp_path / "fake.wav")])
+    assert "'#'" in _error_exit(capsys, asr_infer.main, ["--run", str(speech_run), "--text", "one # two"])
+
+
+def test_transcribe_waveform_resamples_any_rate(speech_run):
+    cfg, params, tok = task.load_model(speech_run)
+    wav, sr = speech.synthesize("three", voice="en+m4")
+    hyp8k, feats8k, _ = task.transcribe_waveform(params, cfg, tok, audio.resample(wav, sr, 8000), 8000)
+    assert feats8k.shape[1] == 80 and isinstance(hyp8k.text, str)
+    with pytest.raises(DataError, match="empty"):
+        task.transcribe_waveform(params, cfg, tok, torch.zeros(0), 16000)
+    with pytest.raises(ShapeError):
+        task.transcribe_features(params, cfg, tok, [torch.zeros(10, 81)])
