@@ -265,15 +265,23 @@ def test_cli_missing_resume_folder_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "seg-tiny").exists()
 
 
-def test_main_job_shrunk_by_flags_prints_the_table_and_writes_overlays(tmp_path, capsys):
+def test_main_job_shrunk_by_flags_prints_both_tables_and_writes_overlays(tmp_path, capsys):
     main_job = _load_script("main")
     before = torch.get_num_threads()
     summary = main_job.main([
-        "--steps", "4", "--eval-every", "2", "--val-size", "4", "--batch-size", "4", "--runs-dir", str(tmp_path),
-        "--data.height", "16", "--data.width", "16", "--model.depth", "2", "--model.base-width", "4",
-        "--model.num-layers", "1", "--model.num-heads", "2", "--overlays", "2"])
+        "--seg.steps", "4", "--seg.eval-every", "2", "--seg.val-size", "4", "--seg.batch-size", "4",
+        "--seg.data.height", "16", "--seg.data.width", "16", "--seg.model.depth", "2", "--seg.model.base-width", "4",
+        "--seg.model.num-layers", "1", "--seg.model.num-heads", "2", "--overlays", "2",
+        "--asr.num-train", "8", "--asr.num-val", "4", "--asr.num-test", "4", "--asr.steps", "2",
+        "--asr.eval-every", "2", "--asr.speech.digits-len", "1", "2", "--asr.model.encoder.num-layers", "1",
+        "--asr.model.encoder.d-model", "16", "--asr.model.encoder.d-ff", "32", "--asr.model.decoder-layers", "1",
+        "--asr.cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path)])
     torch.set_num_threads(before)
     out = capsys.readouterr().out
     assert "mean" in out and "triangle" in out and "overlays" in out
-    run = Path(summary["run"])
+    assert "held-out voices" in out and "CER" in out
+    run = Path(summary["seg"]["run"])
     assert (run / "plots" / "overlays.png").is_file() and (run / "plots" / "val_miou.png").is_file()
+    saved = json.loads((tmp_path / "main-summary.json").read_text())
+    assert saved["seg"]["mean_iou"] == summary["seg"]["mean_iou"]
+    assert 0 <= saved["asr"]["test_cer"] and Path(saved["asr"]["run"]).is_dir()
