@@ -9,8 +9,11 @@ import torch
 
 from funcml import random
 
-# Two cores in CI: more threads than cores only adds contention.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread. The tests' tensors are tiny: a thread pool buys nothing on them, and on a
+# busy 2-core machine each op's OpenMP barrier waits on a descheduled thread (measured: the
+# encoder tests took 38.8 s with 2 threads, 6 s with 1; a seg gradcheck was 6x slower). A test
+# that needs more threads sets them itself.
+torch.set_num_threads(1)
 
 # The default stage compiles with aot_eager: the same Dynamo capture and AOT autograd as
 # inductor, checked in seconds. CI's second stage re-runs the `compile` tests with inductor,

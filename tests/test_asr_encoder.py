@@ -26,16 +26,6 @@ BLOCKS = ["transformer", "conformer", "sanm"]
 INPUT_LAYERS = ["conv2d", "linear"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These shapes are tiny: on 2 busy cores an intra-op thread pool costs ~30x per op in
-    # synchronization and buys nothing. Restored after the module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**overrides) -> EncoderConfig:
     fields = dict(input_dim=F_IN, d_model=D, num_heads=H, d_ff=FF, num_layers=2, conv_channels=4, conv_kernel=3,
                   fsmn_kernel=5, dropout=0.0)

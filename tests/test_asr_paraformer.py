@@ -19,14 +19,6 @@ from funcml.errors import ConfigError, PRNGKeyError, ShapeError
 from funcml.nn import model as models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**kw) -> ParaformerConfig:
     enc = dict(input_dim=8, d_model=16, num_heads=2, d_ff=32, num_layers=1, block="transformer",
                input_layer="linear", dropout=0.0)

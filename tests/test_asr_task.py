@@ -25,14 +25,6 @@ import asr_infer  # noqa: E402
 import asr_train  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 _TINY_SPEECH = ["tiny", "--data", "speech", "--num-train", "8", "--num-val", "4", "--num-test", "4",
                 "--speech.digits-len", "1", "2", "--spec-augment", "--steps", "3", "--eval-every", "3"]
 

@@ -22,17 +22,6 @@ TINY_HYBRID = UNetTransformerConfig(in_channels=2, num_classes=3, depth=1, base_
                                     num_layers=1, num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Every model here is tiny, so one intra-op thread is as fast as two, and it does not stall
-    when the other core is busy (each op's OpenMP barrier waiting on a descheduled thread made
-    a gradcheck 6x slower on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _unet_fields(cfg: UNetTransformerConfig) -> UNetConfig:
     """The plain U-Net with the same U-Net fields as a hybrid config."""
     return UNetConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(UNetConfig)})
