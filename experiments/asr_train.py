@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from funcml import config  # noqa: E402
 from funcml.asr.task import PRESETS, AsrTrainConfig, train  # noqa: E402
 from funcml.errors import cli_main  # noqa: E402
+from funcml.train import distributed  # noqa: E402
 
 
 def _pct(x: float) -> str:
@@ -48,6 +49,8 @@ def report(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     cfg = config.cli(AsrTrainConfig, presets=PRESETS, args=argv, description=__doc__.splitlines()[0])
     run, summary = train(cfg, progress=sys.stderr.isatty())
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return summary
     print(f"run directory   {run.path}")
     print(f"steps           {summary['steps']} ({summary['seconds']:.1f} s, "
           f"{summary['step_ms_median'] or 'n/a'} ms/step median; data {summary['data_seconds']} s)")

@@ -41,6 +41,7 @@ from funcml.asr import task as asr_task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 from funcml.seg import task  # noqa: E402
 from funcml.seg.viz import save_overlay_grid  # noqa: E402
+from funcml.train import distributed  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,8 @@ def _overlay_grid(run_path: Path, cfg: task.SegTrainConfig, n: int) -> Path | No
 def _run_seg(cfg: task.SegTrainConfig, overlays_n: int) -> dict:
     t0 = time.perf_counter()
     run, summary = task.train(cfg, progress=sys.stderr.isatty())
+    if not distributed.is_main():  # under torchrun, rank 0 evaluates and reports
+        return {"run": str(run.path)}
     overlays = _overlay_grid(run.path, cfg, overlays_n)
     ev = summary["eval_json"]
     m, d = cfg.model, cfg.data
@@ -114,6 +117,8 @@ def _pct(x: float) -> str:
 def _run_asr(cfg: asr_task.AsrTrainConfig) -> dict:
     t0 = time.perf_counter()
     run, summary = asr_task.train(cfg, progress=sys.stderr.isatty())
+    if not distributed.is_main():
+        return {"run": str(run.path)}
     ev = summary["eval_json"]
     e = cfg.model.encoder
     seconds = time.perf_counter() - t0
@@ -155,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.only in ("all", "asr"):
         result["asr"] = _run_asr(asr_cfg)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    if not distributed.is_main():
+        return result
     root = cfg.runs_dir or (seg_cfg.runs_dir if cfg.only != "asr" else asr_cfg.runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "main-summary.json").write_text(json.dumps(

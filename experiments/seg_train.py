@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from funcml import config  # noqa: E402
 from funcml.errors import cli_main  # noqa: E402
+from funcml.train import distributed  # noqa: E402
 from funcml.seg.task import PRESETS, SegTrainConfig, train  # noqa: E402
 
 
@@ -31,6 +32,8 @@ def _fmt(x: float) -> str:
 def main(argv: list[str] | None = None) -> dict:
     cfg = config.cli(SegTrainConfig, presets=PRESETS, args=argv, description=__doc__.splitlines()[0])
     run, summary = train(cfg, progress=sys.stderr.isatty())
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return summary
     ev = summary.get("eval_json") or {}
     print(f"run directory   {run.path}")
     print(f"steps           {summary['steps']} ({summary['seconds']:.1f} s, "

@@ -26,6 +26,12 @@ front end): `resolve(cfg)` fills them in, and the saved config holds the resolve
 
 Keys: `root = key(seed)`; init `fold_in(root, "init")`, train-step `fold_in(root, "train")`,
 SpecAugment `fold_in(root, "augment")`; data `key(data_seed)` with named splits.
+
+Data parallel (`torchrun --standalone --nproc-per-node W experiments/asr_train.py ...`, see
+docs/DISTRIBUTED.md): `batch_size` is the global batch; on speech data rank r takes rows
+`[r B/W, (r+1) B/W)` of step t's global batch (the same examples as one process), on toy data
+it draws its own B/W examples from `shard_key(train_key)`; SpecAugment uses
+`shard_key(augment_key)`; grads are averaged and only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from ..errors import CheckpointError, ConfigError, DataError, ShapeError
 from ..nn import model as models
 from ..runs import RunDir, create_run
 from ..tasks import checkpoint_dir, epoch_indices, make_optimizer, open_for_resume, write_curves
-from ..train import EarlyStop, fit, init_train_state, make_train_step
+from ..train import EarlyStop, distributed, fit, init_train_state, make_train_step
 from . import audio as audio_lib
 from .encoder import EncoderConfig
 from .frontend import FrontendConfig, features as frontend_features, spec_augment
@@ -75,7 +81,8 @@ class AsrTrainConfig:
     num_train, num_val, num_test: utterances per split (speech; toy uses num_val / num_test).
     cache_dir: where synthesized corpora are cached (None: synthesize every time).
     spec_augment: SpecAugment training batches (time_masks x max_time frames, freq_masks x max_freq bins).
-    steps, batch_size, lr, weight_decay, warmup_steps, grad_clip: AdamW, warmup + cosine decay.
+    steps, batch_size, lr, weight_decay, warmup_steps, grad_clip: AdamW, warmup + cosine decay;
+        batch_size is the global batch (a multiple of the number of processes under torchrun).
     precision, compile: the train step's autocast dtype and torch.compile switch.
     pad_multiple: features are padded to a multiple of this many frames.
     eval_every: validate (and checkpoint) every this many steps, and at the end.
@@ -310,17 +317,23 @@ def collate(examples: Sequence[Example], cfg: AsrTrainConfig) -> dict[str, torch
 
 
 def _train_batch_fn(cfg: AsrTrainConfig, tok: CharTokenizer):
-    """`get_batch(step) -> batch dict`, a pure function of the step."""
-    aug_key = random.fold_in(random.key(cfg.seed), "augment")
+    """`get_batch(step) -> batch dict`, a pure function of the step: this rank's `B / W`
+    examples (W processes; all `B` in one)."""
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the number "
+                          f"of processes ({world}); pass --batch-size {world * max(1, cfg.batch_size // world)}")
+    aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     train_key = _data_key(cfg, "train")
     data = train_examples(cfg, tok) if cfg.data == "speech" else None
 
     def get_batch(step: int) -> dict[str, torch.Tensor]:
         if data is not None:
-            idx = epoch_indices(train_key, len(data), step, cfg.batch_size)
+            idx = distributed.shard(epoch_indices(train_key, len(data), step, cfg.batch_size))
             batch = collate([data[int(i)] for i in idx], cfg)
         else:
-            batch = collate(_toy_examples(cfg, random.fold_in(train_key, step), cfg.batch_size, tok), cfg)
+            key = random.fold_in(distributed.shard_key(train_key), step)
+            batch = collate(_toy_examples(cfg, key, cfg.batch_size // world, tok), cfg)
         if cfg.spec_augment:
             batch["features"] = spec_augment(random.fold_in(aug_key, step), batch["features"],
                                              num_time_masks=cfg.time_masks, max_time=cfg.max_time,
@@ -455,21 +468,28 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
     every `eval_every` steps), checkpoints/ (best by val/cer and the last `keep_last`),
     plots/loss.png and plots/val_cer.png, summary.json and eval.json (`evaluate` of the best
     checkpoint on the val and test splits; for speech the test split is the held-out voices).
+
+    Under torchrun every rank trains on its shard; rank 0 alone writes the run directory and
+    evaluates, and the others return the same `run` with the loop's summary.
     """
+    distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     cfg = resolve(cfg)
     tok = tokenizer_for(cfg)
     ts, tx = _initial_state(cfg)
-    run = open_for_resume(cfg.resume, cfg, AsrTrainConfig, fields=_RESUME_FIELDS) if cfg.resume is not None else None
+    run = None
+    if cfg.resume is not None:
+        run = distributed.on_main(open_for_resume, cfg.resume, cfg, AsrTrainConfig, fields=_RESUME_FIELDS)
     t0 = time.perf_counter()
     get_batch = _train_batch_fn(cfg, tok)
     val = val_examples(cfg, tok)
     data_s = time.perf_counter() - t0
     if run is None:
-        run = create_run(cfg.runs_dir, cfg.experiment, config=cfg)
+        run = distributed.on_main(create_run, cfg.runs_dir, cfg.experiment, config=cfg)
     else:
-        config_lib.save(cfg, run.path / "config.json")
-    tok.save(run.path / "tokenizer.json")
-    print(f"[asr] run directory: {run.path} (data ready in {data_s:.1f} s)", file=sys.stderr)
+        distributed.on_main(config_lib.save, cfg, run.path / "config.json")
+    distributed.on_main(tok.save, run.path / "tokenizer.json")
+    if distributed.is_main():
+        print(f"[asr] run directory: {run.path} (data ready in {data_s:.1f} s)", file=sys.stderr)
 
     def loss_fn(params, model_state, batch, key):
         loss, metrics = paraformer_loss(params, batch, cfg.model, cfg.loss, key=key, train=True)
@@ -480,13 +500,15 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
 
     train_step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile)
     manager = checkpoint.CheckpointManager(run.checkpoints, keep_last=cfg.keep_last, keep_best=1,
-                                           best_metric="val/cer", mode="min")
+                                           best_metric="val/cer", mode="min") if distributed.is_main() else None
     early = EarlyStop("val/cer", mode="min", patience=cfg.patience) if cfg.patience > 0 else None
     result = fit(ts, train_step, get_batch, num_steps=cfg.steps, eval_fn=eval_fn, eval_every=cfg.eval_every,
                  run=run, checkpoints=manager, config=cfg, resume=cfg.resume is not None, early_stop=early,
                  progress=progress, desc=cfg.experiment)
     summary = dict(result.summary)
     summary["data_seconds"] = round(data_s, 1)
+    if manager is None:  # not rank 0
+        return run, {**summary, "run": str(run.path)}
     summary["plots"] = [str(p) for p in write_curves(run, [("loss", "train", "loss", "train loss"),
                                                              ("val_cer", "val", "val/cer", "val CER")])]
     if manager.latest() is not None:

@@ -28,6 +28,12 @@ batches walk through epoch-wise permutations of the rest (`fold_in(data_key, epo
 Keys: `root = key(seed)`; init `fold_in(root, "init")`, train-step `fold_in(root, "train")`
 (the step derives `fold_in(., step)`), augmentation `fold_in(root, "augment")`; data
 `key(data_seed)`.
+
+Data parallel (`torchrun --standalone --nproc-per-node W experiments/seg_train.py ...`, see
+docs/DISTRIBUTED.md): `train` joins the process group, each rank draws its own B/W examples
+of step t from the rank-folded keys `shard_key(train_key)` and `shard_key(aug_key)` (a folder
+dataset: rows `[r B/W, (r+1) B/W)` of step t's global batch), the grads are averaged, and
+only rank 0 writes the run directory. One process is unchanged (`shard_key` is then the identity).
 """
 
 from __future__ import annotations
@@ -40,13 +46,13 @@ from typing import Annotated, Any, Iterable, Iterator, Literal, Union
 import torch
 from tyro.conf import subcommand
 
-from .. import checkpoint, optim, random
+from .. import checkpoint, optim, random, tasks
 from .. import config as config_lib
 from ..checks import check_dtype, check_shape
 from ..errors import CheckpointError, ConfigError, DataError
 from ..nn import model as models
-from ..runs import RunDir, create_run, open_run
-from ..train import EarlyStop, fit, init_train_state, make_train_step
+from ..runs import RunDir, create_run
+from ..train import EarlyStop, distributed, fit, init_train_state, make_train_step
 from .folder import FolderDataset
 from .hybrid import UNetTransformerConfig
 from .losses import ce_dice_loss
@@ -74,7 +80,8 @@ class SegTrainConfig:
     folder: train on a FolderDataset (root/images, root/masks) instead of shapes; the
         validation split is then a held-out `val_fraction` of it.
     steps: total optimizer steps (a resumed run continues up to it).
-    batch_size, lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warmup to `lr`
+    batch_size, lr, weight_decay, warmup_steps, grad_clip: the global batch (split over the
+        processes under torchrun: a multiple of their number); AdamW with linear warmup to `lr`
         then cosine decay to 0 at `steps`; weight decay on weights with ndim >= 2; global-norm
         clipping at `grad_clip` (0 = off).
     precision: "fp32" or "bf16" (autocast in the train step; master weights stay fp32).
@@ -232,26 +239,28 @@ class _Folder:
         self.key = split_key(_data_key(cfg), "train")
 
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Example `g = step * B + i` is position `g mod n` of the permutation of epoch `g // n`."""
-        n = len(self.train_idx)
-        g = torch.arange(step * batch_size, (step + 1) * batch_size)
-        epochs = torch.unique(g // n).tolist()
-        perms = {e: random.permutation(random.fold_in(self.key, e), n) for e in epochs}
-        idx = torch.stack([self.train_idx[perms[int(e)][int(p)]] for e, p in zip(g // n, g % n)])
-        return self.images[idx], self.masks[idx]
+        """Example `g = step * B + i` is position `g mod n` of the permutation of epoch `g // n`
+        (`funcml.tasks.epoch_indices`)."""
+        idx = tasks.epoch_indices(self.key, len(self.train_idx), step, batch_size)
+        return self.images[self.train_idx[idx]], self.masks[self.train_idx[idx]]
 
 
 def _train_batch_fn(cfg: SegTrainConfig):
-    """`get_batch(step) -> (x normalized [B, C, H, W], masks [B, H, W])`, a pure function of the step."""
-    aug_key = random.fold_in(random.key(cfg.seed), "augment")
+    """`get_batch(step) -> (x normalized [b, C, H, W], masks [b, H, W])`, a pure function of the
+    step: this rank's `b = B / W` examples (W processes; `b = B` in one)."""
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the number "
+                          f"of processes ({world}); pass --batch-size {world * max(1, cfg.batch_size // world)}")
+    aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     folder = _Folder(cfg) if cfg.folder is not None else None
-    train_key = split_key(_data_key(cfg), "train")
+    train_key = distributed.shard_key(split_key(_data_key(cfg), "train"))
 
     def get_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if folder is not None:
-            images, masks = folder.train_batch(step, cfg.batch_size)
+            images, masks = distributed.shard(folder.train_batch(step, cfg.batch_size))
         else:
-            images, masks = shapes_batch(random.fold_in(train_key, step), cfg.batch_size, cfg.data)
+            images, masks = shapes_batch(random.fold_in(train_key, step), cfg.batch_size // world, cfg.data)
         images, masks = augment(random.fold_in(aug_key, step), images, masks, cfg.augment)
         return preprocess(images, cfg), masks
 
@@ -343,12 +352,10 @@ def evaluate(params: PyTree, model_state: PyTree, model_cfg: UNetConfig,
 
 
 def make_optimizer(cfg: SegTrainConfig) -> optim.GradientTransformation:
-    """Clip by global norm (if `grad_clip > 0`), then AdamW with warmup + cosine decay over `steps`."""
-    steps = max(cfg.steps, 1)
-    warmup = min(cfg.warmup_steps, steps)
-    schedule = optim.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, steps)
-    adamw = optim.adamw(schedule, weight_decay=cfg.weight_decay)
-    return optim.chain(optim.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw
+    """Clip by global norm (if `grad_clip > 0`), then AdamW with warmup + cosine decay over `steps`
+    (`funcml.tasks.make_optimizer`)."""
+    return tasks.make_optimizer(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                                weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
 
 
 def _initial_state(cfg: SegTrainConfig):
@@ -358,56 +365,17 @@ def _initial_state(cfg: SegTrainConfig):
     return init_train_state(params, model_state, tx, random.fold_in(root, "train")), tx
 
 
-def _check_resumable(run_path: Path, cfg: SegTrainConfig) -> None:
-    saved_path = run_path / "config.json"
-    if not saved_path.is_file():
-        return
-    saved = config_lib.load(SegTrainConfig, saved_path)
-    for field in ("model", "data", "folder", "seed", "data_seed", "mean", "std", "augment"):
-        if getattr(saved, field) != getattr(cfg, field):
-            raise ConfigError(f"--resume {run_path}: the run was trained with a different {field} "
-                              f"({getattr(saved, field)!r}, now {getattr(cfg, field)!r}); resume with its own "
-                              f"config: --config {saved_path} --resume {run_path}")
+_RESUME_FIELDS = ("model", "data", "folder", "seed", "data_seed", "mean", "std", "augment")
 
 
 def _open_for_resume(cfg: SegTrainConfig) -> RunDir:
-    path = Path(cfg.resume)  # type: ignore[arg-type]
-    if not path.is_dir():
-        raise DataError(f"--resume {path}: no such run directory; pass the folder that a previous run printed "
-                        "(runs/<experiment>/<time>-<id>)")
-    run = open_run(path)
-    if not run.checkpoints.is_dir():
-        raise CheckpointError(f"--resume {path}: the run has no checkpoints/ folder to resume from")
-    _check_resumable(path, cfg)
-    return run
+    return tasks.open_for_resume(cfg.resume, cfg, SegTrainConfig, fields=_RESUME_FIELDS)
 
 
 def _write_plots(run: RunDir) -> list[Path]:
     """plots/loss.png (train loss vs step) and plots/val_miou.png (val mIoU vs step)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = run.metrics()
-    out = []
-    for name, split, metric, ylabel in (("loss", "train", "loss", "train loss (CE + Dice)"),
-                                        ("val_miou", "val", "val/miou", "val mean IoU")):
-        pts = [(r["step"], r[metric]) for r in rows
-               if r.get("split") == split and isinstance(r.get(metric), (int, float))]
-        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, markersize=3)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = run.plots / f"{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        out.append(path)
-    return out
+    return tasks.write_curves(run, [("loss", "train", "loss", "train loss (CE + Dice)"),
+                                    ("val_miou", "val", "val/miou", "val mean IoU")])
 
 
 def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[str, Any]]:
@@ -419,16 +387,21 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
     plots/val_miou.png, summary.json (the loop's) and eval.json (`evaluate` of the checkpoint
     `load_model` picks, on the validation split). With `cfg.resume` the same run directory
     is continued from its latest checkpoint.
+
+    Under torchrun every rank trains on its shard; rank 0 alone writes the run directory and
+    the others return the same `run` with the loop's summary.
     """
+    distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     ts, tx = _initial_state(cfg)
-    run = _open_for_resume(cfg) if cfg.resume is not None else None
+    run = distributed.on_main(_open_for_resume, cfg) if cfg.resume is not None else None
     get_batch = _train_batch_fn(cfg)
     val = list(val_batches(cfg))
     if run is None:
-        run = create_run(cfg.runs_dir, cfg.experiment, config=cfg)
+        run = distributed.on_main(create_run, cfg.runs_dir, cfg.experiment, config=cfg)
     else:
-        config_lib.save(cfg, run.path / "config.json")
-    print(f"[seg] run directory: {run.path}", file=sys.stderr)
+        distributed.on_main(config_lib.save, cfg, run.path / "config.json")
+    if distributed.is_main():
+        print(f"[seg] run directory: {run.path}", file=sys.stderr)
 
     def loss_fn(params, model_state, batch, key):
         x, masks = batch
@@ -443,12 +416,14 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
 
     train_step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile)
     manager = checkpoint.CheckpointManager(run.checkpoints, keep_last=cfg.keep_last, keep_best=1,
-                                           best_metric="val/miou", mode="max")
+                                           best_metric="val/miou", mode="max") if distributed.is_main() else None
     early = EarlyStop("val/miou", mode="max", patience=cfg.patience) if cfg.patience > 0 else None
     result = fit(ts, train_step, get_batch, num_steps=cfg.steps, eval_fn=eval_fn, eval_every=cfg.eval_every,
                  run=run, checkpoints=manager, config=cfg, resume=cfg.resume is not None, early_stop=early,
                  progress=progress, desc=cfg.experiment)
     summary = dict(result.summary)
+    if manager is None:  # not rank 0
+        return run, {**summary, "run": str(run.path)}
     summary["plots"] = [str(p) for p in _write_plots(run)]
     if manager.latest() is not None:
         _, model_cfg, params, model_state = load_model(run.path)
@@ -465,20 +440,6 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
 # --------------------------------------------------------------------------- loading
 
 
-def _checkpoint_dir(path: Path) -> Path:
-    if (path / "meta.json").is_file():
-        return path
-    if (path / "checkpoints").is_dir():
-        manager = checkpoint.CheckpointManager(path / "checkpoints", best_metric="val/miou", mode="max")
-        found = manager.best() or manager.latest()
-        if found is None:
-            raise CheckpointError(f"{path}: the run has no complete checkpoint under checkpoints/ (did training "
-                                  "reach its first eval?)")
-        return found
-    raise DataError(f"{path} is neither a run directory (with checkpoints/) nor a checkpoint directory (with "
-                    "meta.json); pass the run folder that seg_train printed")
-
-
 def load_model(path: str | Path) -> tuple[SegTrainConfig, UNetConfig, PyTree, PyTree]:
     """Load `(train_cfg, model_cfg, params, model_state)` from a run directory (its best
     checkpoint by val/miou, else its latest) or from one checkpoint directory (`step_*`).
@@ -486,11 +447,7 @@ def load_model(path: str | Path) -> tuple[SegTrainConfig, UNetConfig, PyTree, Py
     Names, shapes and dtypes are checked against a freshly initialized model of the saved
     config; a wrong path is a `DataError`, a missing or corrupt checkpoint a `CheckpointError`.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist; pass a run directory (runs/<experiment>/<time>-<id>) or one of its "
-                        "checkpoints/step_* folders")
-    ckpt = _checkpoint_dir(path)
+    ckpt = tasks.checkpoint_dir(Path(path), best_metric="val/miou", mode="max", trainer="seg_train")
     meta = checkpoint.load_meta(ckpt)
     if not meta.get("config"):
         raise CheckpointError(f"{ckpt}: meta.json holds no config; it was not written by funcml.seg training")

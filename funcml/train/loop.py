@@ -15,6 +15,14 @@ the run directory; eval every `eval_every` steps and at the end; a checkpoint at
 (ranked by the eval metrics) and every `ckpt_every` steps; resume from the latest
 checkpoint; early stop on an eval metric; Ctrl-C saves a checkpoint and returns cleanly
 with `summary["interrupted"] = True`; a final summary written to `summary.json`.
+
+Data parallel (`funcml.train.distributed`, on when a process group with W > 1 processes is
+active): `get_batch(step)` returns this rank's shard, and `train_step` averages the grads.
+Only rank 0 writes (metrics, checkpoints, summary, progress bar, messages); the other ranks
+may pass the same `run` and `checkpoints` or None. Rank 0 restores the checkpoint when
+resuming, and its state is broadcast, so every rank starts from the same one. `eval_fn`
+runs on rank 0 alone and its metrics are broadcast, so that every rank takes the same
+eval, checkpoint and early-stop decisions (`on_eval` is called on rank 0 only).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from . import distributed
 from .state import TrainState
 
 if TYPE_CHECKING:  # checkpoint imports train.state, so only the type is imported here
@@ -84,7 +93,8 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
         eval_fn: Callable[[TrainState], dict[str, Any]] | None = None, eval_every: int = 0,
         run: RunDir | None = None, checkpoints: CheckpointManager | None = None, ckpt_every: int = 0,
         config: Any = None, log_every: int = 10, resume: bool = False, early_stop: EarlyStop | None = None,
-        progress: bool = True, desc: str = "train", on_eval: Callable[[int, dict], None] | None = None) -> FitResult:
+        progress: bool = True, desc: str = "train", on_eval: Callable[[int, dict], None] | None = None,
+        data_parallel: bool | None = None) -> FitResult:
     """Train from `ts` up to step `num_steps` (see the module docstring).
 
     Arguments:
@@ -97,12 +107,28 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
         checkpoints: a `CheckpointManager` (None: no checkpoints).
         resume: continue from `checkpoints.latest()` when there is one.
         early_stop: stop on an eval metric that stopped improving.
+        data_parallel: None: on when a process group with more than one process is active
+            (see the module docstring); False: every process behaves as a single one.
     """
     if num_steps < 0:
         raise ConfigError(f"num_steps must be >= 0, got {num_steps}")
-    if resume and checkpoints is not None and checkpoints.latest() is not None:
-        ts = checkpoints.restore_latest(ts, device=ts.key.device)
-        print(f"[fit] resumed from {checkpoints.latest()} at step {int(ts.step)}", file=sys.stderr)
+    dp = distributed.world_size() > 1 if data_parallel is None else data_parallel
+    main = not dp or distributed.is_main()
+    if not main:  # only rank 0 writes
+        run, checkpoints = None, None
+    world = distributed.world_size() if dp else 1
+
+    def restore() -> None:
+        nonlocal ts
+        if resume and checkpoints is not None and checkpoints.latest() is not None:
+            ts = checkpoints.restore_latest(ts, device=ts.key.device)
+            print(f"[fit] resumed from {checkpoints.latest()} at step {int(ts.step)}", file=sys.stderr)
+
+    if dp:
+        distributed.on_main(restore)  # a failed restore stops every rank
+        ts = distributed.broadcast(ts, src=0)
+    else:
+        restore()
     start = int(ts.step)
     t_start = time.perf_counter()
     window_t, window_items, window_steps = time.perf_counter(), 0, 0
@@ -117,7 +143,12 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
 
     def do_eval(step: int) -> dict[str, float]:
         nonlocal best_value, best_step, evals_without_improvement, last_eval
-        metrics = _floats(eval_fn(ts)) if eval_fn is not None else {}
+        if eval_fn is None:
+            metrics = {}
+        elif dp:
+            metrics = distributed.on_main(lambda: _floats(eval_fn(ts)))
+        else:
+            metrics = _floats(eval_fn(ts))
         last_eval = metrics
         if run is not None and metrics:
             run.log(step, metrics, split="val")
@@ -127,7 +158,7 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
                 best_value, best_step, evals_without_improvement = value, step, 0
             else:
                 evals_without_improvement += 1
-        if on_eval is not None:
+        if on_eval is not None and main:
             on_eval(step, metrics)
         return metrics
 
@@ -135,7 +166,7 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
         if checkpoints is not None and step not in checkpoints.steps():
             checkpoints.save(ts, metrics={**last_train, **metrics}, config=config)
 
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, file=sys.stderr,
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not (progress and main), file=sys.stderr,
                dynamic_ncols=True, mininterval=1.0)
     step = start
     try:
@@ -143,7 +174,7 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
             batch = get_batch(step)
             ts, metrics = train_step(ts, batch)
             step += 1
-            window_items += _batch_size(batch) or 0
+            window_items += (_batch_size(batch) or 0) * world
             window_steps += 1
             if step % log_every == 0 or step == num_steps:
                 last_train = _floats(metrics)  # the host sync of the window
@@ -165,14 +196,16 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
                 save(step, do_eval(step))
                 if early_stop is not None and evals_without_improvement >= early_stop.patience:
                     stopped_early = True
-                    print(f"[fit] early stop at step {step}: {early_stop.metric} has not improved for "
-                          f"{early_stop.patience} evals (best {best_value} at step {best_step})", file=sys.stderr)
+                    if main:
+                        print(f"[fit] early stop at step {step}: {early_stop.metric} has not improved for "
+                              f"{early_stop.patience} evals (best {best_value} at step {best_step})", file=sys.stderr)
                     break
             elif ckpt_every > 0 and step % ckpt_every == 0:
                 save(step, {})
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\n[fit] interrupted at step {step}: saving a checkpoint", file=sys.stderr)
+        if main:
+            print(f"\n[fit] interrupted at step {step}: saving a checkpoint", file=sys.stderr)
     finally:
         bar.close()
     if not interrupted and eval_fn is not None:

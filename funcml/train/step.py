@@ -26,6 +26,19 @@ Precision. Params stay float32 (master weights). "bf16" runs the loss under
 `ts.loss_scale`: the loss is multiplied by the scale before differentiation and the grads
 divided after; an overflow skips the update and halves the scale, and `growth_interval`
 finite steps in a row double it (Micikevicius et al., "Mixed Precision Training", 2018).
+
+Data parallel (`funcml.train.distributed`). With W processes each rank passes its shard of
+the global batch; the step is split in two compiled graphs around one collective:
+
+    g_r, loss_r, metrics_r, state_r = local_grads(ts, shard_r)      # compiled
+    g, loss, metrics, state = (1 / W) sum_r (...)                    # all_reduce, 1 buffer per dtype
+    ts, metrics = update(ts, g, loss, metrics, state)                # compiled, as above
+
+The averaged loss and grads decide `finite`, so all ranks skip or raise together; float
+model state (BatchNorm running statistics) is averaged too, so the ranks never drift apart.
+Rank r's micro-batch i gets the key `fold_in(step_key, r * grad_accum + i)`: W ranks with
+`grad_accum=A` see the keys and rows of one process with `grad_accum=W*A` on the global
+batch, and without randomness in the loss they match one process with `grad_accum=1`.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ import torch
 from .. import compiler, optim, random, tree
 from ..checks import check_finite
 from ..errors import ConfigError, NonFiniteError, ShapeError
+from . import distributed
 from .state import LossScaleState, TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "init_train_state", "LossFn", "Precision"]
@@ -83,7 +97,8 @@ def _all_finite(xs: list[torch.Tensor]) -> torch.Tensor:
 
 def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precision: Precision = "fp32",
                     grad_accum: int = 1, compile: bool = True, nonfinite: Literal["raise", "skip"] = "raise",
-                    growth_interval: int = 200) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+                    growth_interval: int = 200, data_parallel: bool | None = None
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Build `train_step(ts, batch) -> (ts, metrics)`.
 
     Arguments:
@@ -95,9 +110,14 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
             (micro-batch i uses the key `fold_in(step_key, i)`; model state is threaded).
         compile: wrap the step in `torch.compile(fullgraph=True)`.
         nonfinite: "raise" or "skip" (see the module docstring).
+        data_parallel: average grads over the processes of the `torch.distributed` group
+            (see "Data parallel" in the module docstring); None: on when a group with more
+            than one process is initialized (`funcml.train.distributed.init_from_env`).
 
-    Metrics (tensors, no host sync): the loss_fn's metrics averaged over micro-batches,
-    `loss`, `grad_norm` (before clipping), `lr`, `finite` (1.0 or 0.0), `loss_scale` (fp16).
+    Metrics (tensors, no host sync): the loss_fn's metrics averaged over micro-batches (and
+    ranks), `loss`, `grad_norm` (before clipping), `lr`, `finite` (1.0 or 0.0), `loss_scale` (fp16).
+    The returned function has `step_fn` (the uncompiled single-process step) and
+    `data_parallel` (whether it averages over processes) attributes.
     """
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
@@ -105,6 +125,11 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         raise ConfigError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
     if grad_accum < 1:
         raise ConfigError(f"grad_accum must be >= 1, got {grad_accum}")
+    if data_parallel is None:
+        data_parallel = distributed.world_size() > 1
+    elif data_parallel and not distributed.is_initialized():
+        raise ConfigError("data_parallel=True needs a torch.distributed process group: call "
+                          "funcml.train.distributed.init_from_env() in a script launched with torchrun")
 
     def scaled_loss(params, model_state, batch, key, scale):
         with _autocast(precision, key.device.type):
@@ -114,15 +139,19 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
 
     grad_fn = torch.func.grad_and_value(scaled_loss, has_aux=True)
 
-    def grads_and_aux(ts: TrainState, batch: Any):
+    def grads_and_aux(ts: TrainState, batch: Any, micro_offset: int | None = None):
+        """`micro_offset`: under data parallelism, the global index of this rank's first
+        micro-batch (`rank * grad_accum`); micro-batch i then uses `fold_in(step_key, offset + i)`."""
         step_key = random.fold_in(ts.key, ts.step)
         scale = ts.loss_scale.scale if ts.loss_scale is not None else None
-        if grad_accum == 1:
+        if grad_accum == 1 and micro_offset is None:
             grads, (_, (loss, metrics, new_state)) = grad_fn(ts.params, ts.model_state, batch, step_key, scale)
         else:
             grads, losses, metric_list, new_state = None, [], [], ts.model_state
+            offset = micro_offset or 0
             for i, micro in enumerate(_split_micro(batch, grad_accum)):
-                g, (_, (l_i, m_i, new_state)) = grad_fn(ts.params, new_state, micro, random.fold_in(step_key, i), scale)
+                g, (_, (l_i, m_i, new_state)) = grad_fn(ts.params, new_state, micro,
+                                                        random.fold_in(step_key, offset + i), scale)
                 grads = g if grads is None else tree.tree_map(torch.add, grads, g)
                 losses.append(l_i)
                 metric_list.append(m_i)
@@ -133,8 +162,8 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
             grads = tree.tree_map(lambda g: g / scale, grads)
         return grads, loss, metrics, new_state
 
-    def step(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        grads, loss, metrics, new_model_state = grads_and_aux(ts, batch)
+    def update(ts: TrainState, grads: Any, loss: torch.Tensor, metrics: dict, new_model_state: Any
+               ) -> tuple[TrainState, dict]:
         loss_finite = torch.isfinite(loss)
         grads_finite = _all_finite(tree.leaves(grads))
         finite = loss_finite & grads_finite
@@ -161,7 +190,34 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
             out["loss_scale"] = ts.loss_scale.scale
         return new_ts, out
 
-    compiled = compiler.compile(step) if compile else step
+    def step(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        return update(ts, *grads_and_aux(ts, batch))
+
+    if data_parallel:
+        offset = distributed.rank() * grad_accum
+
+        def local_grads(ts: TrainState, batch: Any):
+            grads, loss, metrics, new_state = grads_and_aux(ts, batch, offset)
+            return grads, loss, {k: _as_float(v) for k, v in dict(metrics).items()}, new_state
+
+        # The all-reduce runs between two compiled graphs: a collective inside a fullgraph
+        # region is not portable across backends.
+        local_grads_c = compiler.compile(local_grads) if compile else local_grads
+        update_c = compiler.compile(update) if compile else update
+
+        def compiled(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
+            # Loss, metrics and model state travel with the grads (one buffer per dtype), so
+            # every rank sees the same finite flag and takes the same skip-or-raise decision.
+            return update_c(ts, *distributed.all_reduce_mean(local_grads_c(ts, batch)))
+
+        def describe(ts: TrainState, batch: Any) -> str:
+            return _describe_nonfinite(lambda t, b: grads_and_aux(t, b, offset), ts, batch, data_parallel=True)
+    else:
+        compiled = compiler.compile(step) if compile else step
+
+        def describe(ts: TrainState, batch: Any) -> str:
+            return _describe_nonfinite(grads_and_aux, ts, batch)
+
     skipped = {"n": 0}
 
     def train_step(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
@@ -173,13 +229,18 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         if not bool(metrics["finite"]):
             overflow_only = ts.loss_scale is not None and bool(metrics["loss_finite"])
             if nonfinite == "raise" and not overflow_only:
-                raise NonFiniteError(_describe_nonfinite(grads_and_aux, ts, batch))
+                raise NonFiniteError(describe(ts, batch))
             skipped["n"] += 1
         metrics["skipped"] = skipped["n"]
         return new_ts, metrics
 
-    train_step.step_fn = step  # the uncompiled pure step, for tests and vmap
+    train_step.step_fn = step  # the uncompiled pure single-process step, for tests and vmap
+    train_step.data_parallel = data_parallel
     return train_step
+
+
+def _as_float(v: Any) -> Any:
+    return v.float() if isinstance(v, torch.Tensor) else v
 
 
 def _has_lr(opt_state: Any) -> bool:
@@ -190,13 +251,16 @@ def _has_lr(opt_state: Any) -> bool:
         return False
 
 
-def _describe_nonfinite(grads_and_aux, ts: TrainState, batch: Any) -> str:
+def _describe_nonfinite(grads_and_aux, ts: TrainState, batch: Any, data_parallel: bool = False) -> str:
     step = int(ts.step)
     grads, loss, _, _ = grads_and_aux(ts, batch)
     where = f"loss = {float(loss)}"
     if bool(torch.isfinite(loss)):
         try:
             check_finite(grads, name="grads")
+            if data_parallel:
+                where = (f"on another rank's shard (this rank's loss {float(loss):.6g} and grads are finite; "
+                         "the grads are averaged over ranks)")
         except NonFiniteError as e:
             where = f"loss = {float(loss):.6g}, {e}"
     return (f"non-finite value at step {step}: {where}. The update was not applied and params are those of "
