@@ -193,6 +193,18 @@ def _decoder_kwargs(cfg: ParaformerConfig) -> dict:
     return dict(num_heads=e.num_heads, dropout_rate=e.dropout, impl=e.impl, activation=e.activation)
 
 
+def _dropout_keys(key: torch.Tensor | None, n: int, cfg: ParaformerConfig, train: bool) -> list:
+    """`n` sub-keys of `key`; the first two (encoder, decoder dropout) are None when there is no
+    dropout to draw (eval mode or rate 0), so the blocks skip deriving their per-layer streams:
+    each is a Threefry block, and in eager mode ~40 of them per step cost tens of ms."""
+    if key is None:
+        return [None] * n
+    keys = list(random.split(key, n))
+    if not (train and cfg.encoder.dropout > 0):
+        keys[0] = keys[1] = None
+    return keys
+
+
 def _fired_lengths(cfg: ParaformerConfig, target_lengths: torch.Tensor | None) -> torch.Tensor | None:
     return None if target_lengths is None else target_lengths.long() + int(cfg.predict_eos)
 
@@ -217,7 +229,7 @@ def apply_paraformer(params: dict, state: dict, x: dict, cfg: ParaformerConfig, 
     `train=True`."""
     models.require_key(key, train=train, needs_key=cfg.encoder.dropout > 0, model="ParaformerConfig")
     feats, lens, tl = _inputs(x, "apply_paraformer")
-    k_enc, k_dec = random.split(key) if key is not None else (None, None)
+    k_enc, k_dec = _dropout_keys(key, 2, cfg, train)
     h, enc_lengths, enc_mask, alpha, out, token_mask = _forward(params, feats, lens, cfg, tl, k_enc, train)
     logits = nar_decoder(params["decoder"], out.embeds, token_mask, h, enc_mask, key=k_dec, train=train,
                          **_decoder_kwargs(cfg))
@@ -282,7 +294,7 @@ def paraformer_loss(params: dict, batch: dict, cfg: ParaformerConfig, loss_cfg: 
     check_shape(tl, "b", name="paraformer_loss: token_lengths", b=feats.shape[0])
     if train and key is None and (cfg.encoder.dropout > 0 or loss_cfg.glance_ratio > 0):
         models.require_key(key, train=True, needs_key=True, model="paraformer_loss", why="dropout and glancing")
-    k_enc, k_glm, k_dec = random.split(key, 3) if key is not None else (None, None, None)
+    k_enc, k_dec, k_glm = _dropout_keys(key, 3, cfg, train)
     h, enc_lengths, enc_mask, alpha, out, token_mask = _forward(params, feats, lens, cfg, tl, k_enc, train)
     targets = _with_eos(tokens, tl, cfg.eos_id) if cfg.predict_eos else tokens
     dec = params["decoder"]
