@@ -97,6 +97,7 @@ class RunDir:
         return path
 
     def metrics(self, split: str | None = None) -> list[dict[str, Any]]:
+        """The rows of the run's metrics.jsonl, or only those of one `split` ("train" or "val")."""
         rows = read_metrics(self.path)
         return [r for r in rows if split is None or r.get("split") == split]
 

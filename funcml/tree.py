@@ -63,10 +63,12 @@ def flatten(tree: PyTree) -> tuple[list[Any], Any]:
 
 
 def unflatten(treedef: Any, leaves_: Iterable[Any]) -> PyTree:
+    """Rebuild a tree from a treedef (from `flatten` or `structure`) and its leaves in flatten order."""
     return _pt.tree_unflatten(list(leaves_), treedef)
 
 
 def structure(tree: PyTree) -> Any:
+    """The structure of `tree` without its leaves (a treedef): equal for trees that differ only in leaf values."""
     return _pt.tree_structure(tree)
 
 
@@ -155,6 +157,7 @@ def to(tree: PyTree, device: torch.device | str) -> PyTree:
 
 
 def zeros_like(tree: PyTree) -> PyTree:
+    """A tree of the same structure with every tensor leaf replaced by `torch.zeros_like(leaf)`."""
     return tree_map(torch.zeros_like, tree)
 
 

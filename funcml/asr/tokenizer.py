@@ -252,6 +252,7 @@ class CharTokenizer:
     # --- files --------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
+        """The vocabulary as a JSON-able dict (`format`, `version`, `specials`, `chars`, `use_unk`): what `save` writes."""
         return {"format": _FORMAT, "version": _VERSION, "specials": list(self.specials),
                 "chars": list(self.chars), "use_unk": self.use_unk}
 

@@ -58,6 +58,8 @@ class EarlyStop:
     min_delta: float = 0.0
 
     def improved(self, value: float, best: float | None) -> bool:
+        """Whether `value` beats `best` by more than `min_delta` in the direction of `mode`; any non-NaN value
+        beats a missing or NaN best."""
         if best is None or math.isnan(best):
             return not math.isnan(value)
         return value > best + self.min_delta if self.mode == "max" else value < best - self.min_delta

@@ -1,0 +1,284 @@
+"""CIF: funcml's vectorized integrate-and-fire vs a per-frame loop, forward and forward+backward.
+
+    python benchmarks/bench_cif.py                                  # B=8, D=256, T in 250 500 1000 2000 (~2 min)
+    python benchmarks/bench_cif.py --lengths 250 500 --repeat 5
+    python benchmarks/bench_cif.py --device cuda
+
+The baseline, `cif_loop`, is the algorithm as CIF's paper states it (Dong & Xu, ICASSP 2020,
+Algorithm 1): walk over the frames, accumulate `alpha_t`, and when the accumulated weight
+reaches the threshold `beta` fire the integrated embedding and start the next token with the
+rest of the frame. It is vectorized over the batch only (a Python loop over the T frames, as
+in public Paraformer code). `funcml.asr.cif.cif` computes the same thing without a loop over
+time (cumulative sums, a `[B, N, T]` weight tensor and one batched matmul).
+
+Both run in training mode (weights rescaled to the target lengths `L_b`, exactly `L_b`
+tokens) on random `h: [B, T, D]`, `alpha: [B, T]` in `[alpha_min, alpha_max]` (a mean of
+0.25: about one token per 4 frames, Paraformer's rate at 60 ms frames) and right-padded
+lengths `T_b` in `[0.75 T, T]`. The backward pass is that of `sum(embeds * g)` for a fixed
+random `g`. Per T the table gives the median times, the speedup `loop / vectorized`, and the
+largest differences between the two in embeddings, fire positions and both gradients, and the
+error of each (float32) against a float64 reference.
+
+The two split a frame differently when the accumulated weight ends within the rounding
+tolerance `sqrt(eps) beta` of a token boundary: the loop then closes the token with exactly
+`beta` (its `beta - I` may exceed the frame's weight by up to the tolerance), `cif` with the
+exact `min/max` weights, so embeddings may differ by up to `sqrt(eps) beta max|h|` (3.5e-4
+`max|h|` in float32). The weights are piecewise linear in alpha and the training rescaling
+couples all of an item's alphas, so at such a frame the gradient with respect to alpha takes
+the other one-sided value for the whole item: compare gradients by relative norm, not maximum.
+
+All lengths and variants are timed round-robin in one process (`common.time_interleaved`).
+
+Writes `benchmarks/results/bench_cif.json` (`--out`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
+                               measure_peak_memory, resolve_device, set_threads, time_interleaved, write_json)
+from funcml import random  # noqa: E402
+from funcml.asr.cif import CIFOutput, cif  # noqa: E402
+from funcml.checks import check_shape  # noqa: E402
+from funcml.errors import ConfigError, RangeError, cli_main  # noqa: E402
+
+
+def cif_loop(h: torch.Tensor, alpha: torch.Tensor, *, mask: torch.Tensor | None = None, threshold: float = 1.0,
+             target_lengths: torch.Tensor | None = None, tail_threshold: float = 0.45) -> CIFOutput:
+    """Continuous integrate-and-fire as a loop over frames (the benchmark's baseline).
+
+    h: `[B, T, D]`; alpha: `[B, T]` >= 0; mask: `[B, T]` bool, right-padded (None: all valid);
+    target_lengths: `[B]` int (training: rescale alpha to sum to `L_b beta`, emit `L_b` tokens);
+    without it, inference: a trailing partial token fires when its weight plus `tail_threshold`
+    reaches `beta`. Returns `CIFOutput` as `funcml.asr.cif.cif` does (same conventions: a token
+    closed after the walk fires at the last valid frame; padding tokens are zero, fire at -1).
+
+    With `a_t` the frame's weight, `I` the weight integrated so far and `e` the open token's
+    embedding, each frame does
+
+        if I + a_t < beta:  I <- I + a_t,  e <- e + a_t h_t                      (integrate)
+        else:               fire e + (beta - I) h_t;  I <- I + a_t - beta,  e <- (I + a_t - beta) h_t
+
+    A boundary reached within `sqrt(eps) beta` counts as reached (as in `cif`). A frame can
+    close at most one token, so every (rescaled) weight must be below `beta`.
+    """
+    dims = check_shape(h, "b t d", name="cif_loop: h")
+    check_shape(alpha, "b t", name="cif_loop: alpha", **dims)
+    b, t_max = dims["b"], dims["t"]
+    beta = float(threshold)
+    dtype = torch.promote_types(alpha.dtype, torch.float32)
+    tol = float(torch.finfo(dtype).eps) ** 0.5 * beta
+    alpha = alpha.to(dtype)
+    if mask is not None:
+        alpha = alpha * mask.to(dtype)
+        last_frame = (mask.long().sum(-1) - 1).clamp(min=0)
+    else:
+        last_frame = torch.full((b,), t_max - 1, dtype=torch.long, device=h.device)
+    if target_lengths is not None:
+        total = alpha.sum(-1, keepdim=True)
+        alpha = alpha * torch.where(total > 0, target_lengths.to(dtype)[:, None] * beta / total.clamp_min(1e-30),
+                                    torch.zeros_like(total))
+    if t_max and float(alpha.detach().max()) >= beta - tol:
+        raise RangeError(f"cif_loop: a frame weight reaches the threshold {beta}; the loop closes at most one "
+                          "token per frame (use funcml.asr.cif.cif)")
+
+    integrate = torch.zeros(b, dtype=dtype, device=h.device)  # I: weight of the open token
+    frame = torch.zeros(b, dims["d"], dtype=dtype, device=h.device)  # e: the open token's embedding
+    fired, fires = [], []
+    # One unbind, not T slices `h[:, t]`: each slice's backward would write a zero-filled
+    # [B, T, D] gradient, making the loop's backward O(T^2) (4-5x slower at T = 1000).
+    hs, alphas = h.to(dtype).unbind(1), alpha.unbind(1)
+    for t in range(t_max):
+        a, h_t = alphas[t], hs[t]
+        fire = integrate + a >= beta - tol  # [B]
+        cur = torch.where(fire, beta - integrate, a)  # the part of frame t that closes the open token
+        closed = frame + cur[:, None] * h_t
+        fired.append(torch.where(fire[:, None], closed, torch.zeros_like(closed)))
+        fires.append(fire)
+        frame = torch.where(fire[:, None], (a - cur)[:, None] * h_t, closed)
+        integrate = torch.where(fire, integrate + a - beta, integrate + a)
+
+    fire_bt = torch.stack(fires, 1) if fires else torch.zeros(b, 0, dtype=torch.bool, device=h.device)
+    embeds_btd = torch.stack(fired, 1) if fired else h.new_zeros(b, 0, dims["d"], dtype=dtype)
+    items, positions = [], []
+    for i in range(b):  # gather item i's fired tokens, then close the open one if it counts
+        pos = torch.nonzero(fire_bt[i]).flatten()
+        emb = embeds_btd[i, pos]
+        if target_lengths is not None:
+            want = int(target_lengths[i])
+            close = pos.numel() < want
+        else:
+            want = None
+            close = bool(integrate[i] + tail_threshold >= beta - tol)
+        if close:
+            emb = torch.cat([emb, frame[i][None]])
+            pos = torch.cat([pos, last_frame[i][None]])
+        if want is not None:
+            emb, pos = emb[:want], pos[:want]
+        items.append(emb)
+        positions.append(pos)
+    lengths = torch.tensor([len(p) for p in positions], dtype=torch.long, device=h.device)
+    n = int(lengths.max()) if b else 0
+    embeds = torch.stack([torch.cat([e, e.new_zeros(n - len(e), dims["d"])]) for e in items]) if b else \
+        h.new_zeros(0, 0, dims["d"])
+    fire_positions = torch.stack([torch.cat([p, p.new_full((n - len(p),), -1)]) for p in positions]) if b else \
+        torch.zeros(0, 0, dtype=torch.long, device=h.device)
+    return CIFOutput(embeds.to(h.dtype), lengths, fire_positions, alpha)
+
+
+def make_inputs(key: torch.Tensor, b: int, t: int, d: int, *, alpha_range: tuple[float, float] = (0.05, 0.45),
+                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Random CIF inputs: `h [B, T, D]` normal, `alpha [B, T]` uniform in `alpha_range`, lengths `T_b`
+    uniform in `[0.75 T, T]` (item 0 full), `mask [B, T]`, target lengths `L_b = max(1, round(sum alpha))`,
+    and `g [B, N, D]` (N = max L_b) for the backward pass."""
+    k_h, k_a, k_len, k_g = random.split(key, 4)
+    h = random.normal(k_h, (b, t, d), dtype=dtype)
+    alpha = random.uniform(k_a, (b, t), *alpha_range, dtype=dtype)
+    frames = random.randint(k_len, (b,), max(1, (3 * t) // 4), t + 1)
+    frames = torch.cat([torch.tensor([t]), frames[1:]]) if b else frames
+    mask = torch.arange(t)[None, :] < frames[:, None]
+    target_lengths = torch.round((alpha * mask).sum(-1)).long().clamp(min=1)
+    g = random.normal(k_g, (b, int(target_lengths.max()) if b else 0, d), dtype=dtype)
+    out = {"h": h, "alpha": alpha, "mask": mask, "target_lengths": target_lengths, "g": g}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _forward(fn, inp: dict[str, torch.Tensor]) -> CIFOutput:
+    return fn(inp["h"], inp["alpha"], mask=inp["mask"], target_lengths=inp["target_lengths"])
+
+
+def _forward_backward(fn, inp: dict[str, torch.Tensor]) -> tuple[CIFOutput, torch.Tensor, torch.Tensor]:
+    h = inp["h"].detach().requires_grad_(True)
+    alpha = inp["alpha"].detach().requires_grad_(True)
+    out = fn(h, alpha, mask=inp["mask"], target_lengths=inp["target_lengths"])
+    n = out.embeds.shape[1]
+    (out.embeds * inp["g"][:, :n]).sum().backward()
+    return out, h.grad, alpha.grad
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a.detach().double() - b.detach().double()).abs().max()) if a.numel() else 0.0
+
+
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """`||a - b|| / ||b||` (0 when both are 0)."""
+    a, b = a.detach().double(), b.detach().double()
+    den = float(b.norm())
+    return float((a - b).norm()) / den if den > 0 else float((a - b).norm())
+
+
+def compare(inp: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Run both implementations (forward + backward) and report how far apart they are, and how
+    far each is from a float64 reference (`cif` in float64, where the two agree to ~1e-12)."""
+    vec, gh_v, ga_v = _forward_backward(cif, inp)
+    loop, gh_l, ga_l = _forward_backward(cif_loop, inp)
+    ref_inp = {k: v.double() if v.is_floating_point() else v for k, v in inp.items()}
+    ref, gh_r, ga_r = _forward_backward(cif, ref_inp)
+    out = {
+        "lengths_equal": bool(torch.equal(vec.lengths, loop.lengths)),
+        "fire_positions_equal": vec.fire_positions.shape == loop.fire_positions.shape
+        and bool(torch.equal(vec.fire_positions, loop.fire_positions)),
+        "max_abs_embeds_diff": _max_abs(vec.embeds, loop.embeds),
+        "max_abs_grad_h_diff": _max_abs(gh_v, gh_l),
+        "max_abs_grad_alpha_diff": _max_abs(ga_v, ga_l),
+        "rel_grad_h_diff": _rel_l2(gh_l, gh_v),
+        "rel_grad_alpha_diff": _rel_l2(ga_l, ga_v),
+        "max_abs_embeds": float(ref.embeds.detach().abs().max()) if ref.embeds.numel() else 0.0,
+        "max_abs_grad_alpha": float(ga_r.abs().max()),
+    }
+    for name, (o, gh, ga) in (("vec", (vec, gh_v, ga_v)), ("loop", (loop, gh_l, ga_l))):
+        out[f"{name}_err_embeds"] = _max_abs(o.embeds, ref.embeds)
+        out[f"{name}_err_grad_h"] = _max_abs(gh, gh_r)
+        out[f"{name}_err_grad_alpha"] = _max_abs(ga, ga_r)
+        out[f"{name}_rel_err_grad_alpha"] = _rel_l2(ga, ga_r)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CIFBenchConfig:
+    """Vectorized CIF vs the per-frame loop (see the module docstring).
+
+    batch_size, dim, lengths: B, D and the T swept. alpha_min, alpha_max: the range of the weights.
+    warmup, repeat: untimed and timed calls per variant. seed: the inputs' key.
+    device, threads, out: as everywhere.
+    """
+
+    batch_size: int = 8
+    dim: int = 256
+    lengths: tuple[int, ...] = (250, 500, 1000, 2000)
+    alpha_min: float = 0.05
+    alpha_max: float = 0.45
+    warmup: int = 2
+    repeat: int = 7
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    out: Path = RESULTS_DIR / "bench_cif.json"
+
+
+@cli_main
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    cfg = tyro.cli(CIFBenchConfig, args=args, description=__doc__.splitlines()[0])
+    if not 0 <= cfg.alpha_min <= cfg.alpha_max < 1.0:
+        raise ConfigError(f"need 0 <= alpha_min <= alpha_max < 1, got {cfg.alpha_min}, {cfg.alpha_max}")
+    if not cfg.lengths or min(cfg.lengths) < 1 or cfg.batch_size < 1 or cfg.dim < 1:
+        raise ConfigError(f"lengths, batch_size and dim must be positive, got {cfg.lengths}, {cfg.batch_size}, "
+                          f"{cfg.dim}")
+    device = resolve_device(cfg.device)
+    set_threads(cfg.threads)
+    info = machine_info(device)
+    print(machine_line(info), flush=True)
+    inputs, agreement, memory, fns = {}, {}, {}, {}
+    for t in cfg.lengths:
+        inp = inputs[t] = make_inputs(random.fold_in(random.key(cfg.seed), t), cfg.batch_size, t, cfg.dim,
+                                      alpha_range=(cfg.alpha_min, cfg.alpha_max), device=device)
+        agreement[t] = compare(inp)
+        variants = {"vec_fwd": lambda inp=inp: _forward(cif, inp), "loop_fwd": lambda inp=inp: _forward(cif_loop, inp),
+                    "vec_fwd_bwd": lambda inp=inp: _forward_backward(cif, inp),
+                    "loop_fwd_bwd": lambda inp=inp: _forward_backward(cif_loop, inp)}
+        for name, fn in variants.items():
+            memory[t, name] = measure_peak_memory(fn, device, calls=1)
+            fns[f"T={t} {name}"] = fn
+        print(f"T={t}: tokens and fires equal: {agreement[t]['fire_positions_equal']}, max |embeds diff| "
+              f"{agreement[t]['max_abs_embeds_diff']:.1e}", flush=True)
+    # Every T and variant round-robin, so that load from other jobs falls on all alike.
+    times = time_interleaved(fns, warmup=cfg.warmup, repeat=cfg.repeat, device=device)
+    rows = []
+    for t, inp in inputs.items():
+        names = ("vec_fwd", "loop_fwd", "vec_fwd_bwd", "loop_fwd_bwd")
+        ms = {name: 1e3 * times[f"T={t} {name}"].median_s for name in names}
+        rows.append({"T": t, "B": cfg.batch_size, "D": cfg.dim, "tokens_max": int(inp["target_lengths"].max()),
+                     **{f"{name}_ms": v for name, v in ms.items()},
+                     "speedup_fwd": ms["loop_fwd"] / ms["vec_fwd"],
+                     "speedup_fwd_bwd": ms["loop_fwd_bwd"] / ms["vec_fwd_bwd"],
+                     **agreement[t], "vec_fwd_bwd_delta_mb": memory[t, "vec_fwd_bwd"]["delta_mb"],
+                     "loop_fwd_bwd_delta_mb": memory[t, "loop_fwd_bwd"]["delta_mb"],
+                     "memory": {name: memory[t, name] for name in names},
+                     "timings": {name: times[f"T={t} {name}"].to_dict() for name in names}})
+    result = {"benchmark": "cif", "machine": info, "config": dataclasses.asdict(cfg), "rows": rows,
+              "load_average_end": machine_info(device)["load_average"]}
+    path = write_json(result, cfg.out)
+    print(markdown_table(rows, {"T": "T", "tokens_max": "N", "vec_fwd_ms": "vec fwd ms", "loop_fwd_ms": "loop fwd ms",
+                                "speedup_fwd": "speedup fwd", "vec_fwd_bwd_ms": "vec fwd+bwd ms",
+                                "loop_fwd_bwd_ms": "loop fwd+bwd ms", "speedup_fwd_bwd": "speedup fwd+bwd",
+                                "vec_fwd_bwd_delta_mb": "vec MB", "loop_fwd_bwd_delta_mb": "loop MB",
+                                "max_abs_embeds_diff": "max embeds diff", "fire_positions_equal": "same fires",
+                                "rel_grad_h_diff": "rel diff d/dh", "vec_rel_err_grad_alpha": "vec rel err d/dalpha",
+                                "loop_rel_err_grad_alpha": "loop rel err d/dalpha"}))
+    print(f"\nwritten {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

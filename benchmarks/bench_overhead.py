@@ -1,0 +1,224 @@
+"""Functional overhead: funcml's pure U-Net train step vs the same U-Net as a `torch.nn.Module` with `torch.optim`.
+
+    python benchmarks/bench_overhead.py            # B=16, 32x32, the main job's U-Net (1 min + a 5-8 min cold compile)
+    python benchmarks/bench_overhead.py --no-compile --batch-size 4 --image-size 64
+    python benchmarks/bench_overhead.py --device cuda
+
+Both sides compute the same step from the same weights on the same batch:
+
+    logits = U-Net(x) in train mode (BatchNorm batch statistics, new running statistics)
+    loss = CE + soft Dice (funcml.seg.losses.ce_dice_loss, ignore_index 255)
+    g = clip_by_global_norm(grad loss, 1.0)
+    AdamW with linear warmup + cosine decay, weight decay on ndim >= 2 leaves only
+
+funcml: `funcml.train.make_train_step` (eager, and compiled with `funcml.compiler.compile`).
+module: `benchmarks.unet_module.UNetModule` loaded with funcml's weights,
+`torch.nn.utils.clip_grad_norm_`, `torch.optim.AdamW` (two parameter groups, foreach kernels)
+and `torch.optim.lr_scheduler.LambdaLR` with funcml's schedule. Before timing, `--check-steps`
+steps of each are run from the same start and the largest difference in loss and parameters
+is reported: the losses agree to float32 rounding; parameters may differ by up to about
+`2 lr` per step, where Adam's `m / (sqrt(v) + eps)` turns rounding noise in a near-zero
+gradient (a dead ReLU channel) into a full step of either sign.
+
+With `--proposal` (default) a third eager variant runs funcml's step with the BatchNorm change
+proposed in RESULTS.md (`native_batch_norm` below, swapped into `funcml.seg.unet` for that
+variant only), to measure what the change would buy before anyone makes it.
+
+Every step on both sides reads its loss on the host once (funcml's step does it to stop at a
+non-finite loss). The variants are timed round-robin in one process; the figure of merit is
+the ratio of median step times, `funcml / module` (below 1: funcml is faster).
+
+Writes `benchmarks/results/bench_overhead.json` (`--out`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_train_step import TaskSpec, _Runner, compile_cost, seg_setup  # noqa: E402
+from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
+                               measure_peak_memory, resolve_device, set_threads, time_interleaved,
+                               write_json)
+from benchmarks.unet_module import UNetModule, to_funcml  # noqa: E402
+from funcml import optim, tree  # noqa: E402
+from funcml.errors import cli_main  # noqa: E402
+from funcml.nn.norm import batch_norm as _funcml_batch_norm  # noqa: E402
+from funcml.seg import unet as unet_lib  # noqa: E402
+from funcml.seg.losses import ce_dice_loss  # noqa: E402
+from funcml.seg.task import IGNORE_INDEX, SegTrainConfig  # noqa: E402
+
+
+def native_batch_norm(params: dict, state: dict, x: torch.Tensor, *, train: bool, momentum: float = 0.1,
+                      eps: float = 1e-5) -> tuple[torch.Tensor, dict]:
+    """The change proposed for `funcml.nn.norm.batch_norm` (see RESULTS.md), same contract and math.
+
+    Train mode runs torch's fused kernel without running statistics,
+    `y, mu, 1 / sqrt(sigma^2 + eps) = torch.native_batch_norm(x, scale, bias, None, None, True, 0, eps)`,
+    and updates the state from its batch mean and `sigma^2 = invstd^-2 - eps` (biased), as
+    `batch_norm` does; eval mode is `batch_norm`'s. It is differentiable (torch's batch-norm
+    backward), batches under `vmap`, and keeps bf16 inputs bf16 with float32 statistics.
+    """
+    if not train:
+        return _funcml_batch_norm(params, state, x, train=False, momentum=momentum, eps=eps)
+    y, mu, invstd = torch.native_batch_norm(x, params["scale"], params["bias"], None, None, True, 0.0, eps)
+    n = x.numel() // x.shape[1]
+    mu, var = mu.detach(), invstd.detach().pow(-2) - eps  # float32 for bf16 x (the params dtype)
+    new_state = {"mean": ((1.0 - momentum) * state["mean"] + momentum * mu).to(state["mean"].dtype),
+                 "var": ((1.0 - momentum) * state["var"] + momentum * var * (n / (n - 1))).to(state["var"].dtype)}
+    return y, new_state
+
+
+@contextlib.contextmanager
+def _proposed_batch_norm():
+    """Run the U-Net with `native_batch_norm` in place of funcml's (a measurement of the proposal only)."""
+    saved = unet_lib.batch_norm
+    unet_lib.batch_norm = native_batch_norm
+    try:
+        yield
+    finally:
+        unet_lib.batch_norm = saved
+
+
+class _ProposalRunner(_Runner):
+    def __call__(self) -> dict:
+        with _proposed_batch_norm():
+            return super().__call__()
+
+
+class ModuleTrainer:
+    """The conventional training step: `loss = trainer.step(batch)` updates the module in place.
+
+    It mirrors `funcml.seg.task.make_optimizer(cfg)` and the seg loss: clip to `cfg.grad_clip`,
+    AdamW(`cfg.lr`, betas (0.9, 0.999), eps 1e-8) with `cfg.weight_decay` on ndim >= 2 tensors,
+    the learning rate `warmup_cosine_decay_schedule(0, lr, warmup, steps)(t)` at update t.
+    """
+
+    def __init__(self, net: UNetModule, cfg: SegTrainConfig):
+        self.net, self.cfg = net.train(), cfg
+        decay = [p for p in net.parameters() if p.ndim >= 2]
+        no_decay = [p for p in net.parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+        steps = max(cfg.steps, 1)
+        schedule = optim.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, steps), steps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda t: schedule(t) / cfg.lr)
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        x, masks = batch
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.net(x)
+        loss = ce_dice_loss(logits, masks, ce_weight=self.cfg.ce_weight, dice_weight=self.cfg.dice_weight,
+                            ignore_index=IGNORE_INDEX)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip, foreach=True)
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+
+@dataclasses.dataclass(frozen=True)
+class OverheadConfig:
+    """funcml step vs nn.Module step (see the module docstring).
+
+    batch_size, image_size: the batch. scale: "main" (the main job's U-Net) or "tiny".
+    compile: also time funcml's compiled step (a one-off compile of minutes on 2 CPU cores).
+    proposal: also time funcml's eager step with the BatchNorm proposed in RESULTS.md
+        (`native_batch_norm`, swapped in for the measurement only).
+    check_steps: steps run on both sides before timing, to compare their trajectories.
+    warmup, repeat: untimed and timed steps per variant. device, threads, out: as everywhere.
+    """
+
+    batch_size: int = 16
+    image_size: int = 32
+    scale: Literal["main", "tiny"] = "main"
+    compile: bool = True
+    proposal: bool = True
+    check_steps: int = 3
+    warmup: int = 3
+    repeat: int = 15
+    device: str = "cpu"
+    threads: int = 0
+    out: Path = RESULTS_DIR / "bench_overhead.json"
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    return max((float((x - y).abs().max()) for x, y in zip(tree.leaves(a), tree.leaves(b))), default=0.0)
+
+
+@cli_main
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    cfg = tyro.cli(OverheadConfig, args=args, description=__doc__.splitlines()[0])
+    device = resolve_device(cfg.device)
+    set_threads(cfg.threads)
+    info = machine_info(device)
+    print(machine_line(info), flush=True)
+
+    spec = TaskSpec(cfg.batch_size, cfg.image_size, "fp32", False, device, cfg.scale)
+    setup, seg_cfg = seg_setup("unet", spec)
+    ts0 = setup.train_state
+    trainer = ModuleTrainer(UNetModule.from_funcml(seg_cfg.model, ts0.params, ts0.model_state, device), seg_cfg)
+
+    # Same math: the two trajectories from the same start.
+    funcml_runner = _Runner(setup)
+    proposal = _ProposalRunner(seg_setup("unet", spec)[0]) if cfg.proposal else None
+    loss_diff, proposal_diff = 0.0, 0.0
+    for _ in range(cfg.check_steps):
+        metrics = funcml_runner()
+        loss_diff = max(loss_diff, abs(float(metrics["loss"]) - trainer.step(setup.batch)))
+        if proposal is not None:
+            proposal_diff = max(proposal_diff, abs(float(proposal()["loss"]) - float(metrics["loss"])))
+    ts = funcml_runner.ts
+    params_m, state_m = to_funcml(trainer.net, ts.params, ts.model_state)
+    agreement = {"steps": cfg.check_steps, "max_abs_loss_diff": loss_diff,
+                 "max_abs_param_diff": _max_diff(ts.params, params_m),
+                 "max_abs_bn_state_diff": _max_diff(ts.model_state, state_m),
+                 "proposal_max_abs_loss_diff": proposal_diff if proposal is not None else None}
+    print(f"after {cfg.check_steps} steps from the same start: max |loss diff| {loss_diff:.2e}, "
+          f"max |param diff| {agreement['max_abs_param_diff']:.2e}", flush=True)
+
+    variants = {"module-eager": lambda: trainer.step(setup.batch), "funcml-eager": funcml_runner}
+    if proposal is not None:
+        variants["funcml-eager-native-bn"] = proposal
+    compile_info: dict[str, Any] = {}
+    if cfg.compile:
+        compiled_setup, _ = seg_setup("unet", dataclasses.replace(spec, compile=True))
+        compiled = _Runner(compiled_setup)
+        compile_info = compile_cost(compiled, device)
+        variants["funcml-compiled"] = compiled
+    memory = {}
+    for name, fn in variants.items():
+        for _ in range(cfg.warmup):
+            fn()
+        memory[name] = measure_peak_memory(fn, device, calls=2)
+    timings = time_interleaved(variants, warmup=0, repeat=cfg.repeat, device=device)
+    base = timings["module-eager"].median_s
+    rows = [{"variant": name, "ms": 1e3 * t.median_s, "images_per_s": cfg.batch_size / t.median_s,
+             "ratio": t.median_s / base, "peak_mb": memory[name]["peak_mb"], "delta_mb": memory[name]["delta_mb"],
+             **({k: compile_info[k] for k in ("compile_s", "second_call_s")} if name == "funcml-compiled" else {}),
+             "timing": t.to_dict()}
+            for name, t in timings.items()]
+    result = {"benchmark": "overhead", "machine": info, "config": dataclasses.asdict(cfg),
+              "model": setup.model, "agreement": agreement, "rows": rows, "compile": compile_info,
+              "ratios": {r["variant"]: r["ratio"] for r in rows},
+              "load_average_end": machine_info(device)["load_average"]}
+    path = write_json(result, cfg.out)
+    print(markdown_table(rows, {"variant": "variant", "ms": "ms/step", "images_per_s": "images/s",
+                                "ratio": "time / module", "peak_mb": "peak MB", "delta_mb": "step MB",
+                                "compile_s": "compile s", "second_call_s": "2nd call s"}))
+    print(f"\nwritten {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

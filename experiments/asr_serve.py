@@ -1,0 +1,87 @@
+"""python experiments/asr_serve.py --run RUN   # serve a trained Paraformer over HTTP on 127.0.0.1:8000
+
+    python experiments/asr_serve.py --run RUN --port 8080 --max-batch 16 --max-wait-ms 2
+    curl -s http://127.0.0.1:8000/healthz
+    curl -s http://127.0.0.1:8000/v1/model
+    curl -s -F file=@clip.wav http://127.0.0.1:8000/v1/transcribe                 # a 16-bit PCM WAV
+    curl -s -H 'Content-Type: application/json' -d '{"features": [[0.1, ...], ...]}' \\
+        http://127.0.0.1:8000/v1/transcribe                                        # [T, F] features
+
+Loads the run's best checkpoint (or the checkpoint given) once, then serves `POST
+/v1/transcribe`, `GET /healthz` and `GET /v1/model` with uvicorn (see `funcml.asr.serve` for
+the request and response formats, the micro-batcher and the error codes). Access logs go to
+stdout, one JSON line per request; the start-up line and server errors go to stderr. A
+missing or bad run prints one line `error: ...` and exits 2. Ctrl-C stops the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import tyro  # noqa: E402
+
+from funcml.asr.serve import ACCESS_LOGGER, create_app  # noqa: E402
+from funcml.errors import ConfigError, cli_main  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Serve a trained Paraformer over HTTP."""
+
+    run: Path
+    """A run directory (its best checkpoint by val/cer) or a checkpoint directory."""
+    host: str = "127.0.0.1"
+    """Interface to listen on (0.0.0.0 exposes the service to the network)."""
+    port: int = 8000
+    """TCP port."""
+    max_batch: int = 8
+    """Most requests run as one batch."""
+    max_wait_ms: float = 5.0
+    """Longest wait for a batch to fill once a request is waiting (0: never wait)."""
+    max_body_bytes: int = 8 * 2**20
+    """Largest request body in bytes (413 above)."""
+    max_audio_seconds: float = 30.0
+    """Longest audio, or the same duration of feature frames (413 above)."""
+    threads: int = 1
+    """torch intra-op threads of the inference thread."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 0..65535, got {self.port}")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+
+def build(argv: list[str] | None = None):
+    """Parse the flags and load the model: `(cfg, app)`, without serving."""
+    cfg = tyro.cli(ServeConfig, args=argv, description=__doc__.splitlines()[0])
+    app = create_app(cfg.run, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+                     max_body_bytes=cfg.max_body_bytes, max_audio_seconds=cfg.max_audio_seconds)
+    return cfg, app
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    cfg, app = build(argv)
+    torch.set_num_threads(cfg.threads)
+    access = logging.getLogger(ACCESS_LOGGER)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    print(f"[asr_serve] {cfg.run} on http://{cfg.host}:{cfg.port} (max batch {cfg.max_batch}, max wait "
+          f"{cfg.max_wait_ms:g} ms, {cfg.threads} torch thread(s))", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""The ASR HTTP service: endpoints, bad requests (each followed by a good one), batching, logs, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import sys
+import time
+import warnings
+import wave
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from funcml import checkpoint, random
+from funcml.asr import audio, speech, task
+from funcml.asr.serve import ACCESS_LOGGER, MicroBatcher, create_app
+from funcml.errors import ConfigError, DataError
+
+with warnings.catch_warnings():  # starlette asks for httpx2, which is not installed; httpx works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(ROOT))
+
+import asr_serve  # noqa: E402
+
+from benchmarks import asr_load  # noqa: E402
+
+TOY_MAX_BODY = 64 * 1024
+TOY_MAX_SECONDS = 1.0     # 100 toy frames of 10 ms
+SPEECH_MAX_SECONDS = 2.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(cfg: task.AsrTrainConfig) -> Path:
+    run, _ = task.train(cfg, progress=False)
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    return _train(dataclasses.replace(task.PRESETS["tiny"][1], runs_dir=tmp_path_factory.mktemp("runs")))
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory) -> Path:
+    base = task.PRESETS["tiny"][1]
+    return _train(dataclasses.replace(base, data="speech", num_train=8, num_val=4, num_test=4, steps=3, eval_every=3,
+                                      speech=dataclasses.replace(base.speech, digits_len=(1, 2)),
+                                      runs_dir=tmp_path_factory.mktemp("speech_runs"),
+                                      cache_dir=tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def toy_client(toy_run):
+    with TestClient(create_app(toy_run, max_body_bytes=TOY_MAX_BODY, max_audio_seconds=TOY_MAX_SECONDS)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def speech_client(speech_run):
+    with TestClient(create_app(speech_run, max_audio_seconds=SPEECH_MAX_SECONDS)) as client:
+        yield client
+
+
+def _wav_bytes(x: np.ndarray, sr: int = 16000, width: int = 2, channels: int = 1) -> bytes:
+    """A PCM WAV of `x` ([N] in [-1, 1], repeated over channels) with `width`-byte samples."""
+    scale = {1: 127, 2: 32767, 3: 2**23 - 1}[width]
+    ints = np.round(np.repeat(np.asarray(x, dtype=np.float64)[:, None], channels, axis=1) * scale).astype(np.int64)
+    if width == 1:
+        raw = (ints + 128).astype(np.uint8).tobytes()
+    else:
+        raw = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints.ravel())
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(width)
+        f.setframerate(sr)
+        f.writeframes(raw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def clip() -> tuple[bytes, torch.Tensor, int]:
+    """A synthesized utterance as 16-bit WAV bytes, and the waveform those bytes decode to."""
+    wav, sr = speech.synthesize("four two", voice="en+f3")
+    data = _wav_bytes(wav.numpy(), sr)
+    decoded = torch.from_numpy(np.frombuffer(data[44:], dtype="<i2").astype(np.float32) / 32768.0)
+    return data, decoded, sr
+
+
+def _feats(seed: int, t: int, f: int = 8) -> torch.Tensor:
+    return random.normal(random.key(seed), (t, f))
+
+
+def _expected(run: Path, feats: list[torch.Tensor]) -> list[dict]:
+    """Each feature matrix transcribed alone by `task.transcribe_features`."""
+    cfg, params, tok = task.load_model(run)
+    out = []
+    for x in feats:
+        (h,), _ = task.transcribe_features(params, cfg, tok, [x])
+        out.append({"text": h.text, "tokens": h.tokens, "timestamps": [[s, e] for s, e in zip(h.starts, h.ends)]})
+    return out
+
+
+def _same_transcript(got: dict, want: dict) -> bool:
+    return all(got[k] == want[k] for k in ("text", "tokens", "timestamps"))
+
+
+# ------------------------------------------------------------------------------------- endpoints
+
+
+def test_healthz_answers_ok(toy_client):
+    r = toy_client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_a_large_json_body_is_parsed_off_the_event_loop_with_the_same_result(toy_run, monkeypatch):
+    x = _feats(4, 2000)  # about 330 kB of JSON, above the inline-parse size
+    body = json.dumps({"features": x.tolist()}).encode()
+    threaded = []
+    real = asyncio.to_thread
+
+    async def spy(fn, *args, **kwargs):
+        threaded.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", spy)
+    with TestClient(create_app(toy_run)) as client:
+        r = client.post("/v1/transcribe", content=body, headers=_J)
+    assert len(threaded) == 1 and len(body) > 256 * 1024
+    assert r.status_code == 200 and _same_transcript(r.json(), _expected(toy_run, [x])[0])
+
+
+def test_model_endpoint_reports_step_vocabulary_feature_dim_and_limits(toy_client, toy_run):
+    info = toy_client.get("/v1/model").json()
+    cfg, params, tok = task.load_model(toy_run)
+    assert info["step"] == checkpoint.load_meta(info["checkpoint"])["step"] == cfg.steps
+    assert info["vocab_size"] == tok.vocab_size and info["feature_dim"] == 8 and info["accepts"] == ["features"]
+    assert info["model"]["encoder"]["d_model"] == cfg.model.encoder.d_model
+    assert info["limits"]["max_frames"] == 100 and info["limits"]["max_body_bytes"] == TOY_MAX_BODY
+
+
+def test_json_features_give_the_transcript_of_transcribe_features(toy_client, toy_run):
+    x = _feats(0, 40)
+    r = toy_client.post("/v1/transcribe", json={"features": x.tolist()})
+    assert r.status_code == 200
+    body = r.json()
+    assert _same_transcript(body, _expected(toy_run, [x])[0])
+    assert body["audio_seconds"] == pytest.approx(0.4) and body["rtf"] > 0 and body["batch_size"] == 1
+
+
+def test_wav_upload_gives_the_transcript_of_the_offline_pipeline(speech_client, speech_run, clip):
+    data, decoded, sr = clip
+    r = speech_client.post("/v1/transcribe", files={"file": ("clip.wav", data, "audio/wav")})
+    assert r.status_code == 200
+    cfg, params, tok = task.load_model(speech_run)
+    hyp, _, _ = task.transcribe_waveform(params, cfg, tok, decoded, sr)
+    body = r.json()
+    assert body["text"] == hyp.text and body["tokens"] == hyp.tokens
+    assert body["timestamps"] == [[s, e] for s, e in zip(hyp.starts, hyp.ends)]
+    assert body["audio_seconds"] == pytest.approx(decoded.numel() / sr, abs=1e-3)
+
+
+def test_raw_wav_body_is_transcribed_like_a_multipart_upload(speech_client, clip):
+    data = clip[0]
+    raw = speech_client.post("/v1/transcribe", content=data, headers={"content-type": "audio/x-wav"}).json()
+    multi = speech_client.post("/v1/transcribe", files={"file": ("clip.wav", data)}).json()
+    assert _same_transcript(raw, multi)
+
+
+def test_wav_at_44100_hz_in_stereo_is_resampled_and_mixed_down(speech_client, speech_run, clip):
+    _, decoded, sr = clip
+    x = audio.resample(decoded, sr, 44100).clamp(-1, 1).numpy()
+    data = _wav_bytes(x, 44100, channels=2)
+    r = speech_client.post("/v1/transcribe", content=data, headers={"content-type": "audio/wav"})
+    cfg, params, tok = task.load_model(speech_run)
+    mono = torch.from_numpy(np.frombuffer(data[44:], dtype="<i2")[::2].astype(np.float32) / 32768.0)
+    hyp, _, _ = task.transcribe_waveform(params, cfg, tok, mono, 44100)
+    assert r.status_code == 200 and r.json()["text"] == hyp.text
+
+
+def test_unknown_route_and_wrong_method_get_json_errors(toy_client):
+    r = toy_client.get("/v2/nothing")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    r = toy_client.get("/v1/transcribe")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
+# ------------------------------------------------------------------------------------ bad requests
+
+_J = {"content-type": "application/json"}
+_W = {"content-type": "audio/wav"}
+_ROW = ", ".join(["0.5"] * 7)
+
+# (id, client, request kwargs, status, error code, a fragment of the message)
+BAD = [
+    ("malformed_json", "toy", dict(content=b'{"features": [[1, 2', headers=_J), 400, "malformed_json",
+     "not valid JSON"),
+    ("json_list_not_object", "toy", dict(json=[[0.0] * 8]), 422, "missing_features", "got a JSON list"),
+    ("missing_features_key", "toy", dict(json={"feats": [[0.0] * 8]}), 422, "missing_features", "['feats']"),
+    ("wrong_feature_dim", "toy", dict(json={"features": [[0.0] * 9] * 4}), 422, "bad_shape", "[T, 8]"),
+    ("ragged_rows", "toy", dict(json={"features": [[0.0] * 8, [0.0] * 7]}), 422, "bad_shape", "ragged"),
+    ("one_dimensional", "toy", dict(json={"features": [0.0] * 8}), 422, "bad_shape", "got shape (8,)"),
+    ("strings", "toy", dict(json={"features": [["a"] * 8]}), 422, "bad_dtype", "strings"),
+    ("nulls", "toy", dict(json={"features": [[None] * 8]}), 422, "bad_dtype", "null"),
+    ("features_not_a_list", "toy", dict(json={"features": "0.5 0.5"}), 422, "bad_shape", "got a JSON str"),
+    ("nan", "toy", dict(content=f'{{"features": [[{_ROW}, NaN]]}}'.encode(), headers=_J), 422, "non_finite",
+     "NaN or infinite"),
+    ("float32_overflow", "toy", dict(json={"features": [[1e39] * 8]}), 422, "non_finite", "overflow float32"),
+    ("empty_features", "toy", dict(json={"features": []}), 422, "empty_features", "T = 0"),
+    ("too_many_frames", "toy", dict(json={"features": [[0.0] * 8] * 101}), 413, "too_long", "limit of 100 frames"),
+    ("body_too_large", "toy", dict(content=b" " * (TOY_MAX_BODY + 1) + b"{}", headers=_J), 413, "body_too_large",
+     f"limit is {TOY_MAX_BODY}"),
+    ("text_plain", "toy", dict(content=b"hello", headers={"content-type": "text/plain"}), 415,
+     "unsupported_media_type", "'text/plain'"),
+    ("no_content_type", "toy", dict(content=b"hello"), 415, "unsupported_media_type", "no Content-Type"),
+    ("wav_to_toy_model", "toy", dict(content=_wav_bytes(np.zeros(1600)), headers=_W), 422, "audio_not_supported",
+     "toy features"),
+    ("empty_upload", "speech", dict(files={"file": ("a.wav", b"")}), 422, "empty_audio", "0 bytes"),
+    ("wav_without_samples", "speech", dict(content=_wav_bytes(np.zeros(0)), headers=_W), 422, "empty_audio",
+     "no audio samples"),
+    ("8_bit_wav", "speech", dict(content=_wav_bytes(np.zeros(1600), width=1), headers=_W), 422, "bad_sample_width",
+     "8-bit"),
+    ("24_bit_wav", "speech", dict(files={"file": ("a.wav", _wav_bytes(np.zeros(1600), width=3))}), 422,
+     "bad_sample_width", "24-bit"),
+    ("not_a_wav", "speech", dict(content=b"ID3 this is an mp3, honest", headers=_W), 422, "bad_wav", "RIFF"),
+    ("audio_too_long", "speech", dict(content=_wav_bytes(np.zeros(3 * 16000)), headers=_W), 413, "too_long",
+     "3.00 s; the limit is 2 s"),
+    ("audio_too_short", "speech", dict(content=_wav_bytes(np.zeros(100)), headers=_W), 422, "too_short", "25 ms"),
+    ("odd_sample_rate", "speech", dict(content=_wav_bytes(np.zeros(16001), sr=16001), headers=_W), 422,
+     "bad_sample_rate", "16001 Hz"),
+    ("multipart_without_file", "speech", dict(data={"note": "hi"}, files={"other": (None, "x")}), 422,
+     "missing_file", "field 'file'"),
+    ("multipart_without_boundary", "speech", dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+     400, "malformed_multipart", "boundary"),
+    ("speech_features_wrong_dim", "speech", dict(json={"features": [[0.0] * 8] * 20}), 422, "bad_shape", "[T, 80]"),
+]
+
+
+@pytest.fixture(scope="module")
+def good_requests(toy_run, speech_client, clip):
+    """For each client, a good request and the answer it must keep getting."""
+    x = _feats(1, 30)
+    speech_answer = speech_client.post("/v1/transcribe", content=clip[0], headers=_W).json()
+    return {"toy": (dict(json={"features": x.tolist()}), _expected(toy_run, [x])[0]),
+            "speech": (dict(content=clip[0], headers=_W), speech_answer)}
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_request_gets_a_4xx_naming_the_problem_and_the_next_good_request_succeeds(
+        case, toy_client, speech_client, good_requests):
+    _, which, kwargs, status, code, fragment = case
+    client = toy_client if which == "toy" else speech_client
+    r = client.post("/v1/transcribe", **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code and fragment in body["message"], body
+    good, answer = good_requests[which]
+    ok = client.post("/v1/transcribe", **good)
+    assert ok.status_code == 200 and _same_transcript(ok.json(), answer)
+
+
+def test_a_bug_in_inference_gives_a_json_500_and_the_service_recovers(toy_run, monkeypatch):
+    x = _feats(3, 20)
+    real = task.transcribe_features
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    with TestClient(create_app(toy_run), raise_server_exceptions=False) as client:
+        monkeypatch.setattr(task, "transcribe_features", broken)
+        r = client.post("/v1/transcribe", json={"features": x.tolist()})
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal_error", "message": "RuntimeError: simulated bug"}
+        monkeypatch.setattr(task, "transcribe_features", real)
+        ok = client.post("/v1/transcribe", json={"features": x.tolist()})
+        assert ok.status_code == 200 and _same_transcript(ok.json(), _expected(toy_run, [x])[0])
+
+
+# ---------------------------------------------------------------------------------- access log
+
+
+def test_access_log_writes_one_json_line_per_request_with_latency(toy_client, caplog):
+    bad = json.dumps({"features": [[0.0] * 9]}).encode()
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        toy_client.get("/healthz")
+        toy_client.post("/v1/transcribe", json={"features": _feats(2, 20).tolist()})
+        toy_client.post("/v1/transcribe", content=bad, headers=_J)
+    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == ACCESS_LOGGER]
+    assert [(x["method"], x["path"], x["status"], x["error"]) for x in lines] == [
+        ("GET", "/healthz", 200, None), ("POST", "/v1/transcribe", 200, None),
+        ("POST", "/v1/transcribe", 422, "bad_shape")]
+    assert all(x["latency_ms"] > 0 for x in lines)
+    assert lines[1]["batch_size"] == 1 and lines[1]["audio_seconds"] == pytest.approx(0.2)
+    assert lines[2]["bytes_in"] == len(bad)
+
+
+# ------------------------------------------------------------------------------------ batching
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_transcript(toy_run):
+    app = create_app(toy_run, max_batch=4, max_wait_ms=500)
+    feats = [_feats(10 + i, 12 + 3 * i) for i in range(8)]
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await asyncio.gather(*(client.post("/v1/transcribe", json={"features": x.tolist()})
+                                              for x in feats))
+
+    replies = [r.json() for r in asyncio.run(go())]
+    assert sorted(r["batch_size"] for r in replies) == [4] * 8
+    for got, want in zip(replies, _expected(toy_run, feats)):
+        assert _same_transcript(got, want)
+
+
+def _run_batcher(fn, items, **kw):
+    async def go():
+        batcher = MicroBatcher(fn, **kw)
+        try:
+            return await asyncio.gather(*(batcher.submit(x) for x in items), return_exceptions=True)
+        finally:
+            await batcher.aclose()
+
+    return asyncio.run(go())
+
+
+def test_micro_batcher_never_exceeds_max_batch_and_keeps_the_order():
+    sizes = []
+
+    def double(xs):
+        sizes.append(len(xs))
+        return [2 * x for x in xs]
+
+    assert _run_batcher(double, list(range(10)), max_batch=4, max_wait_ms=200) == [2 * x for x in range(10)]
+    assert sizes == [4, 4, 2]
+
+
+def test_micro_batcher_runs_a_lone_item_after_max_wait():
+    def identity(xs):
+        return xs
+
+    t0 = time.perf_counter()
+    assert _run_batcher(identity, ["a"], max_batch=8, max_wait_ms=50) == ["a"]
+    assert time.perf_counter() - t0 >= 0.05
+
+
+def test_micro_batcher_fails_only_the_failing_item_of_a_batch():
+    calls = []
+
+    def strict(xs):
+        calls.append(list(xs))
+        if any(x < 0 for x in xs):
+            raise ValueError(f"negative item in {xs}")
+        return [x + 1 for x in xs]
+
+    out = _run_batcher(strict, [1, -1, 2], max_batch=8, max_wait_ms=200)
+    assert out[0] == 2 and out[2] == 3 and isinstance(out[1], ValueError)
+    assert calls == [[1, -1, 2], [1], [-1], [2]]
+
+
+def test_micro_batcher_runs_batches_off_the_event_loop():
+    def slow(xs):
+        time.sleep(0.3)
+        return xs
+
+    async def go():
+        batcher = MicroBatcher(slow, max_batch=2, max_wait_ms=0)
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        await batcher.submit(1)
+        ticker.cancel()
+        await batcher.aclose()
+        return ticks
+
+    assert asyncio.run(go()) >= 5
+
+
+@pytest.mark.parametrize("max_batch, max_wait_ms", [(1, 0), (4, 1000)], ids=["while_computing", "while_filling"])
+def test_micro_batcher_close_cancels_every_caller_still_waiting(max_batch, max_wait_ms):
+    def slow(xs):
+        time.sleep(0.2)
+        return xs
+
+    async def go():
+        batcher = MicroBatcher(slow, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.05)  # a batch is running (or filling), the other callers wait
+        await batcher.aclose()
+        await asyncio.wait(calls, timeout=5)
+        return [c.cancelled() for c in calls]
+
+    assert asyncio.run(go()) == [True, True, True]
+
+
+def test_micro_batcher_rejects_bad_settings():
+    with pytest.raises(ConfigError, match="max_batch"):
+        MicroBatcher(lambda xs: xs, max_batch=0)
+    with pytest.raises(ConfigError, match="max_wait_ms"):
+        MicroBatcher(lambda xs: xs, max_wait_ms=-1)
+
+
+# ---------------------------------------------------------------------------------- start-up, CLI
+
+
+def test_create_app_names_a_missing_run_and_rejects_bad_limits(tmp_path, toy_run):
+    with pytest.raises(DataError, match="does not exist"):
+        create_app(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="max_audio_seconds"):
+        create_app(toy_run, max_audio_seconds=0)
+    with pytest.raises(ConfigError, match="max_body_bytes"):
+        create_app(toy_run, max_body_bytes=0)
+
+
+def test_cli_builds_the_app_from_its_flags(toy_run):
+    cfg, app = asr_serve.build(["--run", str(toy_run), "--max-batch", "3", "--max-audio-seconds", "2",
+                                "--port", "8123"])
+    assert (cfg.host, cfg.port) == ("127.0.0.1", 8123)
+    with TestClient(app) as client:
+        limits = client.get("/v1/model").json()["limits"]
+    assert limits["max_batch"] == 3 and limits["max_frames"] == 200
+
+
+def test_cli_reports_a_missing_run_in_one_line_and_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        asr_serve.main(["--run", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err
+
+
+def test_load_script_percentile_interpolates_between_order_statistics():
+    xs = [4.0, 1.0, 3.0, 2.0]
+    assert asr_load._percentile(xs, 0) == 1.0 and asr_load._percentile(xs, 100) == 4.0
+    assert asr_load._percentile(xs, 50) == 2.5
+    assert asr_load._percentile(xs, 99) == pytest.approx(3.97)
