@@ -57,9 +57,8 @@ from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown
 from funcml import random, tree  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 from funcml.nn import model as models  # noqa: E402
-from funcml.seg.losses import ce_dice_loss  # noqa: E402
 from funcml.seg.shapes import shapes_batch, split_key  # noqa: E402
-from funcml.seg.task import IGNORE_INDEX, PRESETS, SegTrainConfig, make_optimizer, preprocess  # noqa: E402
+from funcml.seg.task import PRESETS, SegTrainConfig, make_loss_fn, make_optimizer, preprocess  # noqa: E402
 from funcml.train import TrainState, init_train_state, make_train_step  # noqa: E402
 
 Precision = Literal["fp32", "bf16"]
@@ -103,19 +102,6 @@ class StepSetup:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _seg_loss_fn(cfg: SegTrainConfig):
-    """The loss of `funcml.seg.task.train`: CE + soft Dice on the logits of the model in train mode."""
-
-    def loss_fn(params, model_state, batch, key):
-        x, masks = batch
-        logits, model_state = models.apply(params, model_state, x, cfg.model, key=key, train=True)
-        loss = ce_dice_loss(logits, masks, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight,
-                            ignore_index=IGNORE_INDEX)
-        return loss, ({}, model_state)
-
-    return loss_fn
-
-
 _TINY_MODEL = dict(depth=2, base_width=4, groups=4)
 
 
@@ -138,7 +124,7 @@ def seg_setup(preset: str, spec: TaskSpec) -> tuple[StepSetup, SegTrainConfig]:
     images, masks = shapes_batch(random.fold_in(split_key(random.key(cfg.data_seed), "train"), 0), spec.batch_size,
                                  cfg.data)
     batch = (preprocess(images, cfg), masks)
-    step = make_train_step(_seg_loss_fn(cfg), tx, precision=cfg.precision, compile=cfg.compile)
+    step = make_train_step(make_loss_fn(cfg), tx, precision=cfg.precision, compile=cfg.compile)
     model = {"type": type(cfg.model).__name__, **dataclasses.asdict(cfg.model), "params": tree.num_params(params)}
     setup = StepSetup(step, tree.to(ts, spec.device), tree.to(batch, spec.device), items=spec.batch_size,
                       unit="images", model=model)

@@ -1,6 +1,6 @@
 """python3 dev.py main   # the README's main job: segmentation and ASR, each trained, evaluated and reported
 
-    python experiments/main.py                                   # both presets (about 7 minutes on 2 CPU cores)
+    python experiments/main.py                                   # both presets (7.4 minutes on 2 CPU cores, measured)
     python experiments/main.py --only seg                        # one application
     python experiments/main.py --seg.steps 20 --asr.steps 20 --runs-dir /tmp/runs   # a quick smoke run
     python experiments/main.py --threads 2                       # torch threads (default 1, see below)

@@ -62,7 +62,7 @@ from .transforms import AugmentConfig, augment, normalize
 from .unet import UNetConfig
 
 __all__ = ["SegTrainConfig", "PRESETS", "preprocess", "train", "load_model", "predict", "evaluate", "val_batches",
-           "class_names", "make_optimizer", "IGNORE_INDEX"]
+           "class_names", "make_optimizer", "make_loss_fn", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
 PyTree = Any
@@ -358,6 +358,21 @@ def make_optimizer(cfg: SegTrainConfig) -> optim.GradientTransformation:
                                 weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
 
 
+def make_loss_fn(cfg: SegTrainConfig):
+    """The training loss `loss_fn(params, model_state, batch, key) -> (loss, ({}, model_state))`:
+    `ce_weight * CE + dice_weight * soft Dice` of the model's logits in train mode, on
+    `batch = (x normalized [B, C, H, W], masks [B, H, W])` (`IGNORE_INDEX` pixels left out)."""
+
+    def loss_fn(params, model_state, batch, key):
+        x, masks = batch
+        logits, model_state = models.apply(params, model_state, x, cfg.model, key=key, train=True)
+        loss = ce_dice_loss(logits, masks, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight,
+                            ignore_index=IGNORE_INDEX)
+        return loss, ({}, model_state)
+
+    return loss_fn
+
+
 def _initial_state(cfg: SegTrainConfig):
     root = random.key(cfg.seed)
     params, model_state = models.init(random.fold_in(root, "init"), cfg.model)
@@ -403,12 +418,7 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
     if distributed.is_main():
         print(f"[seg] run directory: {run.path}", file=sys.stderr)
 
-    def loss_fn(params, model_state, batch, key):
-        x, masks = batch
-        logits, model_state = models.apply(params, model_state, x, cfg.model, key=key, train=True)
-        loss = ce_dice_loss(logits, masks, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight,
-                            ignore_index=IGNORE_INDEX)
-        return loss, ({}, model_state)
+    loss_fn = make_loss_fn(cfg)
 
     def eval_fn(ts) -> dict[str, float]:
         m = evaluate(ts.params, ts.model_state, cfg.model, val, cfg)
