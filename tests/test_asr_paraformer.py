@@ -298,8 +298,8 @@ def test_the_train_step_compiles_as_one_graph_and_matches_eager():
         loss, m = paraformer_loss(p, b, cfg, LossConfig(glance_ratio=0.5), key=key)
         return loss, (m, s)
 
-    tx = optim.adamw(1e-3)
-    ts = init_train_state(params, state, tx, random.key(2))
+    tx = optim.sgd(1e-2)  # linear in the grads: inductor's reassociated sums stay within tolerance (Adam
+    ts = init_train_state(params, state, tx, random.key(2))  # turns rounding noise in tiny grads into lr-size steps)
     eager = make_train_step(loss_fn, tx, compile=False)
     compiled = make_train_step(loss_fn, tx, compile=True)
     ts_e, m_e = eager(ts, batch)
