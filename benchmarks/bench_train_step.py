@@ -1,9 +1,10 @@
-"""Training-step cost of the segmentation models: eager vs compiled, fp32 vs bf16, over batch and image sizes.
+"""Training-step cost of the segmentation models and the Paraformer: eager vs compiled, fp32 vs bf16, over sizes.
 
     python benchmarks/bench_train_step.py                                   # the default sweep (see below)
     python benchmarks/bench_train_step.py --tasks unet --batch-sizes 4 16 --image-sizes 32 64 128 --no-compile
     python benchmarks/bench_train_step.py --profile-steps 5 --plot          # + torch.profiler top ops, + PNG
     python benchmarks/bench_train_step.py --device cuda                     # on a GPU machine
+    python benchmarks/bench_train_step.py --tasks paraformer --image-sizes 200 400 800 --no-compile  # sizes = frames
 
 For every task (see `TASKS`), batch size B, image size S, precision and mode (eager, or the step
 compiled with `funcml.compiler.compile`, backend `$FUNCML_COMPILE_BACKEND`, default inductor) it
@@ -131,10 +132,51 @@ def seg_setup(preset: str, spec: TaskSpec) -> tuple[StepSetup, SegTrainConfig]:
     return setup, cfg
 
 
+def paraformer_setup(spec: TaskSpec) -> StepSetup:
+    """The train step of the ASR `speech` preset (SAN-M Paraformer, glancing, CE + quantity loss)
+    on one batch of `spec.batch_size` utterances of `spec.size` log-mel frames (10 ms each;
+    random features, `min(max_tokens, T // 10)` random characters per utterance: about the rate of
+    the synthesized digit strings). `scale="tiny"`: a one-layer d=16 model."""
+    from funcml.asr import task as asr_task
+    from funcml.asr.paraformer import paraformer_loss
+    from funcml.tasks import make_optimizer as make_tx
+
+    base = asr_task.resolve(asr_task.PRESETS["speech"][1])
+    model_cfg = base.model
+    if spec.scale == "tiny":
+        enc = dataclasses.replace(model_cfg.encoder, d_model=16, num_heads=2, d_ff=32, num_layers=1)
+        model_cfg = dataclasses.replace(model_cfg, encoder=enc, decoder_layers=1)
+    cfg = dataclasses.replace(base, model=model_cfg, batch_size=spec.batch_size, precision=spec.precision,
+                              compile=spec.compile, seed=spec.seed)
+    root = random.key(cfg.seed)
+    params, model_state = models.init(random.fold_in(root, "init"), cfg.model)
+    tx = make_tx(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                 grad_clip=cfg.grad_clip)
+    ts = init_train_state(params, model_state, tx, random.fold_in(root, "train"))
+    b, t, n = spec.batch_size, spec.size, model_cfg.max_tokens
+    k_x, k_y = random.split(random.key(cfg.data_seed))
+    length = max(1, min(n, t // 10))
+    tokens = torch.where(torch.arange(n) < length, random.randint(k_y, (b, n), 5, model_cfg.vocab_size), 0)
+    batch = {"features": random.normal(k_x, (b, t, model_cfg.encoder.input_dim)),
+             "feat_lengths": torch.full((b,), t, dtype=torch.int64), "tokens": tokens,
+             "token_lengths": torch.full((b,), length, dtype=torch.int64)}
+
+    def loss_fn(p, s, batch, key):
+        loss, m = paraformer_loss(p, batch, cfg.model, cfg.loss, key=key, train=True)
+        return loss, (m, s)
+
+    step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile)
+    model = {"type": "ParaformerConfig", "encoder": dataclasses.asdict(model_cfg.encoder),
+             "decoder_layers": model_cfg.decoder_layers, "params": tree.num_params(params)}
+    return StepSetup(step, tree.to(ts, spec.device), tree.to(batch, spec.device), items=b, unit="utterances",
+                     model=model)
+
+
 TaskBuilder = Callable[[TaskSpec], StepSetup]
 TASKS: dict[str, TaskBuilder] = {
     "unet": lambda spec: seg_setup("unet", spec)[0],
     "unet-transformer": lambda spec: seg_setup("unet-transformer", spec)[0],
+    "paraformer": paraformer_setup,     # spec.size = frames (T); run it with --tasks paraformer --image-sizes 200 400
 }
 
 

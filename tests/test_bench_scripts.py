@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_cif, bench_ensemble, bench_overhead, bench_train_step, common  # noqa: E402
+from benchmarks import bench_asr_infer, bench_cif, bench_ensemble, bench_overhead, bench_train_step, common  # noqa: E402
 from benchmarks.unet_module import UNetModule, to_funcml  # noqa: E402
 from funcml import random, tree  # noqa: E402
 from funcml.asr.cif import cif  # noqa: E402
@@ -151,8 +151,30 @@ def test_train_step_bench_times_the_compiled_step_and_its_compile_cost(tmp_path,
 
 def test_unknown_task_is_a_config_error_listing_the_tasks(capsys, tmp_path):
     with pytest.raises(SystemExit):
-        bench_train_step.main(args=["--tasks", "paraformer", "--out", str(tmp_path / "x.json")])
-    assert "unknown task 'paraformer'; TASKS has ['unet', 'unet-transformer']" in capsys.readouterr().err
+        bench_train_step.main(args=["--tasks", "wavenet", "--out", str(tmp_path / "x.json")])
+    assert "unknown task 'wavenet'; TASKS has ['paraformer', 'unet', 'unet-transformer']" in capsys.readouterr().err
+
+
+def test_train_step_bench_times_the_paraformer_step_in_utterances(tmp_path):
+    result = bench_train_step.main(args=[
+        "--tasks", "paraformer", "--scale", "tiny", "--batch-sizes", "2", "--image-sizes", "64", "--precisions",
+        "fp32", "--no-compile", "--warmup", "1", "--repeat", "1", "--matmul-size", "64",
+        "--out", str(tmp_path / "train.json")])
+    (row,) = result["rows"]
+    assert row["task"] == "paraformer" and row["unit"] == "utterances" and row["ms"] > 0
+
+
+def test_asr_infer_bench_reports_rtf_for_each_batch_size_and_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUNCML_COMPILE_BACKEND", "aot_eager")
+    out = tmp_path / "infer.json"
+    result = bench_asr_infer.main(args=[
+        "--tiny", "--num-utts", "3", "--batch-sizes", "1", "2", "--repeat", "1", "--cache-dir",
+        str(tmp_path / "cache"), "--out", str(out)])
+    saved = _json(out)
+    assert [(r["mode"], r["batch"]) for r in saved["rows"]] == [("eager", 1), ("eager", 2), ("compiled", 1),
+                                                                 ("compiled", 2)]
+    assert all(r["rtf"] > 0 and 0 < r["frontend_share"] < 1 for r in result["rows"])
+    assert saved["audio_seconds"] > 0 and MACHINE_KEYS <= set(saved["machine"])
 
 
 # ------------------------------------------------------------------------------ nn.Module U-Net
