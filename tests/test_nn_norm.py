@@ -277,6 +277,50 @@ def test_batch_norm_keeps_bfloat16_inputs_in_bfloat16(getkey):
     assert y.dtype == torch.bfloat16 and new_state["var"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_batch_norm_fused_kernel_equals_the_plain_formula_in_value_and_state(getkey, dtype):
+    params, state = norm.init_batch_norm(3)
+    params = _affine(getkey, 3)
+    x = (_normal(getkey(), 5, 3, 4, 4) * 3.0 + 2.0).to(dtype)
+    y, new_state = norm.batch_norm(params, state, x, train=True, momentum=0.3)
+    y_ref, mu, var = norm._batch_norm_reference(params, x, 1e-5)
+    assert y.dtype == dtype and new_state["var"].dtype == torch.float32
+    torch.testing.assert_close(y.float(), y_ref.float(), atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=0)
+    torch.testing.assert_close(new_state["mean"], 0.7 * state["mean"] + 0.3 * mu, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(new_state["var"], 0.7 * state["var"] + 0.3 * var * (80 / 79), atol=1e-6, rtol=1e-5)
+
+
+def test_batch_norm_fused_kernel_gradients_equal_the_plain_formula_in_float64(getkey):
+    params, state = _affine(getkey, 3, F64), _bn_state(getkey, 3, F64)
+    x, g = _normal(getkey(), 4, 3, 3, 2, dtype=F64), _normal(getkey(), 4, 3, 3, 2, dtype=F64)
+
+    def fused(p, x):
+        return (norm.batch_norm(p, state, x, train=True)[0] * g).sum()
+
+    def plain(p, x):
+        return (norm._batch_norm_reference(p, x, 1e-5)[0] * g).sum()
+
+    got = torch.func.grad(fused, argnums=(0, 1))(params, x)
+    want = torch.func.grad(plain, argnums=(0, 1))(params, x)
+    assert tree.allclose(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_batch_norm_running_variance_of_a_constant_channel_is_not_negative():
+    params, state = norm.init_batch_norm(2)
+    x = torch.full((4, 2, 3, 3), 7.0)  # sigma^2 = 0 exactly; 1/invstd^2 - eps may round below 0
+    _, new_state = norm.batch_norm(params, state, x, train=True, momentum=1.0)
+    assert bool((new_state["var"] >= 0).all())
+    torch.testing.assert_close(new_state["mean"], torch.full((2,), 7.0))
+
+
+def test_batch_norm_float64_input_with_float32_params_uses_the_plain_formula(getkey):
+    params, state = norm.init_batch_norm(2)
+    x = _normal(getkey(), 4, 2, 3, dtype=F64)
+    y, _ = norm.batch_norm(params, state, x, train=True)
+    assert y.dtype == F64
+    torch.testing.assert_close(y, norm._batch_norm_reference(params, x, 1e-5)[0], atol=0, rtol=0)
+
+
 # =========================================================================== shape errors
 
 

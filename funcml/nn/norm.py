@@ -163,9 +163,17 @@ def batch_norm(params: Params, state: dict[str, torch.Tensor], x: torch.Tensor, 
     Gradients flow through `mu` and `sigma^2`; the new running statistics are detached.
     Evaluation: `y = (x - mean) / sqrt(var + eps) * scale + bias` and the state is returned
     unchanged (a new dict holding the same tensors). `state` is never mutated. y has x's
-    dtype; the statistics are computed in at least float32. Written with plain reductions,
-    so it is correct under `torch.func.vmap` over stacked params and state (an ensemble)
-    and under `torch.func.grad`.
+    dtype; the statistics are computed in at least float32.
+
+    Training runs torch's fused kernel, `torch.native_batch_norm` without running
+    statistics (so nothing is mutated): two passes over x forward and two backward, where
+    the same formula written with `var_mean` and elementwise ops takes about ten (it was a
+    third of the eager U-Net step; benchmarks/RESULTS.md). The kernel returns `mu` and
+    `1 / sqrt(sigma^2 + eps)`; the new running variance recovers `sigma^2` from the latter.
+    It has batching rules, so it is correct under `torch.func.vmap` over stacked params and
+    state (an ensemble) and under `torch.func.grad`. Inputs whose dtype the kernel does not
+    take with these params (float64 x with float32 params, say) use the same formula
+    written with plain reductions (`_batch_norm_reference`).
     """
     _check_eps("batch_norm", eps)
     if not 0.0 <= momentum <= 1.0:
@@ -175,25 +183,42 @@ def batch_norm(params: Params, state: dict[str, torch.Tensor], x: torch.Tensor, 
         check_shape(state[name], "c", name=f"batch_norm: state['{name}']", c=c)
     _check_channels_first("batch_norm", x, c)
     ndim = x.ndim
-    scale, bias = _per_channel(params["scale"], ndim), _per_channel(params["bias"], ndim)
     if not train:
+        scale, bias = _per_channel(params["scale"], ndim), _per_channel(params["bias"], ndim)
         inv_std = torch.rsqrt(_per_channel(state["var"], ndim) + eps)
         y = (x - _per_channel(state["mean"], ndim)) * inv_std * scale + bias
         return y.to(x.dtype), dict(state)
 
-    reduce_dims = (0,) + tuple(range(2, ndim))
     n = x.numel() // c
     if n < 2:
         raise ShapeError(f"batch_norm: training needs more than one value per channel to estimate a variance, "
                          f"got x of shape {list(x.shape)}; use a batch of at least 2 (or train=False)")
-    # Statistics in at least float32, so that bf16/fp16 inputs do not lose the variance.
-    stat_dtype = torch.promote_types(x.dtype, torch.float32)
-    var, mu = torch.var_mean(x.to(stat_dtype), dim=reduce_dims, correction=0, keepdim=True)
-    y = ((x.to(stat_dtype) - mu) * torch.rsqrt(var + eps) * scale + bias).to(x.dtype)
-
-    mu, var = mu.detach().reshape(-1), var.detach().reshape(-1)
+    if _fused_ok(x, params["scale"]):
+        # y, the batch mean and 1 / sqrt(sigma^2 + eps), statistics in float32 for bf16/fp16 x.
+        y, mu, invstd = torch.native_batch_norm(x, params["scale"], params["bias"], None, None, True, 0.0, eps)
+        mu, var = mu.detach(), (invstd.detach().pow(-2) - eps).clamp(min=0.0)
+    else:
+        y, mu, var = _batch_norm_reference(params, x, eps)
     new_state = {
         "mean": ((1.0 - momentum) * state["mean"] + momentum * mu).to(state["mean"].dtype),
         "var": ((1.0 - momentum) * state["var"] + momentum * var * (n / (n - 1))).to(state["var"].dtype),
     }
     return y, new_state
+
+
+def _fused_ok(x: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether `torch.native_batch_norm` takes x with these params: the same float dtype,
+    or a half-precision x with float32 params (autocast's mixed case)."""
+    return x.dtype == scale.dtype or (x.dtype in (torch.bfloat16, torch.float16) and scale.dtype == torch.float32)
+
+
+def _batch_norm_reference(params: Params, x: torch.Tensor, eps: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training BatchNorm from plain reductions: `(y, mu [C], sigma^2 [C])`, the statistics
+    detached and in at least float32. The fused path's fallback, and its reference in tests."""
+    ndim = x.ndim
+    scale, bias = _per_channel(params["scale"], ndim), _per_channel(params["bias"], ndim)
+    stat_dtype = torch.promote_types(x.dtype, torch.float32)
+    var, mu = torch.var_mean(x.to(stat_dtype), dim=(0,) + tuple(range(2, ndim)), correction=0, keepdim=True)
+    y = ((x.to(stat_dtype) - mu) * torch.rsqrt(var + eps) * scale + bias).to(x.dtype)
+    return y, mu.detach().reshape(-1), var.detach().reshape(-1)
