@@ -285,3 +285,30 @@ def test_main_job_shrunk_by_flags_prints_both_tables_and_writes_overlays(tmp_pat
     saved = json.loads((tmp_path / "main-summary.json").read_text())
     assert saved["seg"]["mean_iou"] == summary["seg"]["mean_iou"]
     assert 0 <= saved["asr"]["test_cer"] and Path(saved["asr"]["run"]).is_dir()
+
+
+@pytest.mark.compile
+def test_compiled_unet_train_step_compiles_once_and_equals_eager(tmp_path):
+    # Inductor returns the 1x1 head kernel [K, C, 1, 1] (and its Adam moments) channels-last,
+    # with other strides on the size-1 dims; make_train_step views them back, so the second
+    # call does not recompile (CI's inductor stage checks this; aot_eager keeps strides).
+    from funcml.seg.task import _initial_state, make_loss_fn
+    from funcml.train import make_train_step
+
+    cfg = tiny_config(TINY_MODELS["unet"], tmp_path, steps=10)
+    ts0, tx = _initial_state(cfg)
+    eager = make_train_step(make_loss_fn(cfg), tx, compile=False)
+    compiled = make_train_step(make_loss_fn(cfg), tx, compile=True)
+    images, masks = shapes_batch(random.key(0), 4, DATA)
+    batch = (preprocess(images, cfg), masks)
+    ts_e = ts_c = ts0
+    for i in range(3):
+        if i == 1:
+            torch.compiler.set_stance("fail_on_recompile")
+        try:
+            ts_c, m_c = compiled(ts_c, batch)
+        finally:
+            torch.compiler.set_stance("default")
+        ts_e, m_e = eager(ts_e, batch)
+        torch.testing.assert_close(m_c["loss"], m_e["loss"], rtol=1e-4, atol=1e-5)
+    assert tree.allclose(ts_c.model_state, ts_e.model_state, rtol=1e-4, atol=1e-5)

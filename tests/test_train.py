@@ -78,6 +78,55 @@ def test_the_step_is_pure_and_leaves_torchs_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), before)
 
 
+def test_eager_step_is_bit_identical_to_the_torch_func_step_it_replaces(monkeypatch):
+    # Eagerly the step differentiates with torch.autograd.grad and skips the per-leaf
+    # `where` of a finite step; traced or transformed it uses torch.func.grad_and_value and
+    # the `where`s. Forcing the second path eagerly must give the same bits.
+    from funcml.train import step as step_module
+
+    cnn = CNNConfig(in_channels=1, channels=(4, 8), num_classes=3, norm="batch", dropout=0.2)
+    ts, tx = make_state(cfg=cnn, tx=optim.chain(optim.clip_by_global_norm(0.1), optim.adamw(1e-2)))
+    batch = {"x": random.normal(random.key(3), (6, 1, 8, 8)), "y": random.randint(random.key(4), (6,), 0, 3)}
+
+    def ce_loss(params, model_state, batch, key):
+        logits, model_state = models.apply(params, model_state, batch["x"], cnn, key=key, train=True)
+        loss = torch.nn.functional.cross_entropy(logits, batch["y"])
+        return loss, ({"ce": loss}, model_state)
+
+    step = make_train_step(ce_loss, tx, compile=False)
+    eager = [step(ts, batch)]
+    eager.append(step(eager[0][0], batch))
+    monkeypatch.setattr(step_module, "_plain_eager", lambda params: False)
+    func = [step(ts, batch)]
+    func.append(step(func[0][0], batch))
+    for (e_ts, e_m), (f_ts, f_m) in zip(eager, func):
+        assert tree.equal(e_ts, f_ts)
+        assert all(torch.equal(e_m[k], f_m[k]) for k in ("loss", "ce", "grad_norm"))
+        assert not any(v.requires_grad for v in tree.leaves(e_ts)), "the eager step leaked autograd history"
+
+
+def test_a_param_the_loss_does_not_use_gets_a_zero_gradient_and_only_weight_decay():
+    ts, tx = make_state(tx=optim.adamw(1e-2, weight_decay=0.5))
+    ts = ts._replace(params={**ts.params, "unused": torch.ones(2, 2)}, opt_state=tx.init({**ts.params,
+                                                                                          "unused": torch.ones(2, 2)}))
+    step = make_train_step(mlp_loss, tx, compile=False)
+    new, m = step(ts, regression_batch(0))
+    assert torch.equal(new.opt_state[0].mu["unused"], torch.zeros(2, 2))
+    torch.testing.assert_close(new.params["unused"], torch.full((2, 2), 1.0 - 1e-2 * 0.5))
+
+
+def test_a_loss_that_ignores_every_param_gives_zero_gradients():
+    ts, tx = make_state(tx=optim.sgd(0.1))
+
+    def constant_loss(params, model_state, batch, key):
+        loss = batch["y"].pow(2).mean()
+        return loss, ({}, model_state)
+
+    new, m = make_train_step(constant_loss, tx, compile=False)(ts, regression_batch(0))
+    assert float(m["grad_norm"]) == 0.0
+    assert tree.equal(new.params, ts.params)
+
+
 def test_step_key_depends_on_the_step_so_dropout_differs_between_steps():
     ts, tx = make_state()
     step = make_train_step(mlp_loss, tx, compile=False)
@@ -100,6 +149,17 @@ def test_nonfinite_raise_names_the_step_and_the_leaf_and_keeps_params():
     grads_bad["x"][0, 0] = float("inf")
     with pytest.raises(NonFiniteError, match="step 1"):
         step(ts, grads_bad)
+
+
+def test_finite_gradients_whose_global_norm_overflows_count_as_nonfinite_with_a_clear_message():
+    ts, tx = make_state(tx=optim.sgd(1e-3))
+
+    def huge_loss(params, model_state, batch, key):
+        loss = params["layers"]["0"]["w"].sum() * 1e25  # every grad is 1e25: finite, but 1e50 overflows float32
+        return loss, ({}, model_state)
+
+    with pytest.raises(NonFiniteError, match=r"every gradient is finite but their global norm inf"):
+        make_train_step(huge_loss, tx, compile=False)(ts, regression_batch(0))
 
 
 def test_nonfinite_skip_leaves_every_state_unchanged_and_counts():
@@ -273,3 +333,15 @@ def test_metrics_csv_widens_its_header_when_a_new_metric_appears(tmp_path):
     lines = (run.path / "metrics.csv").read_text().splitlines()
     assert lines[0].split(",")[-1] == "acc" and len(lines) == 3
     assert lines[1].endswith(",1.0,") and lines[2].endswith(",0.5,0.9")
+
+
+def test_restride_like_views_an_output_with_the_input_strides_when_only_size_one_dims_differ():
+    from funcml.train.step import _restride_like
+
+    old = torch.zeros(5, 16, 1, 1)                                       # strides (16, 1, 1, 1)
+    new = torch.arange(80.0).reshape(5, 1, 1, 16).permute(0, 3, 1, 2)    # channels-last: (16, 1, 16, 16)
+    out = _restride_like(new, old)
+    assert out.stride() == old.stride() and out.data_ptr() == new.data_ptr() and torch.equal(out, new)
+    transposed = torch.zeros(3, 4).t()                                   # a real layout difference
+    assert _restride_like(transposed, torch.zeros(4, 3)) is transposed
+    assert _restride_like(None, None) is None

@@ -10,8 +10,10 @@
 
 The step follows big_vision's `update_fn`: the step key is `fold_in(ts.key, ts.step)`, so a
 run resumed from a saved step replays the same randomness; gradients come from
-`torch.func.grad_and_value(loss_fn, has_aux=True)`; the optimizer is an optax-style
-transformation; nothing is updated in place. The whole step is compiled as one graph
+`torch.func.grad_and_value(loss_fn, has_aux=True)` when the step is compiled or transformed
+(vmap over an ensemble), and from `torch.autograd.grad` on detached copies of the params when
+it runs eagerly (the same numbers without functorch's per-op overhead); the optimizer is an
+optax-style transformation; nothing is updated in place. The whole step is compiled as one graph
 (`funcml.compiler.compile`: `torch.compile(fullgraph=True)`), optimizer included.
 
 Non-finite values. The update is applied branch-free, `where(finite, new, old)` per leaf,
@@ -91,10 +93,6 @@ def _split_micro(batch: Any, n: int) -> list[Any]:
             for i in range(n)]
 
 
-def _all_finite(xs: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([torch.isfinite(x).all() for x in xs]).all()
-
-
 def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precision: Precision = "fp32",
                     grad_accum: int = 1, compile: bool = True, nonfinite: Literal["raise", "skip"] = "raise",
                     growth_interval: int = 200, data_parallel: bool | None = None
@@ -138,19 +136,21 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         return loss * scale if scale is not None else loss, (loss, metrics, new_state)
 
     grad_fn = torch.func.grad_and_value(scaled_loss, has_aux=True)
+    eager_grad_fn = _autograd_grad_and_value(scaled_loss)
 
     def grads_and_aux(ts: TrainState, batch: Any, micro_offset: int | None = None):
         """`micro_offset`: under data parallelism, the global index of this rank's first
         micro-batch (`rank * grad_accum`); micro-batch i then uses `fold_in(step_key, offset + i)`."""
         step_key = random.fold_in(ts.key, ts.step)
         scale = ts.loss_scale.scale if ts.loss_scale is not None else None
+        grad_fn_ = eager_grad_fn if _plain_eager(ts.params) else grad_fn
         if grad_accum == 1 and micro_offset is None:
-            grads, (_, (loss, metrics, new_state)) = grad_fn(ts.params, ts.model_state, batch, step_key, scale)
+            grads, (_, (loss, metrics, new_state)) = grad_fn_(ts.params, ts.model_state, batch, step_key, scale)
         else:
             grads, losses, metric_list, new_state = None, [], [], ts.model_state
             offset = micro_offset or 0
             for i, micro in enumerate(_split_micro(batch, grad_accum)):
-                g, (_, (l_i, m_i, new_state)) = grad_fn(ts.params, new_state, micro,
+                g, (_, (l_i, m_i, new_state)) = grad_fn_(ts.params, new_state, micro,
                                                         random.fold_in(step_key, offset + i), scale)
                 grads = g if grads is None else tree.tree_map(torch.add, grads, g)
                 losses.append(l_i)
@@ -165,13 +165,20 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
     def update(ts: TrainState, grads: Any, loss: torch.Tensor, metrics: dict, new_model_state: Any
                ) -> tuple[TrainState, dict]:
         loss_finite = torch.isfinite(loss)
-        grads_finite = _all_finite(tree.leaves(grads))
-        finite = loss_finite & grads_finite
-        updates, new_opt_state = tx.update(grads, ts.opt_state, ts.params)
-        new_params = optim.apply_updates(ts.params, updates)
+        # One reduction instead of an isfinite per leaf: a NaN or Inf anywhere makes the global
+        # norm NaN or Inf (so does a norm beyond float32's range, ~1.8e19: a step to skip too).
+        grad_norm = optim.global_norm(grads)
+        finite = loss_finite & torch.isfinite(grad_norm)
+        new_params, new_opt_state = optim.update_and_apply(tx, grads, ts.opt_state, ts.params)
 
-        def keep(new, old):
-            return tree.tree_map(lambda n, o: torch.where(finite, n, o), new, old)
+        if _plain_eager(ts.params) and bool(finite):
+            # Eager: `train_step` reads `finite` on the host anyway; a finite step keeps the
+            # new values as they are, without a `where` per leaf (bit-identical).
+            def keep(new, old):
+                return new
+        else:
+            def keep(new, old):
+                return tree.tree_map(lambda n, o: torch.where(finite, n, o), new, old)
 
         loss_scale = ts.loss_scale
         if loss_scale is not None:
@@ -183,7 +190,7 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         new_ts = TrainState(ts.step + 1, keep(new_params, ts.params), keep(new_model_state, ts.model_state),
                             keep(new_opt_state, ts.opt_state), ts.key, loss_scale)
         out = {k: (v.detach().float() if isinstance(v, torch.Tensor) else v) for k, v in dict(metrics).items()}
-        out.update(loss=loss.detach(), grad_norm=optim.global_norm(grads).detach(),
+        out.update(loss=loss.detach(), grad_norm=grad_norm.detach(),
                    lr=optim.current_lr(new_opt_state).detach().float() if _has_lr(ts.opt_state) else torch.tensor(0.0),
                    finite=finite.float(), loss_finite=loss_finite.float())
         if ts.loss_scale is not None:
@@ -225,6 +232,8 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
             raise ConfigError("precision='fp16' needs a loss scale in the train state: "
                               "build it with init_train_state(..., precision='fp16')")
         new_ts, metrics = compiled(ts, batch)
+        if compile:
+            new_ts = tree.tree_map(_restride_like, new_ts, ts)
         # One host sync per step: the price of stopping at the first bad step.
         if not bool(metrics["finite"]):
             overflow_only = ts.loss_scale is not None and bool(metrics["loss_finite"])
@@ -237,6 +246,66 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
     train_step.step_fn = step  # the uncompiled pure single-process step, for tests and vmap
     train_step.data_parallel = data_parallel
     return train_step
+
+
+def _restride_like(new: Any, old: Any) -> Any:
+    """`new` viewed with `old`'s strides when they differ only on size-1 dims, else `new`.
+
+    Inductor may hand a leaf back with other strides on its size-1 dims than it went in with
+    (a 1x1 conv kernel `[K, C, 1, 1]` comes out channels-last, `(C, 1, C, C)` instead of
+    `(C, 1, 1, 1)`): the same memory, but Dynamo guards on strides, so the next call would
+    recompile the whole step once. The view costs nothing and keeps one graph.
+    """
+    if not isinstance(new, torch.Tensor) or not isinstance(old, torch.Tensor):
+        return new
+    if new.shape != old.shape or new.stride() == old.stride():
+        return new
+    if all(a == b or n == 1 for a, b, n in zip(new.stride(), old.stride(), new.shape)):
+        return new.as_strided(old.shape, old.stride())
+    return new
+
+
+def _plain_eager(params: Any) -> bool:
+    """Whether the step runs in plain eager autograd: not traced by `torch.compile`, not
+    inside a `torch.func` transform (vmap over an ensemble, an outer grad), and params not
+    part of an outer autograd graph."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    return not any(x.requires_grad for x in tree.leaves(params) if isinstance(x, torch.Tensor))
+
+
+def _autograd_grad_and_value(f: Callable) -> Callable:
+    """`torch.func.grad_and_value(f, has_aux=True)` computed with `torch.autograd.grad`.
+
+    `f(params, *args) -> (out, aux)`; returns `(grads, (out, aux))` with grads shaped like
+    params (zeros where `out` does not depend on a leaf) and `out`, `aux` detached. It
+    differentiates detached copies of the leaves, so the caller's params are untouched and
+    the function stays pure from the outside. Same numbers as `torch.func` (same autograd
+    formulas), without functorch's interpreter wrapping every op of the forward and the
+    backward: 26 ms of a 94 ms eager U-Net step (benchmarks/RESULTS.md). Only for plain
+    eager calls (`_plain_eager`); traced and transformed steps keep `torch.func`.
+    """
+
+    def grad_and_value(params: Any, *args: Any) -> tuple[Any, tuple[torch.Tensor, Any]]:
+        flat, spec = tree.flatten(params)
+        idx = [i for i, x in enumerate(flat) if isinstance(x, torch.Tensor)]
+        inputs = list(flat)
+        for i in idx:
+            inputs[i] = flat[i].detach().requires_grad_()
+        with torch.enable_grad():
+            out, aux = f(tree.unflatten(spec, inputs), *args)
+            wrt = [inputs[i] for i in idx]
+            if out.requires_grad:
+                gs = torch.autograd.grad(out, wrt, allow_unused=True, materialize_grads=True)
+            else:  # the output does not depend on params at all
+                gs = [torch.zeros_like(x) for x in wrt]
+        grads = list(flat)
+        for i, g in zip(idx, gs):
+            grads[i] = g
+        aux = tree.tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, aux)
+        return tree.unflatten(spec, grads), (out.detach(), aux)
+
+    return grad_and_value
 
 
 def _as_float(v: Any) -> Any:
@@ -261,6 +330,9 @@ def _describe_nonfinite(grads_and_aux, ts: TrainState, batch: Any, data_parallel
             if data_parallel:
                 where = (f"on another rank's shard (this rank's loss {float(loss):.6g} and grads are finite; "
                          "the grads are averaged over ranks)")
+            else:
+                where = (f"loss = {float(loss):.6g}; every gradient is finite but their global norm "
+                         f"{float(optim.global_norm(grads))} is not (it overflows float32)")
         except NonFiniteError as e:
             where = f"loss = {float(loss):.6g}, {e}"
     return (f"non-finite value at step {step}: {where}. The update was not applied and params are those of "
