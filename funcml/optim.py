@@ -64,6 +64,7 @@ __all__ = [
     "adamw",
     # tree helpers
     "apply_updates",
+    "update_and_apply",
     "global_norm",
     "decay_mask",
     "current_lr",
@@ -86,15 +87,21 @@ Mask = PyTree | Callable[[PyTree], PyTree] | Sequence[str] | str | None
 
 
 class GradientTransformation(NamedTuple):
-    """A pair of pure functions.
+    """A pair of pure functions, and an optional fused third.
 
     init: `params -> state`.
     update: `(grads, state, params) -> (updates, state)`; `params` may be None for
         transformations that do not read them (all but `add_decayed_weights`).
+    apply: None, or `(grads, state, params) -> (new_params, state)`, the same step as
+        `apply_updates(params, update(grads, state, params)[0])` (equal up to float rounding)
+        done in fewer passes over memory; `adam` and `adamw` have one (torch's fused Adam
+        kernel, eagerly), and `chain` has one when its last transformation does. Call
+        `update_and_apply`, which uses it when present.
     """
 
     init: Callable[[PyTree], Any]
     update: Callable[[PyTree, Any, PyTree], tuple[PyTree, Any]]
+    apply: Callable[[PyTree, Any, PyTree], tuple[PyTree, Any]] | None = None
 
 
 class EmptyState(NamedTuple):
@@ -196,6 +203,28 @@ def _addcmul(xs: list, ys: list, zs: list, value: float) -> list:
     return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs)]
 
 
+def _in_place_ok(xs: list) -> bool:
+    """In-place foreach ops on `xs` (tensors the caller just made): foreach kernels in use and
+    no autograd history that an in-place op would invalidate (a differentiated update)."""
+    return bool(xs) and _use_foreach() and not any(x.requires_grad for x in xs)
+
+
+def _fresh_div(xs: list, y: Any) -> list:
+    """xs / y, in place when `_in_place_ok`: only for tensors the caller just made."""
+    if _in_place_ok(xs):
+        torch._foreach_div_(xs, y)
+        return xs
+    return _div(xs, y)
+
+
+def _fresh_add_scalar(xs: list, c: float) -> list:
+    """xs + c, in place when `_in_place_ok`: only for tensors the caller just made."""
+    if _in_place_ok(xs):
+        torch._foreach_add_(xs, c)
+        return xs
+    return _add_scalar(xs, c)
+
+
 def _sqrt(xs: list) -> list:
     if not xs:
         return []
@@ -230,10 +259,28 @@ def _tensors(t: PyTree) -> tuple[list[torch.Tensor], Callable[[list], PyTree]]:
     return [flat[i] for i in where], rebuild
 
 
-def _check_like(t: PyTree, like: PyTree, name: str, like_name: str) -> None:
-    """Raise a ShapeError unless `t` has the structure, None leaves and shapes of `like`."""
+def _tensors_like(t: PyTree, like: PyTree, name: str, like_name: str
+                  ) -> tuple[list[torch.Tensor], Callable[[list], PyTree], list[torch.Tensor]]:
+    """`_tensors(t)` plus the tensor leaves of `like`, after `_check_like(t, like, ...)`; each
+    tree is flattened once (the update runs every step, and flattening is Python work)."""
     flat, spec = tree.flatten(t)
     flat_l, spec_l = tree.flatten(like)
+    _check_like(t, like, name, like_name, flat=(flat, spec, flat_l, spec_l))
+    where = [i for i, x in enumerate(flat) if x is not None]
+
+    def rebuild(new: list) -> PyTree:
+        out: list[Any] = [None] * len(flat)
+        for i, x in zip(where, new):
+            out[i] = x
+        return tree.unflatten(spec, out)
+
+    return [flat[i] for i in where], rebuild, [x for x in flat_l if x is not None]
+
+
+def _check_like(t: PyTree, like: PyTree, name: str, like_name: str, *, flat: tuple | None = None) -> None:
+    """Raise a ShapeError unless `t` has the structure, None leaves and shapes of `like`
+    (`flat`: both trees already flattened, `(leaves, spec, like_leaves, like_spec)`)."""
+    flat, spec, flat_l, spec_l = flat if flat is not None else (*tree.flatten(t), *tree.flatten(like))
     same = spec == spec_l and all((a is None) == (b is None) for a, b in zip(flat, flat_l))
     if same:
         for a, b in zip(flat, flat_l):
@@ -277,9 +324,7 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
         params: a pytree of float tensors (None leaves stay None).
         updates: a pytree of the same structure and shapes, e.g. from `tx.update`.
     """
-    _check_like(updates, params, "updates", "params")
-    ps, rebuild = _tensors(params)
-    us, _ = _tensors(updates)
+    us, rebuild, ps = _tensors_like(updates, params, "updates", "params")  # same structure: one rebuild serves
     us = [u if u.dtype == p.dtype else u.to(p.dtype) for u, p in zip(us, ps)]
     return rebuild(_add(ps, us))
 
@@ -290,7 +335,10 @@ def global_norm(t: PyTree) -> torch.Tensor:
     Computed in float32 (float64 if any leaf is float64), also for bf16/fp16 leaves; 0 for
     a tree without leaves.
     """
-    xs, _ = _tensors(t)
+    return _global_norm(_tensors(t)[0])
+
+
+def _global_norm(xs: list[torch.Tensor]) -> torch.Tensor:
     dtype = _scalar_dtype(xs)
     if not xs:
         return torch.zeros((), dtype=dtype)
@@ -416,18 +464,20 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         return ScaleByAdamState(_zero_count(ps), tree.zeros_like(params), tree.zeros_like(params))
 
     def update(grads, state, params=None):
-        _check_like(grads, state.mu, "grads", "the optimizer state (params at init)")
-        g, rebuild = _tensors(grads)
+        g, rebuild, mu_prev = _tensors_like(grads, state.mu, "grads", "the optimizer state (params at init)")
         count = state.count + 1
         t = count.to(torch.float64)
-        # bias corrections in float64, as torch.optim.Adam computes them in Python floats
-        bc1 = 1.0 - torch.pow(b1, t)
-        bc2 = 1.0 - torch.pow(b2, t)
-        mu = _lerp(tree.leaves(state.mu), g, 1.0 - b1)
+        # Bias corrections in float64, as torch.optim.Adam computes them in Python floats, then
+        # cast once to the leaves' dtype (the kernels would cast them per leaf).
+        dtype = g[0].dtype if g else torch.float32
+        bc1 = (1.0 - torch.pow(b1, t)).to(dtype)
+        bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2, t)).to(dtype)
+        mu = _lerp(mu_prev, g, 1.0 - b1)
         nu = _addcmul(_mul(tree.leaves(state.nu), b2), g, g, 1.0 - b2)
-        mu_hat = _div(mu, bc1)
-        nu_hat = _div(nu, bc2)
-        u = _div(mu_hat, _add_scalar(_sqrt(nu_hat), eps))
+        # u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), torch.optim.Adam's order of operations;
+        # `_fresh` ops work in place on tensors created here (never on the inputs).
+        denom = _fresh_add_scalar(_fresh_div(_sqrt(nu), bc2_sqrt), eps)
+        u = _fresh_div(_div(mu, denom), bc1)
         return rebuild(u), ScaleByAdamState(count, rebuild(mu), rebuild(nu))
 
     return GradientTransformation(init, update)
@@ -510,10 +560,8 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> GradientTrans
             return grads, state
         if params is None:
             raise ConfigError("add_decayed_weights: update needs params (call tx.update(grads, state, params))")
-        _check_like(grads, params, "grads", "params")
-        g, rebuild = _tensors(grads)
-        p, _ = _tensors(params)
-        decay = _resolve_mask(mask, params)
+        g, rebuild, p = _tensors_like(grads, params, "grads", "params")
+        decay = [x.ndim >= 2 for x in p] if mask is None else _resolve_mask(mask, params)
         idx = [i for i, d in enumerate(decay) if d]
         decayed = _add([g[i] for i in idx], [p[i] for i in idx], alpha=weight_decay)
         u = list(g)
@@ -544,7 +592,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         g, rebuild = _tensors(grads)
         if not g:
             return grads, state
-        norm = global_norm(grads)
+        norm = _global_norm(g)
         factor = max_norm / torch.clamp(norm, min=max_norm)
         return rebuild(_mul(g, factor)), state
 
@@ -570,9 +618,8 @@ def trace(momentum: float, nesterov: bool = False) -> GradientTransformation:
         return TraceState(tree.zeros_like(params))
 
     def update(grads, state, params=None):
-        _check_like(grads, state.trace, "grads", "the optimizer state (params at init)")
-        g, rebuild = _tensors(grads)
-        buf = _add(_mul(tree.leaves(state.trace), momentum), g)
+        g, rebuild, buf_prev = _tensors_like(grads, state.trace, "grads", "the optimizer state (params at init)")
+        buf = _add(_mul(buf_prev, momentum), g)
         u = _add(g, buf, alpha=momentum) if nesterov else buf
         return rebuild(u), TraceState(rebuild(buf))
 
@@ -589,17 +636,30 @@ def chain(*txs: GradientTransformation) -> GradientTransformation:
     def init(params):
         return tuple(tx.init(params) for tx in txs)
 
-    def update(grads, state, params=None):
+    def check(state):
         if not isinstance(state, tuple) or len(state) != len(txs):
             raise ShapeError(f"chain: expected a state tuple of {len(txs)} entries (from this chain's init), "
                              f"got {type(state).__name__} of {len(state) if isinstance(state, tuple) else '?'}")
+
+    def update(grads, state, params=None):
+        check(state)
         new_state = []
         for tx, s in zip(txs, state):
             grads, s = tx.update(grads, s, params)
             new_state.append(s)
         return grads, tuple(new_state)
 
-    return GradientTransformation(init, update)
+    def apply(grads, state, params):
+        # every transformation's update but the last, then the last one's fused apply
+        check(state)
+        new_state = []
+        for tx, s in zip(txs[:-1], state[:-1]):
+            grads, s = tx.update(grads, s, params)
+            new_state.append(s)
+        new_params, s = txs[-1].apply(grads, state[-1], params)
+        return new_params, tuple(new_state + [s])
+
+    return GradientTransformation(init, update, apply if txs and txs[-1].apply is not None else None)
 
 
 def current_lr(opt_state: Any) -> torch.Tensor:
@@ -652,8 +712,11 @@ def adam(lr: float | Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 
     """Adam (Kingma & Ba, 2015), as torch.optim.Adam without weight decay:
 
         p_t = p_{t-1} - lr_t * m̂_t / (sqrt(v̂_t) + eps)      (see `scale_by_adam`)
+
+    `apply` (see `GradientTransformation`): torch's fused Adam kernel in eager mode.
     """
-    return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(lr))
+    inner = chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(lr))
+    return inner._replace(apply=_fused_adam_apply(inner, lr, b1, b2, eps, 0.0, None, decay_state=False))
 
 
 def adamw(lr: float | Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2,
@@ -664,8 +727,84 @@ def adamw(lr: float | Schedule, b1: float = 0.9, b2: float = 0.999, eps: float =
 
     on the leaves `mask` selects (default: ndim >= 2); the others take Adam's step only.
     As in torch (also under an LR scheduler), the decay is scaled by the current lr_t.
+
+    `apply` (see `GradientTransformation`): torch's fused AdamW kernel in eager mode.
     """
-    return chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
+    inner = chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
+    return inner._replace(apply=_fused_adam_apply(inner, lr, b1, b2, eps, float(weight_decay), mask,
+                                                  decay_state=True))
+
+
+def update_and_apply(tx: GradientTransformation, grads: PyTree, state: Any, params: PyTree) -> tuple[PyTree, Any]:
+    """`(new_params, new_state)`: `apply_updates(params, updates)` with `updates, new_state =
+    tx.update(grads, state, params)`, through `tx.apply` when the transformation has one."""
+    if tx.apply is not None:
+        return tx.apply(grads, state, params)
+    updates, state = tx.update(grads, state, params)
+    return apply_updates(params, updates), state
+
+
+def _fused_adam_apply(inner: GradientTransformation, lr: float | Schedule, b1: float, b2: float, eps: float,
+                      weight_decay: float, mask: Mask, *, decay_state: bool) -> Callable:
+    """The `apply` of `adam` / `adamw`: `inner` is their chain, whose state it reads and writes.
+
+    Eagerly, on float leaves of one dtype and device, it copies params and moments once and
+    runs `torch._fused_adamw_` on the copies: one pass that reads p, g, m, v and writes p, m,
+    v, where the chain makes about ten (each a new tensor per leaf). The inputs are never
+    written. In a traced or transformed context (torch.compile, vmap), or when a leaf
+    carries autograd history (an update being differentiated), it is the chain's update
+    followed by `apply_updates`. The kernel computes `p (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps)`
+    with `sqrt(v̂) = sqrt(v) / sqrt(1 - b2^t)`, torch.optim.AdamW(fused=True)'s arithmetic.
+    """
+
+    def apply(grads, state, params):
+        if not isinstance(state, tuple) or len(state) != (3 if decay_state else 2):
+            return update_and_apply(inner._replace(apply=None), grads, state, params)  # the chain's own error
+        adam_s, lr_s = state[0], state[-1]
+        g, rebuild, ps = _tensors_like(grads, params, "grads", "params")
+        mu, _, _ = _tensors_like(adam_s.mu, params, "the optimizer state's mu", "params")
+        nu, _, _ = _tensors_like(adam_s.nu, params, "the optimizer state's nu", "params")
+        if not _fused_ok(g, ps, mu, nu, lr_s.lr):
+            return update_and_apply(inner._replace(apply=None), grads, state, params)
+        count = adam_s.count + 1
+        value = lr(lr_s.count).to(lr_s.lr.dtype) if callable(lr) else lr_s.lr
+        # The kernel walks the four tensors of a leaf as flat memory: give grads and moments
+        # the layout of the param's copy (autograd may return a channels-last grad for a
+        # contiguous kernel; a compiled step may hand back moments with other strides).
+        new_p = [x.clone() for x in ps]
+        new_mu, new_nu = ([_copy_as(x, q) for x, q in zip(xs, new_p)] for xs in (mu, nu))
+        g = [x if x.stride() == q.stride() else _copy_as(x, q) for x, q in zip(g, new_p)]
+        step = count.to(lr_s.lr.dtype)
+        decay = ([x.ndim >= 2 for x in ps] if mask is None else _resolve_mask(mask, params)) if weight_decay \
+            else [False] * len(ps)
+        for wd in {weight_decay if d else 0.0 for d in decay}:
+            idx = [i for i, d in enumerate(decay) if (weight_decay if d else 0.0) == wd]
+            torch._fused_adamw_([new_p[i] for i in idx], [g[i] for i in idx], [new_mu[i] for i in idx],
+                                [new_nu[i] for i in idx], [], [step] * len(idx), lr=value, beta1=b1, beta2=b2,
+                                weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
+        new_adam = ScaleByAdamState(count, rebuild(new_mu), rebuild(new_nu))
+        new_lr = ScaleByLearningRateState(lr_s.count + 1, value)
+        return rebuild(new_p), ((new_adam, state[1], new_lr) if decay_state else (new_adam, new_lr))
+
+    return apply
+
+
+def _copy_as(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A copy of `x` with the strides of `like` (same shape; `like` dense)."""
+    return x.clone() if x.stride() == like.stride() else torch.empty_like(like).copy_(x)
+
+
+def _fused_ok(*lists: Any) -> bool:
+    """Whether the fused Adam kernel may run: eager (not traced, not inside a torch.func
+    transform), one float dtype and device type cpu/cuda for every leaf, no autograd history."""
+    if torch.compiler.is_compiling() or not _use_foreach():
+        return False
+    xs = [x for xs in lists for x in (xs if isinstance(xs, list) else [xs])]
+    if not xs:
+        return False
+    dtype, device = xs[0].dtype, xs[0].device
+    return (dtype in (torch.float32, torch.float64) and device.type in ("cpu", "cuda")
+            and all(x.dtype == dtype and x.device == device and not x.requires_grad for x in xs))
 
 
 # ---------------------------------------------------------------------------------------

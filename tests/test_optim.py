@@ -33,12 +33,19 @@ def _grad_sequence(key, like, steps=STEPS):
     return [tree.unflatten_from_names({n: g[t] for n, g in per_leaf.items()}, like=like) for t in range(steps)]
 
 
-def _run(tx, params, grads):
+def _run(tx, params, grads, fused=False):
+    """`len(grads)` steps: `update` + `apply_updates`, or (fused) `update_and_apply`."""
     state = tx.init(params)
     for g in grads:
-        updates, state = tx.update(g, state, params)
-        params = optim.apply_updates(params, updates)
+        if fused:
+            params, state = optim.update_and_apply(tx, g, state, params)
+        else:
+            updates, state = tx.update(g, state, params)
+            params = optim.apply_updates(params, updates)
     return params, state
+
+
+VIA = pytest.mark.parametrize("fused", [False, True], ids=["update_then_apply", "fused_apply"])
 
 
 def _run_torch(make_opt, params, grads, decayed):
@@ -66,10 +73,12 @@ def _assert_close(ours, ref, atol):
     (None, lambda n: n in ("emb", "lin.w")),                          # default: ndim >= 2
     (("*.b", "emb"), lambda n: n in ("lin.w", "norm.scale")),         # names excluded from decay
 ], ids=["default_ndim_rule", "excluded_name_patterns"])
-def test_adamw_matches_torch_adamw_for_50_steps_with_param_groups(key, mask, decayed):
+@VIA
+def test_adamw_matches_torch_adamw_for_50_steps_with_param_groups(key, mask, decayed, fused):
     params = _params(key)
     grads = _grad_sequence(key, params)
-    ours, _ = _run(optim.adamw(3e-2, b1=0.8, b2=0.99, eps=1e-8, weight_decay=0.1, mask=mask), params, grads)
+    ours, _ = _run(optim.adamw(3e-2, b1=0.8, b2=0.99, eps=1e-8, weight_decay=0.1, mask=mask), params, grads,
+                   fused)
 
     def make(decay, no_decay, named):
         return torch.optim.AdamW([{"params": [named[n] for n in decay]},
@@ -81,10 +90,11 @@ def test_adamw_matches_torch_adamw_for_50_steps_with_param_groups(key, mask, dec
     assert not tree.allclose(ours, params)  # the run really moved the params
 
 
-def test_adamw_float32_matches_torch_adamw_up_to_float32_rounding(key):
+@VIA
+def test_adamw_float32_matches_torch_adamw_up_to_float32_rounding(key, fused):
     params = _params(key, torch.float32)
     grads = _grad_sequence(key, params)
-    ours, _ = _run(optim.adamw(1e-2, weight_decay=0.05), params, grads)
+    ours, _ = _run(optim.adamw(1e-2, weight_decay=0.05), params, grads, fused)
 
     def make(decay, no_decay, named):
         return torch.optim.AdamW([{"params": [named[n] for n in decay]},
@@ -97,10 +107,11 @@ def test_adamw_float32_matches_torch_adamw_up_to_float32_rounding(key):
     _assert_close(ours, ref, atol=1e-5)
 
 
-def test_adam_matches_torch_adam_for_50_steps(key):
+@VIA
+def test_adam_matches_torch_adam_for_50_steps(key, fused):
     params = _params(key)
     grads = _grad_sequence(key, params)
-    ours, state = _run(optim.adam(1e-2, b1=0.85, b2=0.995, eps=1e-6), params, grads)
+    ours, state = _run(optim.adam(1e-2, b1=0.85, b2=0.995, eps=1e-6), params, grads, fused)
     ref = _run_torch(lambda d, nd, named: torch.optim.Adam(list(named.values()), lr=1e-2, betas=(0.85, 0.995),
                                                            eps=1e-6),
                      params, grads, lambda n: True)
@@ -157,6 +168,80 @@ def test_global_norm_is_the_norm_of_all_leaves_together():
 
 
 # --- hand-computed steps ---------------------------------------------------------------------
+
+# --- the fused apply of adam / adamw -------------------------------------------------------------
+
+def _clip_adamw():
+    schedule = optim.warmup_cosine_decay_schedule(0.0, 1e-2, 5, STEPS)
+    return optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(schedule, weight_decay=0.1))
+
+
+def test_fused_apply_equals_update_then_apply_in_params_and_the_whole_state(key):
+    params = _params(key, torch.float32)
+    grads = _grad_sequence(key, params, steps=20)
+    fused_params, fused_state = _run(_clip_adamw(), params, grads, fused=True)
+    chain_params, chain_state = _run(_clip_adamw(), params, grads, fused=False)
+    assert tree.structure(fused_state) == tree.structure(chain_state)  # checkpoints stay interchangeable
+    _assert_close(fused_params, chain_params, atol=2e-6)
+    _assert_close(fused_state, chain_state, atol=2e-6)
+    assert torch.equal(optim.current_lr(fused_state), optim.current_lr(chain_state))
+
+
+@pytest.mark.parametrize("layout", ["grad_channels_last", "moments_transposed", "param_channels_last"])
+def test_fused_apply_is_right_whatever_the_memory_layout_of_grads_params_and_moments(key, layout):
+    # The fused kernel reads memory flat: a grad laid out unlike its param must be re-laid out.
+    tx = optim.adamw(1e-2, weight_decay=0.1)
+    k = random.split(key, 3)
+    params = {"conv": random.normal(k[0], (4, 3, 3, 2)), "mat": random.normal(k[1], (5, 6))}
+    grads = {"conv": random.normal(k[2], (4, 3, 3, 2)), "mat": random.normal(k[1], (5, 6)) * 0.5}
+    state = tx.init(params)
+    state = tx.update(grads, state, params)[1]  # non-zero moments
+    if layout == "grad_channels_last":
+        grads = {**grads, "conv": grads["conv"].contiguous(memory_format=torch.channels_last)}
+    elif layout == "moments_transposed":
+        adam = state[0]
+        state = (adam._replace(mu={**adam.mu, "mat": adam.mu["mat"].t().contiguous().t()}), *state[1:])
+    else:
+        params = {**params, "conv": params["conv"].contiguous(memory_format=torch.channels_last)}
+    fused_params, fused_state = optim.update_and_apply(tx, grads, state, params)
+    updates, chain_state = tx.update(grads, state, params)
+    _assert_close(fused_params, optim.apply_updates(params, updates), atol=1e-6)
+    _assert_close(fused_state, chain_state, atol=1e-6)
+
+
+def test_fused_apply_never_writes_to_its_inputs(key):
+    tx = _clip_adamw()
+    params = _params(key, torch.float32)
+    state = tx.init(params)
+    state = optim.update_and_apply(tx, _grad_sequence(key, params, steps=1)[0], state, params)[1]
+    grads = _grad_sequence(random.fold_in(key, 1), params, steps=1)[0]
+    before = tree.tree_map(torch.clone, (grads, state, params))
+    new_params, new_state = optim.update_and_apply(tx, grads, state, params)
+    assert tree.equal((grads, state, params), before)
+    assert not tree.allclose(new_params, params)
+
+
+def test_fused_apply_falls_back_to_the_chain_inside_vmap_and_under_autograd(key):
+    tx = _clip_adamw()
+    params = _params(key, torch.float32)
+    grads = _grad_sequence(key, params, steps=1)[0]
+    state = tx.init(params)
+    want = optim.apply_updates(params, tx.update(grads, state, params)[0])
+    stacked = tree.tree_map(lambda x: x.unsqueeze(0), (grads, state, params))
+    got = vmap(lambda g, s, p: optim.update_and_apply(tx, g, s, p)[0])(*stacked)
+    assert tree.equal(tree.tree_map(lambda x: x.squeeze(0), got), want)  # the chain's arithmetic, bit for bit
+    live = tree.tree_map(lambda x: x.clone().requires_grad_(), params)
+    moved, _ = optim.update_and_apply(tx, grads, state, live)
+    assert tree.equal(tree.tree_map(torch.detach, moved), want)
+    assert all(x.grad_fn is not None for x in tree.leaves(moved))     # differentiable through the update
+
+
+def test_chain_has_a_fused_apply_only_when_its_last_transformation_has_one():
+    assert optim.adamw(1e-3).apply is not None and optim.adam(1e-3).apply is not None
+    assert optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(1e-3)).apply is not None
+    assert optim.chain(optim.adamw(1e-3), optim.scale(0.5)).apply is None
+    assert optim.sgd(1e-3, momentum=0.9).apply is None
+
 
 def test_first_adam_step_moves_each_coordinate_by_lr_against_the_gradient_sign():
     params = {"w": torch.zeros(3, dtype=torch.float64)}
