@@ -244,3 +244,15 @@ def test_cuda_gives_the_cpu_bits(key):
         if name == "categorical":
             continue
         assert torch.equal(f(key).cpu(), f(key.cuda()).cpu()), name
+
+
+def test_fold_in_eager_fast_path_equals_the_tensor_ops_it_replaces(monkeypatch):
+    # Eagerly on CPU fold_in runs Threefry on Python ints; traced or vmapped it runs tensor ops.
+    cases = [(random.key(0), 0), (random.key(2**64 - 1), 2**64 - 1), (random.key(12345), "dropout"),
+             (random.key(7), torch.tensor(2**40 + 3)), (random.key(9), torch.tensor(-1)),
+             (random.key(3), torch.tensor([17], dtype=torch.int32))]
+    fast = [random.fold_in(k, d) for k, d in cases]
+    monkeypatch.setattr(random, "_plain_eager", lambda: False)
+    slow = [random.fold_in(k, d) for k, d in cases]
+    for f, s in zip(fast, slow):
+        assert f.dtype == torch.int64 and f.shape == (2,) and torch.equal(f, s)
