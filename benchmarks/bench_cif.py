@@ -1,31 +1,44 @@
-"""CIF: funcml's vectorized integrate-and-fire vs a per-frame loop, forward and forward+backward.
+"""CIF: funcml's linear-time integrate-and-fire vs the dense form it replaced and a per-frame loop.
 
-    python benchmarks/bench_cif.py                                  # B=8, D=256, T in 250 500 1000 2000 (~2 min)
+    python benchmarks/bench_cif.py                                  # B=8, D=256, T in 250 500 1000 2000 (~1 min)
     python benchmarks/bench_cif.py --lengths 250 500 --repeat 5
     python benchmarks/bench_cif.py --device cuda
 
-The baseline, `cif_loop`, is the algorithm as CIF's paper states it (Dong & Xu, ICASSP 2020,
-Algorithm 1): walk over the frames, accumulate `alpha_t`, and when the accumulated weight
-reaches the threshold `beta` fire the integrated embedding and start the next token with the
-rest of the frame. It is vectorized over the batch only (a Python loop over the T frames, as
-in public Paraformer code). `funcml.asr.cif.cif` computes the same thing without a loop over
-time (cumulative sums, a `[B, N, T]` weight tensor and one batched matmul).
+Three implementations of the same function, forward and forward+backward:
 
-Both run in training mode (weights rescaled to the target lengths `L_b`, exactly `L_b`
+- `cif` (`funcml.asr.cif.cif`, "vec"): the token embeddings summed over the `<= 2 T + N`
+  (token, frame) pairs whose weight can be nonzero (binary search of the cumulative weights
+  among the token boundaries, scatter-add over frames, a gather for whole tokens inside a frame):
+  O(B (T + N) D).
+- `cif_dense` ("dense", below): the previous implementation of `cif`, which built the dense
+  `[B, N, T]` weights `w_{n,t} = max(0, min(c_t, (n+1) beta) - max(c_{t-1}, n beta))` and took
+  `einsum("bnt,btd->bnd", w, h)`: O(B N T D), quadratic in T since N ~ T/4. Same values and
+  gradients as `cif` up to summation order (tested in float64 to 1e-12).
+- `cif_loop` ("loop", the baseline): the algorithm as CIF's paper states it (Dong & Xu, ICASSP
+  2020, Algorithm 1): walk over the frames, accumulate `alpha_t`, and when the accumulated weight
+  reaches the threshold `beta` fire the integrated embedding and start the next token with the
+  rest of the frame. It is vectorized over the batch only (a Python loop over the T frames, as in
+  public Paraformer code).
+
+All run in training mode (weights rescaled to the target lengths `L_b`, exactly `L_b`
 tokens) on random `h: [B, T, D]`, `alpha: [B, T]` in `[alpha_min, alpha_max]` (a mean of
 0.25: about one token per 4 frames, Paraformer's rate at 60 ms frames) and right-padded
 lengths `T_b` in `[0.75 T, T]`. The backward pass is that of `sum(embeds * g)` for a fixed
-random `g`. Per T the table gives the median times, the speedup `loop / vectorized`, and the
-largest differences between the two in embeddings, fire positions and both gradients, and the
-error of each (float32) against a float64 reference.
+random `g`. Per T the tables give the median times, the speedups `dense / vec` and
+`loop / vec`, the growth of peak memory of a forward+backward, the largest differences between
+the implementations in embeddings, fire positions and both gradients, and the error of each
+(float32) against a float64 reference (`cif` in float64; `ref_dense_diff` checks that `cif` and
+`cif_dense` agree there).
 
-The two split a frame differently when the accumulated weight ends within the rounding
+The loop and `cif` split a frame differently when the accumulated weight ends within the rounding
 tolerance `sqrt(eps) beta` of a token boundary: the loop then closes the token with exactly
 `beta` (its `beta - I` may exceed the frame's weight by up to the tolerance), `cif` with the
 exact `min/max` weights, so embeddings may differ by up to `sqrt(eps) beta max|h|` (3.5e-4
 `max|h|` in float32). The weights are piecewise linear in alpha and the training rescaling
 couples all of an item's alphas, so at such a frame the gradient with respect to alpha takes
 the other one-sided value for the whole item: compare gradients by relative norm, not maximum.
+`cif` and `cif_dense` evaluate the same weight formula on every pair, so they differ only by
+the order of summation.
 
 All lengths and variants are timed round-robin in one process (`common.time_interleaved`).
 
@@ -41,6 +54,7 @@ from typing import Any
 
 import torch
 import tyro
+from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -135,6 +149,61 @@ def cif_loop(h: torch.Tensor, alpha: torch.Tensor, *, mask: torch.Tensor | None 
     return CIFOutput(embeds.to(h.dtype), lengths, fire_positions, alpha)
 
 
+def cif_dense(h: torch.Tensor, alpha: torch.Tensor, *, mask: torch.Tensor | None = None, threshold: float = 1.0,
+              target_lengths: torch.Tensor | None = None, tail_threshold: float = 0.45,
+              max_tokens: int | None = None) -> CIFOutput:
+    """The previous implementation of `funcml.asr.cif.cif` (dense weights), kept for comparison.
+
+    Arguments and result as `cif`. With `c_t = sum_{s <= t} alpha_s` it builds the `[B, N, T]`
+    weights of token n on frame t,
+
+        w_{n,t} = max(0, min(c_t, (n + 1) beta) - max(c_{t-1}, n beta)) [n < L_b],     e = einsum("bnt,btd->bnd", w, h),
+
+    so it costs `B N T` elements per intermediate and `B N T D` multiply-adds (one batched matmul):
+    quadratic in T. Lengths and fire positions are computed as in `cif` (O(B (T + N))).
+    """
+    dims = check_shape(h, "b t d", name="cif_dense: h")
+    check_shape(alpha, "b t", name="cif_dense: alpha", **dims)
+    b, t = dims["b"], dims["t"]
+    beta = float(threshold)
+    dtype = torch.promote_types(alpha.dtype, torch.float32)
+    tol = float(torch.finfo(dtype).eps) ** 0.5 * beta
+    alpha = alpha.to(dtype)
+    if mask is not None:
+        alpha = alpha * mask.to(dtype)
+        last_frame = mask.long().sum(-1) - 1
+    else:
+        last_frame = torch.full((b,), t - 1, dtype=torch.long, device=h.device)
+    last_frame = last_frame.clamp(min=0)
+    total = alpha.sum(-1)
+    if target_lengths is not None:
+        lengths = target_lengths.long()
+        safe_total = torch.where(total > 0, total, torch.ones_like(total))
+        scale = torch.where(total > 0, lengths.to(dtype) * beta / safe_total, torch.zeros_like(total))
+        alpha = alpha * scale.unsqueeze(-1)
+    else:
+        lengths = torch.floor((total.detach() + tail_threshold) / beta + tol / beta).long()
+    n_tokens = (int(lengths.max()) if b > 0 else 0) if max_tokens is None else max_tokens
+    lengths = lengths.clamp(max=n_tokens)
+
+    c = torch.cumsum(alpha, dim=-1)                                              # [B, T]: c_t
+    c_prev = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], dim=-1)          # [B, T]: c_{t-1}
+    n = torch.arange(n_tokens, device=h.device, dtype=dtype)
+    lo = rearrange(n * beta, "n -> 1 n 1")                                       # [1, N, 1]: n beta
+    hi = rearrange((n + 1) * beta, "n -> 1 n 1")                                 # [1, N, 1]: (n+1) beta
+    c_bnt, c_prev_bnt = rearrange(c, "b t -> b 1 t"), rearrange(c_prev, "b t -> b 1 t")
+    valid = torch.arange(n_tokens, device=h.device) < lengths.unsqueeze(-1)     # [B, N]
+    w = (torch.minimum(c_bnt, hi) - torch.maximum(c_prev_bnt, lo)).clamp(min=0)  # [B, N, T]: w_{n,t}
+    w = w * rearrange(valid, "b n -> b n 1").to(dtype)
+    embeds = torch.einsum("bnt,btd->bnd", w.to(h.dtype), h)
+
+    k = torch.floor((c.detach() + tol) / beta).long().clamp(0, n_tokens)         # [B, T]: tokens done by t
+    hist = torch.zeros(b, n_tokens + 1, dtype=torch.long, device=h.device).scatter_add(-1, k, torch.ones_like(k))
+    fire = torch.minimum(torch.cumsum(hist, dim=-1)[:, :n_tokens], rearrange(last_frame, "b -> b 1"))
+    fire_positions = torch.where(valid, fire, torch.full_like(fire, -1))
+    return CIFOutput(embeds, lengths, fire_positions, alpha)
+
+
 def make_inputs(key: torch.Tensor, b: int, t: int, d: int, *, alpha_range: tuple[float, float] = (0.05, 0.45),
                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Random CIF inputs: `h [B, T, D]` normal, `alpha [B, T]` uniform in `alpha_range`, lengths `T_b`
@@ -178,13 +247,21 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm()) / den if den > 0 else float((a - b).norm())
 
 
+IMPLEMENTATIONS = {"vec": cif, "dense": cif_dense, "loop": cif_loop}
+
+
 def compare(inp: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Run both implementations (forward + backward) and report how far apart they are, and how
-    far each is from a float64 reference (`cif` in float64, where the two agree to ~1e-12)."""
-    vec, gh_v, ga_v = _forward_backward(cif, inp)
-    loop, gh_l, ga_l = _forward_backward(cif_loop, inp)
+    """Run the three implementations (forward + backward) and report how far apart they are, and
+    how far each is from a float64 reference (`cif` in float64, where they agree to ~1e-12;
+    `ref_dense_diff` is the largest difference between `cif` and `cif_dense` there).
+
+    Keys without a prefix compare `cif` with the loop, `dense_*` `cif` with `cif_dense`, and
+    `{vec,dense,loop}_err_*` each implementation with the reference."""
+    runs = {name: _forward_backward(fn, inp) for name, fn in IMPLEMENTATIONS.items()}
     ref_inp = {k: v.double() if v.is_floating_point() else v for k, v in inp.items()}
     ref, gh_r, ga_r = _forward_backward(cif, ref_inp)
+    ref_d, gh_rd, ga_rd = _forward_backward(cif_dense, ref_inp)
+    (vec, gh_v, ga_v), (loop, gh_l, ga_l), (dense, gh_d, ga_d) = runs["vec"], runs["loop"], runs["dense"]
     out = {
         "lengths_equal": bool(torch.equal(vec.lengths, loop.lengths)),
         "fire_positions_equal": vec.fire_positions.shape == loop.fire_positions.shape
@@ -194,10 +271,16 @@ def compare(inp: dict[str, torch.Tensor]) -> dict[str, Any]:
         "max_abs_grad_alpha_diff": _max_abs(ga_v, ga_l),
         "rel_grad_h_diff": _rel_l2(gh_l, gh_v),
         "rel_grad_alpha_diff": _rel_l2(ga_l, ga_v),
+        "dense_fire_positions_equal": bool(torch.equal(vec.fire_positions, dense.fire_positions)),
+        "dense_max_abs_embeds_diff": _max_abs(vec.embeds, dense.embeds),
+        "dense_max_abs_grad_h_diff": _max_abs(gh_v, gh_d),
+        "dense_max_abs_grad_alpha_diff": _max_abs(ga_v, ga_d),
+        "dense_rel_grad_alpha_diff": _rel_l2(ga_d, ga_v),
+        "ref_dense_diff": max(_max_abs(ref.embeds, ref_d.embeds), _max_abs(gh_r, gh_rd), _max_abs(ga_r, ga_rd)),
         "max_abs_embeds": float(ref.embeds.detach().abs().max()) if ref.embeds.numel() else 0.0,
         "max_abs_grad_alpha": float(ga_r.abs().max()),
     }
-    for name, (o, gh, ga) in (("vec", (vec, gh_v, ga_v)), ("loop", (loop, gh_l, ga_l))):
+    for name, (o, gh, ga) in runs.items():
         out[f"{name}_err_embeds"] = _max_abs(o.embeds, ref.embeds)
         out[f"{name}_err_grad_h"] = _max_abs(gh, gh_r)
         out[f"{name}_err_grad_alpha"] = _max_abs(ga, ga_r)
@@ -207,7 +290,7 @@ def compare(inp: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class CIFBenchConfig:
-    """Vectorized CIF vs the per-frame loop (see the module docstring).
+    """Linear-time CIF vs the dense form and the per-frame loop (see the module docstring).
 
     batch_size, dim, lengths: B, D and the T swept. alpha_min, alpha_max: the range of the weights.
     warmup, repeat: untimed and timed calls per variant. seed: the inputs' key.
@@ -240,42 +323,59 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     info = machine_info(device)
     print(machine_line(info), flush=True)
     inputs, agreement, memory, fns = {}, {}, {}, {}
+    names = [f"{impl}_{mode}" for mode in ("fwd", "fwd_bwd") for impl in IMPLEMENTATIONS]
     for t in cfg.lengths:
         inp = inputs[t] = make_inputs(random.fold_in(random.key(cfg.seed), t), cfg.batch_size, t, cfg.dim,
                                       alpha_range=(cfg.alpha_min, cfg.alpha_max), device=device)
         agreement[t] = compare(inp)
-        variants = {"vec_fwd": lambda inp=inp: _forward(cif, inp), "loop_fwd": lambda inp=inp: _forward(cif_loop, inp),
-                    "vec_fwd_bwd": lambda inp=inp: _forward_backward(cif, inp),
-                    "loop_fwd_bwd": lambda inp=inp: _forward_backward(cif_loop, inp)}
-        for name, fn in variants.items():
-            memory[t, name] = measure_peak_memory(fn, device, calls=1)
-            fns[f"T={t} {name}"] = fn
-        print(f"T={t}: tokens and fires equal: {agreement[t]['fire_positions_equal']}, max |embeds diff| "
-              f"{agreement[t]['max_abs_embeds_diff']:.1e}", flush=True)
+        for impl, fn in IMPLEMENTATIONS.items():
+            variants = {f"{impl}_fwd": lambda inp=inp, fn=fn: _forward(fn, inp),
+                        f"{impl}_fwd_bwd": lambda inp=inp, fn=fn: _forward_backward(fn, inp)}
+            for name, variant in variants.items():
+                memory[t, name] = measure_peak_memory(variant, device, calls=1)
+                fns[f"T={t} {name}"] = variant
+        print(f"T={t}: tokens and fires equal (loop, dense): {agreement[t]['fire_positions_equal']}, "
+              f"{agreement[t]['dense_fire_positions_equal']}; max |embeds diff| vs loop "
+              f"{agreement[t]['max_abs_embeds_diff']:.1e}, vs dense {agreement[t]['dense_max_abs_embeds_diff']:.1e}",
+              flush=True)
     # Every T and variant round-robin, so that load from other jobs falls on all alike.
     times = time_interleaved(fns, warmup=cfg.warmup, repeat=cfg.repeat, device=device)
     rows = []
     for t, inp in inputs.items():
-        names = ("vec_fwd", "loop_fwd", "vec_fwd_bwd", "loop_fwd_bwd")
         ms = {name: 1e3 * times[f"T={t} {name}"].median_s for name in names}
         rows.append({"T": t, "B": cfg.batch_size, "D": cfg.dim, "tokens_max": int(inp["target_lengths"].max()),
                      **{f"{name}_ms": v for name, v in ms.items()},
                      "speedup_fwd": ms["loop_fwd"] / ms["vec_fwd"],
                      "speedup_fwd_bwd": ms["loop_fwd_bwd"] / ms["vec_fwd_bwd"],
-                     **agreement[t], "vec_fwd_bwd_delta_mb": memory[t, "vec_fwd_bwd"]["delta_mb"],
-                     "loop_fwd_bwd_delta_mb": memory[t, "loop_fwd_bwd"]["delta_mb"],
+                     "speedup_dense_fwd": ms["dense_fwd"] / ms["vec_fwd"],
+                     "speedup_dense_fwd_bwd": ms["dense_fwd_bwd"] / ms["vec_fwd_bwd"],
+                     **agreement[t],
+                     **{f"{impl}_fwd_bwd_delta_mb": memory[t, f"{impl}_fwd_bwd"]["delta_mb"]
+                        for impl in IMPLEMENTATIONS},
                      "memory": {name: memory[t, name] for name in names},
                      "timings": {name: times[f"T={t} {name}"].to_dict() for name in names}})
     result = {"benchmark": "cif", "machine": info, "config": dataclasses.asdict(cfg), "rows": rows,
               "load_average_end": machine_info(device)["load_average"]}
     path = write_json(result, cfg.out)
-    print(markdown_table(rows, {"T": "T", "tokens_max": "N", "vec_fwd_ms": "vec fwd ms", "loop_fwd_ms": "loop fwd ms",
-                                "speedup_fwd": "speedup fwd", "vec_fwd_bwd_ms": "vec fwd+bwd ms",
-                                "loop_fwd_bwd_ms": "loop fwd+bwd ms", "speedup_fwd_bwd": "speedup fwd+bwd",
-                                "vec_fwd_bwd_delta_mb": "vec MB", "loop_fwd_bwd_delta_mb": "loop MB",
-                                "max_abs_embeds_diff": "max embeds diff", "fire_positions_equal": "same fires",
-                                "rel_grad_h_diff": "rel diff d/dh", "vec_rel_err_grad_alpha": "vec rel err d/dalpha",
-                                "loop_rel_err_grad_alpha": "loop rel err d/dalpha"}))
+    print(markdown_table(rows, {"T": "T", "tokens_max": "N", "vec_fwd_ms": "vec fwd ms",
+                                "dense_fwd_ms": "dense fwd ms", "loop_fwd_ms": "loop fwd ms",
+                                "speedup_dense_fwd": "dense/vec fwd", "speedup_fwd": "loop/vec fwd",
+                                "vec_fwd_bwd_ms": "vec fwd+bwd ms",
+                                "dense_fwd_bwd_ms": "dense fwd+bwd ms", "loop_fwd_bwd_ms": "loop fwd+bwd ms",
+                                "speedup_dense_fwd_bwd": "dense/vec fwd+bwd", "speedup_fwd_bwd": "loop/vec fwd+bwd",
+                                "vec_fwd_bwd_delta_mb": "vec MB", "dense_fwd_bwd_delta_mb": "dense MB",
+                                "loop_fwd_bwd_delta_mb": "loop MB"}))
+    print()
+    print(markdown_table(rows, {"T": "T", "fire_positions_equal": "same fires (loop)",
+                                "dense_fire_positions_equal": "same fires (dense)",
+                                "ref_dense_diff": "f64 vec-dense diff",
+                                "dense_max_abs_embeds_diff": "embeds diff dense",
+                                "max_abs_embeds_diff": "embeds diff loop", "vec_err_embeds": "vec embeds err",
+                                "dense_err_embeds": "dense embeds err", "loop_err_embeds": "loop embeds err",
+                                "dense_max_abs_grad_h_diff": "d/dh diff dense", "rel_grad_h_diff": "d/dh rel diff loop",
+                                "vec_rel_err_grad_alpha": "vec d/dalpha rel err",
+                                "dense_rel_err_grad_alpha": "dense d/dalpha rel err",
+                                "loop_rel_err_grad_alpha": "loop d/dalpha rel err"}))
     print(f"\nwritten {path}")
     return result
 

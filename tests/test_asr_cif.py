@@ -1,9 +1,13 @@
-"""funcml.asr.cif: hand-computed integrate-and-fire, exact fire counts, gradients, padding, compile."""
+"""funcml.asr.cif: hand-computed integrate-and-fire, exact fire counts, gradients, padding, compile,
+and the linear-time embeddings against the dense formula they replaced."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from einops import rearrange
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from funcml import compiler, random
 from funcml.asr.cif import CIFOutput, cif, cif_weights, fire_times, init_cif_predictor, quantity_loss
@@ -45,6 +49,157 @@ def _loop_cif(h: torch.Tensor, alpha: torch.Tensor, beta: float, tail: float):
 def _token_weights(alpha: torch.Tensor, **kw) -> CIFOutput:
     """cif over h = ones [B, T, 1]: embeds[b, n, 0] is the total weight token n integrated."""
     return cif(torch.ones(*alpha.shape, 1, dtype=alpha.dtype), alpha, **kw)
+
+
+def _dense_embeds(h: torch.Tensor, out: CIFOutput, threshold: float = 1.0) -> torch.Tensor:
+    """The embeddings as cif computed them before it became linear in T (the reference):
+
+        w_{n,t} = max(0, min(c_t, (n + 1) beta) - max(c_{t-1}, n beta)) [n < L_b],   e = einsum("bnt,btd->bnd", w, h)
+
+    with the dense `[B, N, T]` weights, from cif's own `alpha_scaled` and `lengths` (so gradients
+    reach `alpha` through the same rescaling)."""
+    alpha, n_tokens = out.alpha_scaled, out.embeds.shape[1]
+    c = torch.cumsum(alpha, dim=-1)
+    c_prev = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], dim=-1)
+    n = torch.arange(n_tokens, dtype=alpha.dtype)
+    lo, hi = rearrange(n * threshold, "n -> 1 n 1"), rearrange((n + 1) * threshold, "n -> 1 n 1")
+    w = (torch.minimum(rearrange(c, "b t -> b 1 t"), hi) - torch.maximum(rearrange(c_prev, "b t -> b 1 t"), lo))
+    valid = torch.arange(n_tokens) < rearrange(out.lengths, "b -> b 1")
+    w = w.clamp(min=0) * rearrange(valid, "b n -> b n 1").to(alpha.dtype)
+    return torch.einsum("bnt,btd->bnd", w.to(h.dtype), h)
+
+
+def _embeds_and_grads(embeds_fn, h: torch.Tensor, alpha: torch.Tensor, key: torch.Tensor):
+    """`embeds_fn(h, alpha)` and the gradients of `sum(embeds * g)` w.r.t. h and alpha, g ~ N(0, 1)."""
+    h, alpha = h.detach().requires_grad_(), alpha.detach().requires_grad_()
+    embeds = embeds_fn(h, alpha)
+    g = random.normal(key, embeds.shape, dtype=embeds.dtype)
+    grad_h, grad_alpha = torch.autograd.grad((embeds * g).sum(), (h, alpha))
+    return embeds.detach(), grad_h, grad_alpha
+
+
+def _padding_mask(frames: list[int], t_max: int) -> torch.Tensor:
+    return torch.arange(t_max)[None] < torch.tensor(frames)[:, None]
+
+
+def _fractions(key: torch.Tensor, shape: tuple[int, ...], values: list[float]) -> torch.Tensor:
+    """Weights drawn from `values` (float64)."""
+    choices = torch.tensor(values, dtype=torch.float64)
+    return choices[random.randint(key, shape, 0, len(values))]
+
+
+def _hits_a_boundary(out: CIFOutput, beta: float) -> bool:
+    """Whether some c_t lands exactly on a token boundary k beta, k >= 1."""
+    c = out.alpha_scaled.cumsum(-1) / beta
+    return bool(((c == c.round()) & (c >= 1)).any())
+
+
+# Each case: key -> (h [B, T, D] float64, alpha [B, T] float64, cif keyword arguments); a case checks its premise.
+
+def _case_inference_padded(key):
+    k_h, k_a = random.split(key)
+    mask = _padding_mask([30, 24, 13, 4], 30)
+    alpha = random.uniform(k_a, (4, 30), 0.05, 0.95, dtype=torch.float64) * mask
+    return random.normal(k_h, (4, 30, 5), dtype=torch.float64), alpha, {"mask": mask}
+
+
+def _case_training_padded(key):
+    h, alpha, kw = _case_inference_padded(key)
+    return h, alpha, {**kw, "target_lengths": torch.tensor([9, 5, 7, 1])}
+
+
+def _case_training_heavy_frames(key):
+    # 6 frames rescaled to 17, 9 and 30 tokens: up to 5 whole tokens inside one frame, and a zero frame.
+    k_h, k_a = random.split(key)
+    alpha = random.uniform(k_a, (3, 6), 0.2, 1.0, dtype=torch.float64)
+    alpha[0, 2] = 0.0
+    kw = {"target_lengths": torch.tensor([17, 9, 30])}
+    assert cif(torch.zeros(3, 6, 1, dtype=torch.float64), alpha, **kw).alpha_scaled.max() > 4
+    return random.normal(k_h, (3, 6, 4), dtype=torch.float64), alpha, kw
+
+
+def _case_inference_heavy_frames_and_max_tokens(key):
+    # Unscaled weights up to 3.5 (as a caller may pass): whole tokens inside frames, truncated at N = 6.
+    k_h, k_a = random.split(key)
+    alpha = _fractions(k_a, (3, 8), [0.0, 0.3, 1.7, 3.5])
+    return random.normal(k_h, (3, 8, 4), dtype=torch.float64), alpha, {"max_tokens": 6}
+
+
+def _case_inference_binary_fractions(key):
+    k_h, k_a = random.split(key)
+    alpha = _fractions(k_a, (3, 24), [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 2.0])
+    assert _hits_a_boundary(cif(torch.zeros(3, 24, 1, dtype=torch.float64), alpha), 1.0)
+    return random.normal(k_h, (3, 24, 4), dtype=torch.float64), alpha, {}
+
+
+def _case_training_binary_fractions(key):
+    # Each item completed to an integer sum S, targets S, 2 S, S: the rescaling is exact (x1, x2),
+    # so c_t still lands on boundaries, and padded frames sit exactly on the last boundary.
+    h, alpha, _ = _case_inference_binary_fractions(key)
+    mask = _padding_mask([24, 20, 17], 24)
+    alpha = alpha * mask
+    frames = mask.long().sum(-1)
+    total = alpha.sum(-1)
+    alpha[torch.arange(3), frames - 1] += total.ceil() - total + 1.0
+    target = (alpha.sum(-1) * torch.tensor([1.0, 2.0, 1.0])).long()
+    kw = {"mask": mask, "target_lengths": target}
+    assert _hits_a_boundary(cif(torch.zeros(3, 24, 1, dtype=torch.float64), alpha, **kw), 1.0)
+    return h, alpha, kw
+
+
+def _case_inference_threshold_one_half(key):
+    k_h, k_a = random.split(key)
+    alpha = _fractions(k_a, (2, 20), [0.0, 0.125, 0.25, 0.5, 0.75])
+    kw = {"threshold": 0.5, "tail_threshold": 0.25}
+    assert _hits_a_boundary(cif(torch.zeros(2, 20, 1, dtype=torch.float64), alpha, **kw), 0.5)
+    return random.normal(k_h, (2, 20, 3), dtype=torch.float64), alpha, kw
+
+
+def _case_training_threshold_not_a_binary_fraction(key):
+    # beta = 0.3 and weights in tenths: boundaries n * 0.3 and sums of tenths meet within rounding.
+    k_h, k_a = random.split(key)
+    alpha = _fractions(k_a, (2, 30), [0.0, 0.1, 0.2, 0.3, 0.6])
+    kw = {"threshold": 0.3, "tail_threshold": 0.1, "target_lengths": torch.tensor([11, 8])}
+    return random.normal(k_h, (2, 30, 3), dtype=torch.float64), alpha, kw
+
+
+def _case_training_max_tokens_truncation(key):
+    h, alpha, kw = _case_training_padded(key)
+    return h, alpha, {**kw, "max_tokens": 4}
+
+
+def _case_inference_max_tokens_truncation(key):
+    h, alpha, kw = _case_inference_padded(key)
+    return h, alpha, {**kw, "max_tokens": 3}
+
+
+def _case_training_all_zero_item(key):
+    k_h, k_a = random.split(key)
+    alpha = random.uniform(k_a, (3, 12), 0.1, 0.9, dtype=torch.float64)
+    alpha[1] = 0.0
+    return random.normal(k_h, (3, 12, 4), dtype=torch.float64), alpha, {"target_lengths": torch.tensor([4, 3, 5])}
+
+
+def _case_inference_all_zero_items(key):
+    h, alpha, _ = _case_training_all_zero_item(key)
+    alpha[2] = 0.0
+    return h, alpha, {"max_tokens": 5}
+
+
+DENSE_CASES = {name[len("_case_"):]: fn for name, fn in globals().items() if name.startswith("_case_")}
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op returns (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.numel = max([self.numel] + [x.numel() for x in tree_leaves(out) if isinstance(x, torch.Tensor)])
+        return out
 
 
 # --- hand-computed ---------------------------------------------------------------------------------
@@ -255,11 +410,89 @@ def test_cif_gradcheck_wrt_alpha_and_h_in_float64(getkey, train):
     assert torch.autograd.gradcheck(lambda h, a: cif(h, a, **kw).embeds, (h, alpha))
 
 
+def test_cif_gradcheck_with_whole_tokens_inside_frames_in_float64(getkey):
+    h = random.normal(getkey(), (2, 4, 3), dtype=torch.float64).requires_grad_()
+    alpha = random.uniform(getkey(), (2, 4), 0.2, 1.0, dtype=torch.float64).requires_grad_()
+    lengths = torch.tensor([9, 6])
+    assert cif(h, alpha, target_lengths=lengths).alpha_scaled.max() > 2  # some frame holds a whole token
+    assert torch.autograd.gradcheck(lambda h, a: cif(h, a, target_lengths=lengths).embeds, (h, alpha))
+
+
 def test_cif_gradient_reaches_every_frame_through_alpha(getkey):
     h = random.normal(getkey(), (1, 12, 4))
     alpha = random.uniform(getkey(), (1, 12), 0.1, 0.9).requires_grad_()
     cif(h, alpha, target_lengths=torch.tensor([4])).embeds.square().sum().backward()
     assert torch.isfinite(alpha.grad).all() and (alpha.grad != 0).all()
+
+
+# --- linear-time embeddings: the dense formula they replaced is the spec ------------------------------
+
+@pytest.mark.parametrize("case", sorted(DENSE_CASES))
+def test_cif_embeds_and_gradients_equal_the_dense_formula_in_float64(case):
+    h, alpha, kw = DENSE_CASES[case](random.key(sorted(DENSE_CASES).index(case)))
+    beta = kw.get("threshold", 1.0)
+    got = _embeds_and_grads(lambda h, a: cif(h, a, **kw).embeds, h, alpha, random.key(99))
+    want = _embeds_and_grads(lambda h, a: _dense_embeds(h, cif(h, a, **kw), beta), h, alpha, random.key(99))
+    assert got[0].shape == want[0].shape and got[0].shape[1] > 0
+    for name, g, w in zip(("embeds", "d/dh", "d/dalpha"), got, want):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_cif_several_whole_tokens_inside_one_frame_by_hand():
+    # c = .25, 3.75, 4: frame 1 ends token 0, holds tokens 1 and 2 whole, and starts token 3.
+    out = cif(torch.eye(3)[None], torch.tensor([[0.25, 3.5, 0.25]]), target_lengths=torch.tensor([4]))
+    want = torch.tensor([[0.25, 0.75, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.75, 0.25]])
+    torch.testing.assert_close(out.embeds[0], want)
+    assert out.fire_positions.tolist() == [[1, 1, 1, 2]]
+
+
+def test_cif_tokens_past_the_count_get_exactly_zero_even_inside_a_heavy_frame():
+    # Inference: c = .2, 3.3, floor(3.3 + .45) = 3 tokens; the .3 left in frame 1 (token 3) is dropped.
+    out = cif(torch.eye(2)[None], torch.tensor([[0.2, 3.1]]), max_tokens=5)
+    assert out.lengths.tolist() == [3]
+    torch.testing.assert_close(out.embeds[0, :3], torch.tensor([[0.2, 0.8], [0.0, 1.0], [0.0, 1.0]]))
+    assert out.embeds[0, 3:].abs().max().item() == 0.0
+
+
+def test_cif_frames_exactly_on_a_boundary_split_nothing():
+    # alpha = .5 each: c lands on 1, 2, 3; every token is two whole frames.
+    out = cif(torch.eye(6)[None], torch.full((1, 6), 0.5))
+    assert out.lengths.tolist() == [3] and out.fire_positions.tolist() == [[1, 3, 5]]
+    want = torch.tensor([[0.5, 0.5, 0, 0, 0, 0], [0, 0, 0.5, 0.5, 0, 0], [0, 0, 0, 0, 0.5, 0.5]])
+    torch.testing.assert_close(out.embeds[0], want, atol=0, rtol=0)
+
+
+def test_cif_never_builds_a_tokens_by_frames_tensor(getkey):
+    b, t, d = 2, 600, 2
+    h = random.normal(getkey(), (b, t, d)).requires_grad_()
+    alpha = random.uniform(getkey(), (b, t), 0.05, 0.45).requires_grad_()
+    probe = _LargestTensor()
+    with probe:
+        out = cif(h, alpha, target_lengths=torch.tensor([150, 140]))
+        out.embeds.square().sum().backward()
+    n = out.embeds.shape[1]
+    assert probe.numel <= b * (t + n + 2) * d  # O(B (T + N) D); B N T = 180000 here
+    dense_probe = _LargestTensor()
+    with dense_probe:
+        _dense_embeds(h, out)
+    assert dense_probe.numel >= b * n * t  # the probe does see the [B, N, T] weights of the dense form
+
+
+def test_cif_func_grad_under_vmap_equals_per_item_autograd(getkey):
+    h = random.normal(getkey(), (3, 2, 9, 4), dtype=torch.float64)
+    alpha = _fractions(getkey(), (3, 2, 9), [0.0, 0.25, 0.5, 1.5, 2.25])
+    lengths = torch.tensor([[2, 4], [3, 9], [6, 1]])
+    g = random.normal(getkey(), (3, 2, 10, 4), dtype=torch.float64)
+
+    def loss(h, alpha, lengths, g):
+        return (cif(h, alpha, target_lengths=lengths, max_tokens=10).embeds * g).sum()
+
+    grad_h, grad_alpha = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)))(h, alpha, lengths, g)
+    for i in range(3):
+        hi, ai = h[i].clone().requires_grad_(), alpha[i].clone().requires_grad_()
+        want = torch.autograd.grad(loss(hi, ai, lengths[i], g[i]), (hi, ai))
+        torch.testing.assert_close(grad_h[i], want[0], atol=1e-12, rtol=0)
+        torch.testing.assert_close(grad_alpha[i], want[1], atol=1e-12, rtol=0)
 
 
 # --- compile --------------------------------------------------------------------------------------
@@ -279,6 +512,23 @@ def test_cif_compiled_training_matches_eager_with_static_shape(getkey):
     assert got[0].shape == (2, 6, 4)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.compile
+def test_cif_compiled_gradients_match_eager_with_whole_tokens_inside_frames_and_exact_boundaries(getkey):
+    h = random.normal(getkey(), (2, 8, 3))
+    alpha = torch.tensor([[0.5, 0.25, 0.25, 2.0, 0.0, 0.5, 0.25, 0.25], [0.1, 0.3, 0.0, 1.2, 0.4, 0.3, 0.6, 0.2]])
+    g = random.normal(getkey(), (2, 6, 3))
+
+    def loss(h, alpha):
+        out = cif(h, alpha, max_tokens=6)  # inference: 4 and 3 tokens
+        return (out.embeds * g).sum(), out.embeds
+
+    step = torch.func.grad_and_value(loss, argnums=(0, 1), has_aux=True)
+    (got_grads, (_, got_embeds)), (want_grads, (_, want_embeds)) = compiler.compile(step)(h, alpha), step(h, alpha)
+    torch.testing.assert_close(got_embeds, want_embeds, atol=1e-6, rtol=1e-6)
+    for got, want in zip(got_grads, want_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 # --- predictor, loss, timestamps, errors ----------------------------------------------------------
