@@ -228,44 +228,28 @@ def test_unet_module_rejects_dropout_it_cannot_reproduce():
 
 def test_overhead_bench_module_and_funcml_follow_the_same_trajectory(tmp_path):
     out = tmp_path / "overhead.json"
-    result = bench_overhead.main(args=[*TINY_SEG, "--no-compile", "--no-proposal", "--check-steps", "3",
+    result = bench_overhead.main(args=[*TINY_SEG, "--no-compile", "--check-steps", "3",
                                        "--out", str(out)])
     saved = _json(out)
     assert MACHINE_KEYS <= set(saved["machine"])
     assert saved["agreement"]["steps"] == 3
-    assert saved["agreement"]["max_abs_loss_diff"] < 1e-5
+    # Step 0 runs both sides on the same weights: the same loss to float32 rounding. Later losses
+    # follow weights that may differ by the Adam bound below: at this tiny size (batch 2, 16x16,
+    # BatchNorm over 2 samples) that moves the loss by up to ~1e-2.
+    assert saved["agreement"]["abs_loss_diffs"][0] < 1e-6
     # Adam may turn rounding noise in a ~0 gradient into a step of up to lr: 0, 1/30, 2/30 of 5e-3
-    assert saved["agreement"]["max_abs_param_diff"] <= 2 * 5e-3 * (0 + 1 + 2) / 30 + 1e-6
+    # (plus float32 rounding of the weights themselves)
+    assert saved["agreement"]["max_abs_param_diff"] <= 2 * 5e-3 * (0 + 1 + 2) / 30 + 1e-5
     assert [r["variant"] for r in saved["rows"]] == ["module-eager", "funcml-eager"]
     assert saved["ratios"]["module-eager"] == 1.0 and result["ratios"]["funcml-eager"] > 0
 
 
 @pytest.mark.slow
-def test_overhead_bench_times_the_compiled_funcml_step_and_the_proposal(tmp_path, monkeypatch):
+def test_overhead_bench_times_the_compiled_funcml_step(tmp_path, monkeypatch):
     monkeypatch.setenv("FUNCML_COMPILE_BACKEND", "aot_eager")
     result = bench_overhead.main(args=[*TINY_SEG, "--check-steps", "1", "--out", str(tmp_path / "o.json")])
-    assert [r["variant"] for r in result["rows"]] == ["module-eager", "funcml-eager", "funcml-eager-native-bn",
-                                                      "funcml-compiled"]
-    assert result["rows"][3]["compile_s"] > 0
-    assert result["agreement"]["proposal_max_abs_loss_diff"] < 1e-5
-
-
-@pytest.mark.parametrize("train", [True, False])
-def test_proposed_native_batch_norm_equals_funcml_batch_norm_values_grads_and_state_in_float64(getkey, train):
-    from funcml.nn.norm import batch_norm, init_batch_norm
-
-    params, state = tree.cast(init_batch_norm(6), torch.float64)
-    params = {k: v + random.normal(getkey(), (6,), dtype=torch.float64) for k, v in params.items()}
-    state = {"mean": random.normal(getkey(), (6,), dtype=torch.float64), "var": state["var"] * 2.0}
-    x = random.normal(getkey(), (3, 6, 5, 4), dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-
-    def loss(bn, p, x):
-        y, new_state = bn(p, state, x, train=train)
-        return (y**3).sum(), (y, new_state)
-
-    got = torch.func.grad(lambda p, x: loss(bench_overhead.native_batch_norm, p, x), argnums=(0, 1), has_aux=True)
-    want = torch.func.grad(lambda p, x: loss(batch_norm, p, x), argnums=(0, 1), has_aux=True)
-    assert tree.first_difference(got(params, x), want(params, x), rtol=1e-10, atol=1e-10) is None
+    assert [r["variant"] for r in result["rows"]] == ["module-eager", "funcml-eager", "funcml-compiled"]
+    assert result["rows"][2]["compile_s"] > 0
 
 
 # ------------------------------------------------------------------------------ CIF
