@@ -11,9 +11,12 @@ end, `funcml.asr.frontend.features`, one utterance at a time) -> padded batch ->
 seconds (below 1 is faster than real time); the front end's share is reported separately.
 
 Compiled: the model's forward (`funcml.compiler.compile`, static shapes) runs on batches padded
-to one fixed length (`--max-frames`), so it compiles once per batch size; the `compile_s` column
-is that one-off cost (minutes with inductor on a cold cache on 2 cores). Eager batches are padded
-only to their longest item (`pad_multiple`). Without `--run` the model is the `speech` preset's
+to a bucket of lengths (`--buckets`, frames): the smallest bucket that holds the batch's longest
+utterance, so it compiles once per (batch size, bucket) used, and a short utterance is not
+padded to the longest one the service accepts. The `compile_s` column is that one-off cost
+(minutes with inductor on a cold cache on 2 cores), `graphs` the number of shapes compiled.
+`--buckets 512` pads everything to 512 frames (one graph per batch size), as earlier versions
+did. Eager batches are padded only to their longest item (`pad_multiple`). Without `--run` the model is the `speech` preset's
 freshly initialized one: the cost is the same as a trained model's up to the number of tokens
 CIF fires (at most `max_tokens` slots either way).
 
@@ -55,8 +58,9 @@ class AsrInferBenchConfig:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     compile: bool = True
     """Also time the compiled forward."""
-    max_frames: int = 512
-    """Compiled batches are padded to this many frames (utterances longer are an error)."""
+    buckets: tuple[int, ...] = (128, 256, 384, 512)
+    """Padded lengths (frames) of compiled batches: the smallest that holds the batch (a longer
+    utterance is an error)."""
     repeat: int = 3
     """Timed passes over the utterances per variant (median reported), after one warm-up pass."""
     tiny: bool = False
@@ -111,8 +115,12 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     feats = front_end()
     fe_s = time.perf_counter() - t0
     longest = max(f.shape[0] for f in feats)
-    if cfg.compile and longest > cfg.max_frames:
-        raise ConfigError(f"the longest utterance has {longest} frames > --max-frames {cfg.max_frames}")
+    if not cfg.buckets or min(cfg.buckets) < 1:
+        raise ConfigError(f"--buckets must be positive frame counts, got {cfg.buckets}")
+    buckets = sorted(set(cfg.buckets))
+    if cfg.compile and longest > buckets[-1]:
+        raise ConfigError(f"the longest utterance has {longest} frames > the largest of --buckets {cfg.buckets}")
+    shapes: set[tuple[int, int]] = set()
 
     def eager_forward(x):
         return models.apply(params, {}, x, train_cfg.model, train=False)[0]
@@ -127,7 +135,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             for i in range(0, len(fs), b):
                 group = fs[i:i + b]
                 if compiled:
-                    x = tree.to(_pad(group + [group[-1]] * (b - len(group)), cfg.max_frames), device)
+                    frames = next(n for n in buckets if n >= max(f.shape[0] for f in group))
+                    shapes.add((b, frames))
+                    x = tree.to(_pad(group + [group[-1]] * (b - len(group)), frames), device)
                     out = compiled_forward(x)
                 else:
                     batch = task.collate([task.Example(f, [0], "", 0.0) for f in group], train_cfg)
@@ -146,7 +156,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             med = statistics.median(times)
             rows.append({"mode": mode, "batch": b, "seconds": med, "rtf": med / audio_s,
                          "utts_per_s": len(utts) / med, "frontend_share": fe_s / med,
-                         "compile_s": first_s - med if mode == "compiled" else None, "times_s": times})
+                         "compile_s": first_s - med if mode == "compiled" else None,
+                         "graphs": len({sh for sh in shapes if sh[0] == b}) if mode == "compiled" else None,
+                         "times_s": times})
             print(f"{mode} batch {b}: RTF {med / audio_s:.4f}", flush=True)
     result = {"benchmark": "asr_infer", "machine": info, "config": dataclasses.asdict(cfg),
               "model": {"encoder": dataclasses.asdict(train_cfg.model.encoder), "params": tree.num_params(params),
@@ -156,7 +168,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     path = write_json(result, cfg.out)
     print(markdown_table(rows, {"mode": "mode", "batch": "batch", "rtf": "RTF (front end included)",
                                 "utts_per_s": "utterances/s", "frontend_share": "front-end share",
-                                "compile_s": "compile s"}))
+                                "compile_s": "compile s", "graphs": "graphs"}))
     print(f"{len(utts)} utterances, {audio_s:.1f} s of audio; front end alone {fe_s:.3f} s; written {path}")
     return result
 

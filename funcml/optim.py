@@ -259,12 +259,13 @@ def _tensors(t: PyTree) -> tuple[list[torch.Tensor], Callable[[list], PyTree]]:
     return [flat[i] for i in where], rebuild
 
 
-def _tensors_like(t: PyTree, like: PyTree, name: str, like_name: str
+def _tensors_like(t: PyTree, like: PyTree, name: str, like_name: str, *, like_flat: tuple | None = None
                   ) -> tuple[list[torch.Tensor], Callable[[list], PyTree], list[torch.Tensor]]:
     """`_tensors(t)` plus the tensor leaves of `like`, after `_check_like(t, like, ...)`; each
-    tree is flattened once (the update runs every step, and flattening is Python work)."""
+    tree is flattened once (the update runs every step, and flattening is Python work);
+    `like_flat`: `tree.flatten(like)` when the caller has it already."""
     flat, spec = tree.flatten(t)
-    flat_l, spec_l = tree.flatten(like)
+    flat_l, spec_l = like_flat if like_flat is not None else tree.flatten(like)
     _check_like(t, like, name, like_name, flat=(flat, spec, flat_l, spec_l))
     where = [i for i, x in enumerate(flat) if x is not None]
 
@@ -678,6 +679,8 @@ def current_lr(opt_state: Any) -> torch.Tensor:
 def _find_lr(state: Any) -> torch.Tensor | None:
     if isinstance(state, ScaleByLearningRateState):
         return state.lr
+    if isinstance(state, (ScaleByAdamState, TraceState, torch.Tensor)):
+        return None  # params-shaped moments: no learning rate inside
     children = state.values() if isinstance(state, dict) else state if isinstance(state, (tuple, list)) else ()
     for child in children:
         found = _find_lr(child)
@@ -761,9 +764,10 @@ def _fused_adam_apply(inner: GradientTransformation, lr: float | Schedule, b1: f
         if not isinstance(state, tuple) or len(state) != (3 if decay_state else 2):
             return update_and_apply(inner._replace(apply=None), grads, state, params)  # the chain's own error
         adam_s, lr_s = state[0], state[-1]
-        g, rebuild, ps = _tensors_like(grads, params, "grads", "params")
-        mu, _, _ = _tensors_like(adam_s.mu, params, "the optimizer state's mu", "params")
-        nu, _, _ = _tensors_like(adam_s.nu, params, "the optimizer state's nu", "params")
+        params_flat = tree.flatten(params)
+        g, rebuild, ps = _tensors_like(grads, params, "grads", "params", like_flat=params_flat)
+        mu, _, _ = _tensors_like(adam_s.mu, params, "the optimizer state's mu", "params", like_flat=params_flat)
+        nu, _, _ = _tensors_like(adam_s.nu, params, "the optimizer state's nu", "params", like_flat=params_flat)
         if not _fused_ok(g, ps, mu, nu, lr_s.lr):
             return update_and_apply(inner._replace(apply=None), grads, state, params)
         count = adam_s.count + 1

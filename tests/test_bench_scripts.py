@@ -175,6 +175,17 @@ def test_asr_infer_bench_reports_rtf_for_each_batch_size_and_mode(tmp_path, monk
                                                                  ("compiled", 2)]
     assert all(r["rtf"] > 0 and 0 < r["frontend_share"] < 1 for r in result["rows"])
     assert saved["audio_seconds"] > 0 and MACHINE_KEYS <= set(saved["machine"])
+    assert all(r["graphs"] >= 1 for r in saved["rows"] if r["mode"] == "compiled")
+
+
+def test_asr_infer_bench_rejects_an_utterance_longer_than_every_bucket(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_asr_infer.main(args=["--tiny", "--num-utts", "1", "--batch-sizes", "1", "--repeat", "1",
+                                   "--buckets", "8", "--cache-dir", str(tmp_path / "cache"),
+                                   "--out", str(tmp_path / "infer.json")])
+    assert exit_info.value.code == 2
+    assert "frames > the largest of --buckets (8,)" in capsys.readouterr().err
+    assert not (tmp_path / "infer.json").exists()
 
 
 # ------------------------------------------------------------------------------ nn.Module U-Net
