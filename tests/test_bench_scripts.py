@@ -16,7 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_asr_infer, bench_cif, bench_ensemble, bench_overhead, bench_train_step, common  # noqa: E402
+from benchmarks import (bench_asr_infer, bench_cif, bench_ensemble, bench_optim, bench_overhead,  # noqa: E402
+                        bench_train_step, common)
 from benchmarks.unet_module import UNetModule, to_funcml  # noqa: E402
 from funcml import random, tree  # noqa: E402
 from funcml.asr.cif import cif  # noqa: E402
@@ -82,7 +83,7 @@ def test_resolve_device_cuda_without_a_gpu_is_a_config_error_that_says_what_to_d
     assert common.resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("script", [bench_train_step, bench_overhead, bench_cif, bench_ensemble])
+@pytest.mark.parametrize("script", [bench_train_step, bench_overhead, bench_cif, bench_ensemble, bench_optim])
 def test_every_script_exits_2_with_one_line_for_device_cuda_without_a_gpu(script, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exc:
@@ -261,6 +262,22 @@ def test_overhead_bench_times_the_compiled_funcml_step(tmp_path, monkeypatch):
     result = bench_overhead.main(args=[*TINY_SEG, "--check-steps", "1", "--out", str(tmp_path / "o.json")])
     assert [r["variant"] for r in result["rows"]] == ["module-eager", "funcml-eager", "funcml-compiled"]
     assert result["rows"][2]["compile_s"] > 0
+
+
+# ------------------------------------------------------------------------------ optimizer
+
+
+def test_optim_bench_times_four_variants_that_agree_with_torch_adamw(tmp_path):
+    out = tmp_path / "optim.json"
+    result = bench_optim.main(args=["--scale", "tiny", "--warmup", "1", "--repeat", "2", "--out", str(out)])
+    saved = _json(out)
+    assert MACHINE_KEYS <= set(saved["machine"])
+    assert [r["variant"] for r in saved["rows"]] == ["funcml-fused", "funcml-chain", "torch-foreach", "torch-fused"]
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["torch-foreach"]["ratio"] == 1.0 and all(r["ms"] > 0 for r in rows.values())
+    # one clip + AdamW step from the same params and grads: float32 rounding apart
+    assert rows["funcml-fused"]["max_abs_param_diff_vs_torch"] < 1e-6
+    assert rows["funcml-chain"]["max_abs_param_diff_vs_torch"] < 1e-6
 
 
 # ------------------------------------------------------------------------------ CIF
