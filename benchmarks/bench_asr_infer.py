@@ -37,8 +37,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
-                               resolve_device, set_threads, write_json)
+from benchmarks.common import RESULTS_DIR, machine_info, markdown_table, start, write_json  # noqa: E402
 from funcml import compiler, random, tree  # noqa: E402
 from funcml.asr import speech, task  # noqa: E402
 from funcml.asr.frontend import features as frontend_features  # noqa: E402
@@ -96,10 +95,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     if cfg.num_utts < 1 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1 or cfg.repeat < 1:
         raise ConfigError(f"--num-utts, --batch-sizes and --repeat must be positive, got {cfg.num_utts}, "
                           f"{cfg.batch_sizes}, {cfg.repeat}")
-    device = resolve_device(cfg.device)
-    set_threads(cfg.threads)
-    info = machine_info(device)
-    print(machine_line(info), flush=True)
+    device, info = start(cfg.device, cfg.threads)
     train_cfg, params, tok = _model(cfg)
     if train_cfg.data != "speech":
         raise ConfigError(f"--run {cfg.run} was trained on toy features; this benchmark needs a speech model")

@@ -58,12 +58,30 @@ from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
-                               measure_peak_memory, resolve_device, set_threads, time_interleaved, write_json)
+from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
+                               time_interleaved, write_json)
 from funcml import random  # noqa: E402
 from funcml.asr.cif import CIFOutput, cif  # noqa: E402
 from funcml.checks import check_shape  # noqa: E402
 from funcml.errors import ConfigError, RangeError, cli_main  # noqa: E402
+
+
+def _masked_inputs(fn: str, h: torch.Tensor, alpha: torch.Tensor, mask: torch.Tensor | None, threshold: float):
+    """The shared opening of `cif_loop` and `cif_dense`: check shapes, and return `(dims, beta,
+    dtype, tol, alpha, last_frame)` with alpha in at least float32 and zero on padding, the
+    rounding tolerance `sqrt(eps) beta`, and each item's last valid frame (`[B]`, >= 0)."""
+    dims = check_shape(h, "b t d", name=f"{fn}: h")
+    check_shape(alpha, "b t", name=f"{fn}: alpha", **dims)
+    beta = float(threshold)
+    dtype = torch.promote_types(alpha.dtype, torch.float32)
+    tol = float(torch.finfo(dtype).eps) ** 0.5 * beta
+    alpha = alpha.to(dtype)
+    if mask is not None:
+        alpha = alpha * mask.to(dtype)
+        last_frame = mask.long().sum(-1) - 1
+    else:
+        last_frame = torch.full((dims["b"],), dims["t"] - 1, dtype=torch.long, device=h.device)
+    return dims, beta, dtype, tol, alpha, last_frame.clamp(min=0)
 
 
 def cif_loop(h: torch.Tensor, alpha: torch.Tensor, *, mask: torch.Tensor | None = None, threshold: float = 1.0,
@@ -85,18 +103,8 @@ def cif_loop(h: torch.Tensor, alpha: torch.Tensor, *, mask: torch.Tensor | None 
     A boundary reached within `sqrt(eps) beta` counts as reached (as in `cif`). A frame can
     close at most one token, so every (rescaled) weight must be below `beta`.
     """
-    dims = check_shape(h, "b t d", name="cif_loop: h")
-    check_shape(alpha, "b t", name="cif_loop: alpha", **dims)
+    dims, beta, dtype, tol, alpha, last_frame = _masked_inputs("cif_loop", h, alpha, mask, threshold)
     b, t_max = dims["b"], dims["t"]
-    beta = float(threshold)
-    dtype = torch.promote_types(alpha.dtype, torch.float32)
-    tol = float(torch.finfo(dtype).eps) ** 0.5 * beta
-    alpha = alpha.to(dtype)
-    if mask is not None:
-        alpha = alpha * mask.to(dtype)
-        last_frame = (mask.long().sum(-1) - 1).clamp(min=0)
-    else:
-        last_frame = torch.full((b,), t_max - 1, dtype=torch.long, device=h.device)
     if target_lengths is not None:
         total = alpha.sum(-1, keepdim=True)
         alpha = alpha * torch.where(total > 0, target_lengths.to(dtype)[:, None] * beta / total.clamp_min(1e-30),
@@ -162,19 +170,8 @@ def cif_dense(h: torch.Tensor, alpha: torch.Tensor, *, mask: torch.Tensor | None
     so it costs `B N T` elements per intermediate and `B N T D` multiply-adds (one batched matmul):
     quadratic in T. Lengths and fire positions are computed as in `cif` (O(B (T + N))).
     """
-    dims = check_shape(h, "b t d", name="cif_dense: h")
-    check_shape(alpha, "b t", name="cif_dense: alpha", **dims)
-    b, t = dims["b"], dims["t"]
-    beta = float(threshold)
-    dtype = torch.promote_types(alpha.dtype, torch.float32)
-    tol = float(torch.finfo(dtype).eps) ** 0.5 * beta
-    alpha = alpha.to(dtype)
-    if mask is not None:
-        alpha = alpha * mask.to(dtype)
-        last_frame = mask.long().sum(-1) - 1
-    else:
-        last_frame = torch.full((b,), t - 1, dtype=torch.long, device=h.device)
-    last_frame = last_frame.clamp(min=0)
+    dims, beta, dtype, tol, alpha, last_frame = _masked_inputs("cif_dense", h, alpha, mask, threshold)
+    b = dims["b"]
     total = alpha.sum(-1)
     if target_lengths is not None:
         lengths = target_lengths.long()
@@ -318,10 +315,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     if not cfg.lengths or min(cfg.lengths) < 1 or cfg.batch_size < 1 or cfg.dim < 1:
         raise ConfigError(f"lengths, batch_size and dim must be positive, got {cfg.lengths}, {cfg.batch_size}, "
                           f"{cfg.dim}")
-    device = resolve_device(cfg.device)
-    set_threads(cfg.threads)
-    info = machine_info(device)
-    print(machine_line(info), flush=True)
+    device, info = start(cfg.device, cfg.threads)
     inputs, agreement, memory, fns = {}, {}, {}, {}
     names = [f"{impl}_{mode}" for mode in ("fwd", "fwd_bwd") for impl in IMPLEMENTATIONS]
     for t in cfg.lengths:

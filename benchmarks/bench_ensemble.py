@@ -41,8 +41,8 @@ from torch.func import vmap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import TaskSpec, seg_setup  # noqa: E402
-from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
-                               measure_peak_memory, resolve_device, set_threads, time_interleaved, write_json)
+from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
+                               time_interleaved, write_json)
 from funcml import random, tree  # noqa: E402
 from funcml.errors import ConfigError, NonFiniteError, cli_main  # noqa: E402
 from funcml.nn import ensemble  # noqa: E402
@@ -122,10 +122,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     cfg = tyro.cli(EnsembleBenchConfig, args=args, description=__doc__.splitlines()[0])
     if not cfg.sizes or min(cfg.sizes) < 1:
         raise ConfigError(f"--sizes needs positive ensemble sizes, got {cfg.sizes}")
-    device = resolve_device(cfg.device)
-    set_threads(cfg.threads)
-    info = machine_info(device)
-    print(machine_line(info), flush=True)
+    device, info = start(cfg.device, cfg.threads)
     spec = TaskSpec(cfg.batch_size, cfg.image_size, "fp32", False, device, cfg.scale)
     ensembles, checks, memory = {}, {}, {}
     for n in cfg.sizes:

@@ -37,8 +37,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import TaskSpec, seg_setup  # noqa: E402
-from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
-                               resolve_device, set_threads, time_interleaved, write_json)
+from benchmarks.common import RESULTS_DIR, machine_info, markdown_table, start, time_interleaved, write_json  # noqa: E402
 from funcml import optim, random, tree  # noqa: E402
 from funcml.errors import cli_main  # noqa: E402
 
@@ -79,10 +78,7 @@ def _torch_step(params: list[torch.Tensor], grads: list[torch.Tensor], decay: li
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
     cfg = tyro.cli(OptimBenchConfig, args=args, description=__doc__.splitlines()[0])
-    device = resolve_device(cfg.device)
-    set_threads(cfg.threads)
-    info = machine_info(device)
-    print(machine_line(info), flush=True)
+    device, info = start(cfg.device, cfg.threads)
 
     setup, _ = seg_setup("unet", TaskSpec(2, 16, "fp32", False, device, cfg.scale))
     params = setup.train_state.params

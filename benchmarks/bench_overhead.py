@@ -42,9 +42,8 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import TaskSpec, _Runner, compile_cost, seg_setup  # noqa: E402
-from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
-                               measure_peak_memory, resolve_device, set_threads, time_interleaved,
-                               write_json)
+from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
+                               time_interleaved, write_json)
 from benchmarks.unet_module import UNetModule, to_funcml  # noqa: E402
 from funcml import optim, tree  # noqa: E402
 from funcml.errors import cli_main  # noqa: E402
@@ -114,10 +113,7 @@ def _max_diff(a: Any, b: Any) -> float:
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
     cfg = tyro.cli(OverheadConfig, args=args, description=__doc__.splitlines()[0])
-    device = resolve_device(cfg.device)
-    set_threads(cfg.threads)
-    info = machine_info(device)
-    print(machine_line(info), flush=True)
+    device, info = start(cfg.device, cfg.threads)
 
     spec = TaskSpec(cfg.batch_size, cfg.image_size, "fp32", False, device, cfg.scale)
     setup, seg_cfg = seg_setup("unet", spec)

@@ -52,9 +52,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS_DIR, machine_info, machine_line, markdown_table,  # noqa: E402
-                               measure_peak_memory, resolve_device, set_threads, time_fn, time_interleaved,
-                               write_json)
+from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start, time_fn,  # noqa: E402
+                               time_interleaved, write_json)
 from funcml import random, tree  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 from funcml.nn import model as models  # noqa: E402
@@ -410,10 +409,7 @@ _COLUMNS = {"task": "task", "batch": "B", "size": "S", "precision": "precision",
 def main(args: list[str] | None = None) -> dict[str, Any]:
     cfg = tyro.cli(TrainBenchConfig, args=args, description=__doc__.splitlines()[0])
     _check(cfg)
-    device = resolve_device(cfg.device)
-    set_threads(cfg.threads)
-    info = machine_info(device)
-    print(machine_line(info), flush=True)
+    device, info = start(cfg.device, cfg.threads)
     rows, peak = _measure(cfg, device)
     print(f"torch.mm peak at n={cfg.matmul_size}: fp32 {peak['fp32']['flops_per_s'] / 1e9:.1f} GFLOP/s, "
           f"bf16 {peak['bf16']['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)

@@ -110,6 +110,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def start(device_name: str, threads: int) -> tuple[torch.device, dict[str, Any]]:
+    """The opening of every benchmark: resolve `--device`, set `--threads`, print the machine
+    line. Returns `(device, machine_info(device))`."""
+    device = resolve_device(device_name)
+    set_threads(threads)
+    info = machine_info(device)
+    print(machine_line(info), flush=True)
+    return device, info
+
+
 def machine_line(info: Mapping[str, Any]) -> str:
     """One line describing the machine, printed above every table."""
     dev = info["device"] + (f" ({info['gpu']})" if "gpu" in info else "")

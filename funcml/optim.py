@@ -247,7 +247,11 @@ def _norms(xs: list, dtype: torch.dtype) -> list:
 
 def _tensors(t: PyTree) -> tuple[list[torch.Tensor], Callable[[list], PyTree]]:
     """The non-None leaves of `t`, and a function that puts a new list back in their place."""
-    flat, spec = tree.flatten(t)
+    return _leaves_and_rebuild(*tree.flatten(t))
+
+
+def _leaves_and_rebuild(flat: list, spec: Any) -> tuple[list[torch.Tensor], Callable[[list], PyTree]]:
+    """`_tensors` of a tree already flattened into `(flat, spec)`."""
     where = [i for i, x in enumerate(flat) if x is not None]
 
     def rebuild(new: list) -> PyTree:
@@ -267,15 +271,8 @@ def _tensors_like(t: PyTree, like: PyTree, name: str, like_name: str, *, like_fl
     flat, spec = tree.flatten(t)
     flat_l, spec_l = like_flat if like_flat is not None else tree.flatten(like)
     _check_like(t, like, name, like_name, flat=(flat, spec, flat_l, spec_l))
-    where = [i for i, x in enumerate(flat) if x is not None]
-
-    def rebuild(new: list) -> PyTree:
-        out: list[Any] = [None] * len(flat)
-        for i, x in zip(where, new):
-            out[i] = x
-        return tree.unflatten(spec, out)
-
-    return [flat[i] for i in where], rebuild, [x for x in flat_l if x is not None]
+    xs, rebuild = _leaves_and_rebuild(flat, spec)
+    return xs, rebuild, [x for x in flat_l if x is not None]
 
 
 def _check_like(t: PyTree, like: PyTree, name: str, like_name: str, *, flat: tuple | None = None) -> None:
