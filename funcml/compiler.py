@@ -23,7 +23,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-__all__ = ["compile", "backend"]
+__all__ = ["compile", "backend", "plain_eager"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -50,3 +50,11 @@ def compile(fn: F, *, fullgraph: bool = True, dynamic: bool | None = False) -> F
     ops registered with Dynamo first (see the module doc)."""
     _register_einops()
     return torch.compile(fn, fullgraph=fullgraph, dynamic=dynamic, backend=backend())
+
+
+def plain_eager() -> bool:
+    """Whether this call runs in plain eager mode: not traced by `torch.compile` and not inside
+    a `torch.func` transform (vmap, grad). The fast eager paths of funcml (the train step's
+    `autograd.grad`, BatchNorm's in-kernel statistics, the fused AdamW, `fold_in` on Python
+    ints) take it as their condition; traced and transformed calls keep the general path."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None

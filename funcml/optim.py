@@ -38,7 +38,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
-from . import tree
+from . import compiler, tree
 from .errors import ConfigError, ShapeError
 
 __all__ = [
@@ -798,7 +798,7 @@ def _copy_as(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _fused_ok(*lists: Any) -> bool:
     """Whether the fused Adam kernel may run: eager (not traced, not inside a torch.func
     transform), one float dtype and device type cpu/cuda for every leaf, no autograd history."""
-    if torch.compiler.is_compiling() or not _use_foreach():
+    if not compiler.plain_eager():
         return False
     xs = [x for xs in lists for x in (xs if isinstance(xs, list) else [xs])]
     if not xs:

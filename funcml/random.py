@@ -35,6 +35,7 @@ from typing import Sequence
 
 import torch
 
+from . import compiler
 from .errors import PRNGKeyError
 
 __all__ = [
@@ -160,7 +161,7 @@ def fold_in(k: Key, data: int | str | torch.Tensor) -> Key:
     """
     check_key(k)
     hi, lo = _data_words(data)
-    if k.device.type == "cpu" and _plain_eager():
+    if k.device.type == "cpu" and compiler.plain_eager():
         # The same block on Python ints: ~100 tiny tensor ops (0.7 ms, 1% of an eager U-Net
         # step) become ~30 us. Traced, vmapped and CUDA calls keep the tensor ops.
         k0, k1 = k.tolist()
@@ -168,11 +169,6 @@ def fold_in(k: Key, data: int | str | torch.Tensor) -> Key:
         return torch.tensor([y0, y1], dtype=torch.int64)
     y0, y1 = threefry2x32(k[0] ^ _FOLD_TWEAK[0], k[1] ^ _FOLD_TWEAK[1], hi, lo)
     return torch.stack([torch.as_tensor(y0), torch.as_tensor(y1)]).to(device=k.device)
-
-
-def _plain_eager() -> bool:
-    """Not traced by torch.compile and not inside a torch.func transform (vmap, grad)."""
-    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
 
 
 def _shape(shape: Shape) -> tuple[int, ...]:

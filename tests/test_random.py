@@ -252,7 +252,7 @@ def test_fold_in_eager_fast_path_equals_the_tensor_ops_it_replaces(monkeypatch):
              (random.key(7), torch.tensor(2**40 + 3)), (random.key(9), torch.tensor(-1)),
              (random.key(3), torch.tensor([17], dtype=torch.int32))]
     fast = [random.fold_in(k, d) for k, d in cases]
-    monkeypatch.setattr(random, "_plain_eager", lambda: False)
+    monkeypatch.setattr(random.compiler, "plain_eager", lambda: False)
     slow = [random.fold_in(k, d) for k, d in cases]
     for f, s in zip(fast, slow):
         assert f.dtype == torch.int64 and f.shape == (2,) and torch.equal(f, s)

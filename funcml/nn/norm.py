@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_shape
+from ..compiler import plain_eager
 from ..errors import ConfigError, ShapeError
 from . import init as _init
 
@@ -219,7 +220,7 @@ def _stats_in_kernel(state: dict[str, torch.Tensor]) -> bool:
     """Whether `torch.native_batch_norm` may update copies of the running statistics itself:
     plain eager (not traced, no torch.func transform, whose in-place rules differ), float32 or
     float64 statistics (the kernel's), no autograd history on them."""
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+    if not plain_eager():
         return False
     mean, var = state["mean"], state["var"]
     return (mean.dtype == var.dtype and mean.dtype in (torch.float32, torch.float64)
