@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +47,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# Real data (never part of the project): `../shared/data/` beside the checkout, or the folder
+# named by FUNCML_SHARED_DATA. Tests that need it take the `real_data` fixture and skip, saying
+# where they looked, when it is absent (CI has `../shared`).
+SHARED_DATA = Path(os.environ.get("FUNCML_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture
+def real_data():
+    """`real_data("fsdd-dev")` -> the folder, or the test is skipped with the path it looked for."""
+
+    def folder(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.is_dir():
+            pytest.skip(f"real data {name!r} not found at {path} (set FUNCML_SHARED_DATA to the folder that holds it)")
+        return path
+
+    return folder
