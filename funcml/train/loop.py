@@ -10,7 +10,8 @@ data: `shapes_batch(fold_in(data_key, step), ...)`; for a dataset: an epoch perm
 from a key). So a run resumed at step k sees exactly the batches it would have seen, and
 with the step key `fold_in(ts.key, ts.step)` it reproduces the uninterrupted run bit for bit.
 
-The loop: progress bar with loss and throughput; metrics logged every `log_every` steps to
+The loop: progress (`funcml.train.progress`: a bar with loss, throughput and the latest
+validation metric in a terminal, plain lines every ~15 s and at each eval anywhere else); metrics logged every `log_every` steps to
 the run directory; eval every `eval_every` steps and at the end; a checkpoint at every eval
 (ranked by the eval metrics) and every `ckpt_every` steps; resume from the latest
 checkpoint; early stop on an eval metric; Ctrl-C saves a checkpoint and returns cleanly
@@ -35,10 +36,9 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
-from tqdm.auto import tqdm
-
 from ..errors import ConfigError
 from . import distributed
+from .progress import Progress
 from .state import TrainState
 
 if TYPE_CHECKING:  # checkpoint imports train.state, so only the type is imported here
@@ -108,6 +108,7 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
         run: where metrics and the summary go (None: nothing written).
         checkpoints: a `CheckpointManager` (None: no checkpoints).
         resume: continue from `checkpoints.latest()` when there is one.
+        progress: report progress on stderr (a bar in a terminal, plain lines elsewhere); False: silent.
         early_stop: stop on an eval metric that stopped improving.
         data_parallel: None: on when a process group with more than one process is active
             (see the module docstring); False: every process behaves as a single one.
@@ -142,6 +143,15 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
     best_step: int | None = None
     evals_without_improvement = 0
     stopped_early = interrupted = False
+    # What the progress shows as "best": the early-stop metric, else the checkpoints' ranking metric.
+    if early_stop is not None:
+        monitor = EarlyStop(early_stop.metric, early_stop.mode)
+    elif checkpoints is not None and getattr(checkpoints, "best_metric", None):
+        monitor = EarlyStop(checkpoints.best_metric, checkpoints.mode)
+    else:
+        monitor = None
+    shown_best: tuple[float | None, int | None] = (None, None)
+    reporter = Progress(num_steps, start, desc, enabled=progress and main)
 
     def do_eval(step: int) -> dict[str, float]:
         nonlocal best_value, best_step, evals_without_improvement, last_eval
@@ -162,14 +172,16 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
                 evals_without_improvement += 1
         if on_eval is not None and main:
             on_eval(step, metrics)
+        nonlocal shown_best
+        if monitor is not None and monitor.metric in metrics and monitor.improved(metrics[monitor.metric], shown_best[0]):
+            shown_best = (metrics[monitor.metric], step)
+        reporter.eval(step, metrics, (monitor.metric, *shown_best) if monitor is not None else None)
         return metrics
 
     def save(step: int, metrics: dict[str, float]) -> None:
         if checkpoints is not None and step not in checkpoints.steps():
             checkpoints.save(ts, metrics={**last_train, **metrics}, config=config)
 
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not (progress and main), file=sys.stderr,
-               dynamic_ncols=True, mininterval=1.0)
     step = start
     try:
         while step < num_steps:
@@ -188,11 +200,8 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
                 window_t, window_items, window_steps = now, 0, 0
                 if run is not None:
                     run.log(step, last_train, split="train")
-                postfix = {"loss": f"{last_train.get('loss', float('nan')):.4f}"}
-                if throughputs:
-                    postfix["items/s"] = f"{throughputs[-1]:.0f}"
-                bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
+                reporter.train(step, last_train.get("loss", float("nan")), throughputs[-1] if throughputs else None)
+            reporter.update(1)
             is_eval = eval_fn is not None and eval_every > 0 and step % eval_every == 0 and step < num_steps
             if is_eval:
                 save(step, do_eval(step))
@@ -209,7 +218,7 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
         if main:
             print(f"\n[fit] interrupted at step {step}: saving a checkpoint", file=sys.stderr)
     finally:
-        bar.close()
+        reporter.close()
     if not interrupted and eval_fn is not None:
         do_eval(step)
     if step > start or interrupted:
