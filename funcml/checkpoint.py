@@ -507,6 +507,32 @@ def load_params(directory: str | os.PathLike, *, device: torch.device | str | No
 # --------------------------------------------------------------------------- manager
 
 
+def _why_broken(directory: Path) -> str | None:
+    """Why the checkpoint at `directory` cannot be restored (meta.json, a file's size or SHA-256), or None."""
+    try:
+        meta = _read_meta(directory)
+        for fname in _FILES:
+            _check_file(directory, meta, fname, verify=True)
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
+def _set_aside(path: Path, label: str, why: str | None) -> Path | None:
+    """Rename a broken checkpoint `step_N` to `step_N.<label>` (`.<label>-2`, ... if taken) and say so on stderr."""
+    target = path.with_name(f"{path.name}.{label}")
+    n = 2
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.{label}-{n}"), n + 1
+    try:
+        os.replace(path, target)
+    except OSError as e:
+        print(f"[checkpoint] skipping {path}: {why} (could not move it aside: {e})", file=sys.stderr)
+        return None
+    print(f"[checkpoint] skipping {path.name}, moved aside to {target}: {why}", file=sys.stderr)
+    return target
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -547,6 +573,11 @@ class CheckpointManager:
         self.keep_last, self.keep_best, self.best_metric, self.mode = keep_last, keep_best, best_metric, mode
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp()
+        for p in self.root.iterdir():
+            if _STEP_DIR.match(p.name) and p.is_dir() and not _is_checkpoint(p):
+                # A save is renamed into place complete, so a step_* without a readable meta.json was
+                # damaged afterwards: set it aside, or every later save of that step would be refused.
+                _set_aside(p, "incomplete", _why_broken(p))
 
     def __repr__(self) -> str:
         return (f"CheckpointManager({str(self.root)!r}, keep_last={self.keep_last}, keep_best={self.keep_best}, "
@@ -619,9 +650,40 @@ class CheckpointManager:
             if step not in keep:
                 _remove_dir(path)
 
+    def latest_verified(self) -> Path | None:
+        """The newest checkpoint whose meta.json and files verify (sizes and SHA-256), or None.
+
+        Newer checkpoints that fail are set aside as `step_*.corrupt` (never deleted), with a
+        message on stderr naming each and why, so that a resumed run can save those steps again."""
+        for _, path, _ in reversed(self._complete()):
+            why = _why_broken(path)
+            if why is None:
+                return path
+            _set_aside(path, "corrupt", why)
+        return None
+
+    def best_verified(self) -> Path | None:
+        """The best checkpoint by `best_metric` that verifies, else the newest that does (see
+        `latest_verified`); broken ones met on the way are set aside and named on stderr."""
+        for _, path, _ in self._ranked(self._complete()):
+            why = _why_broken(path)
+            if why is None:
+                return path
+            _set_aside(path, "corrupt", why)
+        return self.latest_verified()
+
+    def restore_step(self, step: int, like: TrainState, *, device: torch.device | str | None = None) -> TrainState:
+        """Restore the checkpoint of `step` (a CheckpointError listing the steps there are if it has none)."""
+        path = self.path(step)
+        if not path.is_dir():
+            raise CheckpointError(f"no checkpoint of step {step} under {self.root}; the run has steps "
+                                  f"{self.steps() or 'none'}")
+        return restore(path, like, device=device)
+
     def restore_latest(self, like: TrainState, *, device: torch.device | str | None = None) -> TrainState:
-        """`restore(self.latest(), like)`; a CheckpointError when there is no checkpoint yet."""
-        path = self.latest()
+        """`restore(self.latest_verified(), like)`: the newest checkpoint that verifies (broken newer ones
+        are set aside and named on stderr); a CheckpointError when there is none."""
+        path = self.latest_verified()
         if path is None:
             raise CheckpointError(f"no complete checkpoint under {self.root}; start from a fresh state "
                                   "(check `manager.latest() is None` first)")

@@ -66,6 +66,28 @@ class RunDir:
         self._append_csv(row)
         return row
 
+    def drop_rows_after(self, step: int) -> int:
+        """Remove the metrics rows logged after `step` (a resumed run logs those steps again); returns how many.
+
+        Both files are rewritten through a temporary file and a rename, so a crash leaves the old or the new one."""
+        jsonl = self.path / "metrics.jsonl"
+        if not jsonl.exists():
+            return 0
+        rows = read_metrics(self.path)
+        keep = [r for r in rows if int(r.get("step", 0)) <= step]
+        if len(keep) == len(rows):
+            return 0
+        tmp = jsonl.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as f:
+            for r in keep:
+                f.write(json.dumps(r, allow_nan=True) + "\n")
+        os.replace(tmp, jsonl)
+        if self._csv_fields is None and (self.path / "metrics.csv").exists():
+            with open(self.path / "metrics.csv", newline="") as f:
+                self._csv_fields = next(csv.reader(f), None)
+        self._write_csv(keep, self._csv_fields or list(dict.fromkeys(k for r in keep for k in r)))
+        return len(rows) - len(keep)
+
     def _append_csv(self, row: dict[str, Any]) -> None:
         path = self.path / "metrics.csv"
         flat = {k: v for k, v in row.items() if not isinstance(v, list)}
@@ -76,17 +98,21 @@ class RunDir:
             # A new column: rewrite the (small) file with the widened header.
             fields = list(self._csv_fields or []) + [k for k in flat if k not in (self._csv_fields or [])]
             rows = read_metrics(self.path) if path.exists() else []
-            rows = rows[:-1] if rows and rows[-1] == row else rows
-            tmp = path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-                w.writeheader()
-                for r in rows:
-                    w.writerow({k: v for k, v in r.items() if not isinstance(v, list)})
-            os.replace(tmp, path)
-            self._csv_fields = fields
+            self._write_csv(rows[:-1] if rows and rows[-1] == row else rows, fields)
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self._csv_fields, extrasaction="ignore").writerow(flat)
+
+    def _write_csv(self, rows: list[dict[str, Any]], fields: list[str]) -> None:
+        """Replace metrics.csv by `rows` under the header `fields` (through a temporary file and a rename)."""
+        path = self.path / "metrics.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: v for k, v in r.items() if not isinstance(v, list)})
+        os.replace(tmp, path)
+        self._csv_fields = fields
 
     def write_json(self, name: str, data: Any) -> Path:
         """Write `data` as JSON to `<run>/<name>` atomically (NaN written as NaN)."""

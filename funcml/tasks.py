@@ -64,7 +64,9 @@ def open_for_resume(path: str | Path, cfg: Any, cfg_cls: type, *, fields: Sequen
 
 def checkpoint_dir(path: Path, *, best_metric: str, mode: str, trainer: str) -> Path:
     """The checkpoint to load from `path`: `path` itself if it is one (has meta.json), else the
-    best checkpoint of the run directory by `best_metric` (`mode` "max"/"min"), else its latest."""
+    best checkpoint of the run directory by `best_metric` (`mode` "max"/"min") that verifies, else
+    its newest that verifies. Broken checkpoints met on the way are set aside and named on stderr
+    (`CheckpointManager.best_verified`), never silently passed over."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass a run directory (runs/<experiment>/<time>-<id>) or one of its "
@@ -73,7 +75,7 @@ def checkpoint_dir(path: Path, *, best_metric: str, mode: str, trainer: str) -> 
         return path
     if (path / "checkpoints").is_dir():
         manager = checkpoint.CheckpointManager(path / "checkpoints", best_metric=best_metric, mode=mode)
-        found = manager.best() or manager.latest()
+        found = manager.best_verified()
         if found is None:
             raise CheckpointError(f"{path}: the run has no complete checkpoint under checkpoints/ (did training "
                                   "reach its first eval?)")

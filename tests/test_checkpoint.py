@@ -455,3 +455,73 @@ def test_restore_latest_without_checkpoints_is_a_clear_error(tmp_path, key):
 def test_manager_rejects_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ckpt.CheckpointManager(tmp_path, **kwargs)
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def test_a_step_dir_without_meta_json_is_set_aside_so_that_step_can_be_saved_again(tmp_path, key, capsys):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    save_steps(mgr, key, {1: None, 2: None})
+    (mgr.path(2) / "meta.json").unlink()
+    fresh = ckpt.CheckpointManager(tmp_path)  # what a resumed run opens
+    assert fresh.steps() == [1] and (tmp_path / "step_000000002.incomplete").is_dir()
+    assert "step_000000002" in capsys.readouterr().err
+    fresh.save(make_state(key, step=2))  # not "already exists": no dead end
+    assert fresh.steps() == [1, 2]
+
+
+def test_restore_latest_falls_back_past_a_corrupt_newest_checkpoint_and_names_it(tmp_path, key, capsys):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    save_steps(mgr, key, {1: None, 2: None, 3: None})
+    data = mgr.path(3) / "params.safetensors"
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    restored = mgr.restore_latest(make_state(key, step=0))
+    assert int(restored.step) == 2
+    err = capsys.readouterr().err
+    assert "skipping step_000000003" in err and "SHA-256" in err
+    assert (tmp_path / "step_000000003.corrupt").is_dir()  # kept for inspection, never deleted
+    assert mgr.steps() == [1, 2]
+
+
+def test_best_verified_skips_a_damaged_best_for_the_next_best(tmp_path, key, capsys):
+    mgr = ckpt.CheckpointManager(tmp_path, best_metric="acc", keep_last=None)
+    save_steps(mgr, key, {1: {"acc": 0.5}, 2: {"acc": 0.9}, 3: {"acc": 0.7}})
+    (mgr.path(2) / "opt_state.safetensors").unlink()
+    assert mgr.best_verified() == mgr.path(3)
+    assert "skipping step_000000002" in capsys.readouterr().err
+
+
+def test_restore_step_picks_a_checkpoint_explicitly_and_names_the_steps_there_are(tmp_path, key):
+    mgr = ckpt.CheckpointManager(tmp_path, keep_last=None)
+    save_steps(mgr, key, {1: None, 2: None})
+    assert int(mgr.restore_step(1, make_state(key, step=0)).step) == 1
+    with pytest.raises(CheckpointError, match=r"no checkpoint of step 5 .* steps \[1, 2\]"):
+        mgr.restore_step(5, make_state(key, step=0))
+
+
+@pytest.mark.parametrize("trial", range(10))
+def test_no_dead_end_resume_after_deleting_or_corrupting_the_newest_checkpoint(tmp_path, key, trial):
+    """Ten kinds of damage to the newest checkpoint; each time the manager restores the one before
+    and can save the damaged step again."""
+    mgr = ckpt.CheckpointManager(tmp_path, keep_last=None)
+    save_steps(mgr, key, {1: None, 2: None})
+    newest = mgr.path(2)
+    files = ["meta.json", "params.safetensors", "model_state.safetensors", "opt_state.safetensors"]
+    target = newest / files[trial % 4]
+    if trial < 4:
+        target.unlink()
+    elif trial < 8:
+        target.write_bytes(target.read_bytes()[: max(1, target.stat().st_size // 2)])
+    elif trial == 8:
+        target.write_text("")
+    else:
+        for f in files:
+            (newest / f).unlink()
+    fresh = ckpt.CheckpointManager(tmp_path, keep_last=None)
+    assert int(fresh.restore_latest(make_state(key, step=0)).step) == 1
+    fresh.save(make_state(key, step=2))
+    assert fresh.steps() == [1, 2]
+    assert int(fresh.restore_latest(make_state(key, step=0)).step) == 2

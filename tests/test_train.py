@@ -348,3 +348,23 @@ def test_restride_like_views_an_output_with_the_input_strides_when_only_size_one
     transposed = torch.zeros(3, 4).t()                                   # a real layout difference
     assert _restride_like(transposed, torch.zeros(4, 3)) is transposed
     assert _restride_like(None, None) is None
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Rows logged after the restored checkpoint belong to the lost part of the run: they are dropped,
+    so metrics.jsonl has one row per (step, split) after a resume."""
+    from funcml.runs import create_run
+
+    ts0, step, get_batch = _cnn_setup()
+    run = create_run(tmp_path / "runs", "resume")
+    manager = CheckpointManager(run.checkpoints, keep_last=None)
+    fit(ts0, step, get_batch, num_steps=4, checkpoints=manager, ckpt_every=2, log_every=1, run=run, progress=False)
+    # The process died after step 4's rows were logged but before its checkpoint became valid.
+    (manager.path(4) / "meta.json").unlink()
+    fresh, step2, _ = _cnn_setup()
+    fit(fresh, step2, get_batch, num_steps=6, checkpoints=CheckpointManager(run.checkpoints, keep_last=None),
+        ckpt_every=2, log_every=1, run=run, resume=True, progress=False)
+    rows = [(r["step"], r["split"]) for r in run.metrics()]
+    assert rows == [(s, "train") for s in range(1, 7)]
+    csv_steps = [line.split(",")[0] for line in (run.path / "metrics.csv").read_text().splitlines()[1:]]
+    assert csv_steps == [str(s) for s in range(1, 7)]

@@ -123,9 +123,16 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
 
     def restore() -> None:
         nonlocal ts
-        if resume and checkpoints is not None and checkpoints.latest() is not None:
-            ts = checkpoints.restore_latest(ts, device=ts.key.device)
-            print(f"[fit] resumed from {checkpoints.latest()} at step {int(ts.step)}", file=sys.stderr)
+        if resume and checkpoints is not None:
+            path = checkpoints.latest_verified()  # broken newer checkpoints are set aside, and named
+            if path is None:
+                return
+            from ..checkpoint import restore as restore_checkpoint
+
+            ts = restore_checkpoint(path, ts, device=ts.key.device)
+            print(f"[fit] resumed from {path} at step {int(ts.step)}", file=sys.stderr)
+            if run is not None:  # rows logged past the checkpoint belong to the lost part of the run
+                run.drop_rows_after(int(ts.step))
 
     if dp:
         distributed.on_main(restore)  # a failed restore stops every rank
