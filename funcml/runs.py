@@ -141,7 +141,15 @@ def create_run(root: str | os.PathLike, experiment: str, config: Any = None) -> 
     if not experiment or "/" in experiment or experiment.startswith("."):
         raise DataError(f"experiment name {experiment!r} must be a plain folder name")
     parent = Path(root) / experiment
-    parent.mkdir(parents=True, exist_ok=True)
+    for p in (Path(root), parent):
+        if p.exists() and not p.is_dir():
+            raise DataError(f"runs folder {p} is a file, not a folder; pass --runs-dir with a folder (it is created "
+                            "if missing)")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the runs folder {parent}: {e.strerror or e}; pass --runs-dir with a folder "
+                        "you can write to") from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     while True:
         run_id = f"{uuid.uuid4().hex[:6]}{next(_counter):02d}"

@@ -368,3 +368,16 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     assert rows == [(s, "train") for s in range(1, 7)]
     csv_steps = [line.split(",")[0] for line in (run.path / "metrics.csv").read_text().splitlines()[1:]]
     assert csv_steps == [str(s) for s in range(1, 7)]
+
+
+@pytest.mark.parametrize("where", ["root", "experiment"])
+def test_a_runs_folder_that_is_a_file_is_a_clear_error_and_the_file_is_kept(tmp_path, where):
+    from funcml.errors import DataError
+    from funcml.runs import create_run
+
+    path = tmp_path / "runs" if where == "root" else tmp_path / "runs" / "exp"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("notes")
+    with pytest.raises(DataError, match=f"runs folder {path} is a file, not a folder; pass --runs-dir"):
+        create_run(tmp_path / "runs", "exp")
+    assert path.read_text() == "notes"
