@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from funcml import config as config_lib
 from funcml import random
 from funcml.asr import audio, speech, task
 from funcml.asr.task import AsrTrainConfig, Example
@@ -70,6 +71,38 @@ def test_speech_tokenizer_covers_every_word_of_the_corpus():
     tok = task.tokenizer_for(AsrTrainConfig(data="speech"))
     for word in speech.DIGITS + speech.WORDS:
         assert tok.decode(tok.encode(word)) == word
+
+
+def test_word_tokenizer_covers_every_word_and_is_chosen_by_the_config():
+    tok = task.tokenizer_for(AsrTrainConfig(data="speech", tokenizer="word"))
+    assert tok.unit == "word" and tok.vocab_size == 5 + len(set(speech.DIGITS + speech.WORDS))
+    assert tok.encode("three one four") == [tok.token_to_id(w) for w in ("three", "one", "four")]
+    assert task.resolve(AsrTrainConfig(data="speech", tokenizer="word")).model.vocab_size == tok.vocab_size
+    with pytest.raises(ConfigError, match="--tokenizer word needs audio"):
+        AsrTrainConfig(data="toy", tokenizer="word")
+
+
+def test_word_run_saves_its_tokenizer_and_decodes_words_joined_by_spaces(tmp_path, capsys):
+    asr_train.main([*_TINY_SPEECH, "--tokenizer", "word", "--runs-dir", str(tmp_path / "runs"),
+                    "--cache-dir", str(tmp_path / "cache")])
+    (run,) = (tmp_path / "runs").glob("asr-tiny/*")
+    assert json.loads((run / "tokenizer.json").read_text())["format"] == "funcml.WordTokenizer"
+    cfg, params, tok = task.load_model(run)
+    assert cfg.tokenizer == "word" and tok == task.tokenizer_for(cfg)
+    hyp, _, _ = task.transcribe_waveform(params, cfg, tok, *speech.synthesize("four two", voice="en+f3"))
+    assert hyp.text == " ".join(hyp.tokens) and all(w in tok.words for w in hyp.tokens)
+    m = json.loads((run / "eval.json").read_text())["test"]
+    assert 0 <= m["cer"] and 0 <= m["wer"]  # scored on text, words joined by spaces
+    assert all(p["hyp"] == " ".join(p["hyp"].split()) for p in m["examples"])
+
+
+def test_an_old_run_without_a_word_tokenizer_loads_as_char(speech_run):
+    saved = json.loads((speech_run / "config.json").read_text())
+    assert saved["tokenizer"] == "char"
+    del saved["tokenizer"]  # a config written before the field existed
+    assert config_lib.from_dict(AsrTrainConfig, saved).tokenizer == "char"
+    _, _, tok = task.load_model(speech_run)
+    assert tok.unit == "char"
 
 
 def test_collate_pads_features_to_the_multiple_and_tokens_to_max_tokens():

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from funcml.asr.tokenizer import BLANK_ID, EOS_ID, PAD_ID, SOS_ID, UNK_ID, CharTokenizer
+from funcml.asr.tokenizer import BLANK_ID, EOS_ID, PAD_ID, SOS_ID, UNK_ID, CharTokenizer, WordTokenizer, load_tokenizer
 from funcml.errors import ConfigError, DataError, RangeError
 
 TEXTS = ["hello world", "good day"]
@@ -183,3 +183,75 @@ def test_extra_specials_take_the_next_ids():
     tok = CharTokenizer(("a",), specials=("<pad>", "<unk>", "<sos>", "<eos>", "<blank>", "<mask>"))
     assert tok.token_to_id("<mask>") == 5 and tok.token_to_id("a") == 6
     assert tok.decode([6, 5, 6]) == "aa"
+
+
+# ------------------------------------------------------------------------------ words
+
+WORD_TEXTS = ["three one four", "one five nine", "two"]
+
+
+@pytest.fixture
+def wtok() -> WordTokenizer:
+    return WordTokenizer.from_texts(WORD_TEXTS, use_unk=False)
+
+
+def test_word_vocabulary_is_sorted_words_after_the_specials(wtok):
+    assert wtok.words == ("five", "four", "nine", "one", "three", "two")
+    assert wtok.vocab_size == 5 + 6 == len(wtok)
+    assert wtok.tokens[:5] == ("<pad>", "<unk>", "<sos>", "<eos>", "<blank>")
+    assert wtok.token_to_id("five") == 5 and wtok.id_to_token(10) == "two"
+    assert (wtok.pad_id, wtok.unk_id, wtok.sos_id, wtok.eos_id, wtok.blank_id) == (0, 1, 2, 3, 4)
+
+
+def test_word_encode_gives_one_id_per_word_and_decode_joins_with_one_space(wtok):
+    assert wtok.encode("one nine") == [8, 7]
+    assert wtok.decode([8, 7]) == "one nine"
+    for text in [*WORD_TEXTS, "", "  two   one "]:
+        assert wtok.decode(wtok.encode(text)) == " ".join(text.split())
+    assert wtok.encode("two", add_sos=True, add_eos=True) == [2, 10, 3]
+    assert wtok.decode([2, 10, 3, 0]) == "two" and wtok.decode([2, 10, 3], strip_specials=False) == "<sos> two <eos>"
+
+
+def test_word_batch_encode_and_decode_round_trip(wtok):
+    ids, lengths = wtok.encode_batch(["one", "three one four"])
+    assert ids.shape == (2, 3) and lengths.tolist() == [1, 3] and ids[0, 1:].tolist() == [0, 0]
+    assert wtok.decode_batch(ids, lengths) == ["one", "three one four"]
+
+
+def test_unknown_word_is_an_error_naming_it_or_unk_when_allowed(wtok):
+    with pytest.raises(DataError, match="word 'seven' .*word 1 of text 'one seven'"):
+        wtok.encode("one seven")
+    lenient = WordTokenizer(wtok.words, use_unk=True)
+    assert lenient.encode("one seven") == [8, UNK_ID]
+    assert lenient.decode([8, UNK_ID]) == "one \ufffd"  # one wrong word for a WER
+    assert lenient.encode("<eos>") == [UNK_ID]  # text is never parsed for special names
+
+
+def test_word_tokenizer_rejects_bad_vocabularies():
+    with pytest.raises(ConfigError, match="whitespace"):
+        WordTokenizer(("a b",))
+    with pytest.raises(ConfigError, match="duplicates"):
+        WordTokenizer(("a", "a"))
+    with pytest.raises(ConfigError, match="special token names"):
+        WordTokenizer(("<eos>", "a"))
+
+
+def test_save_and_load_either_kind_by_its_format(wtok, tmp_path):
+    path = wtok.save(tmp_path / "words.json")
+    back = load_tokenizer(path)
+    assert isinstance(back, WordTokenizer) and back == wtok and WordTokenizer.load(path) == wtok
+    chars = CharTokenizer.from_texts(TEXTS)
+    assert load_tokenizer(chars.save(tmp_path / "chars.json")) == chars
+    with pytest.raises(DataError, match="not a WordTokenizer"):
+        WordTokenizer.load(tmp_path / "chars.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
+    with pytest.raises(DataError, match="expected format"):
+        load_tokenizer(tmp_path / "other.json")
+
+
+def test_join_matches_decode_for_both_kinds(wtok):
+    chars = CharTokenizer.from_texts(TEXTS)
+    ids = chars.encode("hello world")
+    assert chars.join([chars.id_to_token(i) for i in ids]) == chars.decode(ids)
+    wids = wtok.encode("three one")
+    assert wtok.join([wtok.id_to_token(i) for i in wids]) == wtok.decode(wids) == "three one"

@@ -59,12 +59,12 @@ from .metrics import cer, length_accuracy, token_accuracy, wer
 from .paraformer import (LossConfig, ParaformerConfig, Transcript, frame_shift_seconds, greedy_decode,
                          paraformer_loss)
 from .speech import DIGITS, WORDS, SpeechConfig, make_corpus
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
 from .toy import ToyConfig, toy_batch, toy_tokenizer
 
 __all__ = ["AsrTrainConfig", "PRESETS", "Example", "resolve", "tokenizer_for", "train_examples", "val_examples",
            "test_examples", "collate", "evaluate", "train", "load_model", "transcribe", "transcribe_features",
-           "transcribe_waveform", "frame_shift", "feature_dim"]
+           "transcribe_waveform", "decode", "frame_shift", "feature_dim"]
 
 PyTree = Any
 
@@ -93,6 +93,9 @@ class AsrTrainConfig:
     model: ParaformerConfig = ParaformerConfig()
     loss: LossConfig = LossConfig()
     data: Literal["speech", "toy"] = "speech"
+    tokenizer: Literal["char", "word"] = "char"
+    """Token unit: "char" (one token per character, the space included) or "word" (one token per
+    whitespace-separated word; decoded words are joined by one space). Toy data is always "char"."""
     speech: SpeechConfig = SpeechConfig()
     toy: ToyConfig = ToyConfig()
     frontend: FrontendConfig = FrontendConfig()
@@ -129,6 +132,9 @@ class AsrTrainConfig:
                 raise ConfigError(f"AsrTrainConfig: {msg}")
 
         need(self.data in ("speech", "toy"), f"data must be 'speech' or 'toy', got {self.data!r}")
+        need(self.tokenizer in ("char", "word"), f"tokenizer must be 'char' or 'word', got {self.tokenizer!r}")
+        need(self.data != "toy" or self.tokenizer == "char",
+             "the toy data's tokens are characters: --tokenizer word needs audio data (--data speech)")
         for name in ("steps", "eval_every", "warmup_steps", "patience", "num_train"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "num_val", "num_test", "keep_last", "pad_multiple"):
@@ -206,11 +212,14 @@ PRESETS: dict[str, tuple[str, AsrTrainConfig]] = {
 # --------------------------------------------------------------------------- data
 
 
-def tokenizer_for(cfg: AsrTrainConfig) -> CharTokenizer:
-    """The character vocabulary of the data: the toy vocabulary, or every character of the
-    speech corpus's digit and word lists plus the space (unknown characters are errors)."""
+def tokenizer_for(cfg: AsrTrainConfig) -> Tokenizer:
+    """The vocabulary of the data: the toy vocabulary; for speech with `tokenizer="char"` every
+    character of the corpus's digit and word lists plus the space, with `"word"` every word of
+    those lists (sorted; unknown characters / words are errors)."""
     if cfg.data == "toy":
         return toy_tokenizer(cfg.toy)
+    if cfg.tokenizer == "word":
+        return WordTokenizer(tuple(sorted(set(DIGITS + WORDS))), use_unk=False)
     chars = sorted(set("".join(DIGITS + WORDS)) | {" "})
     return CharTokenizer(tuple(chars), use_unk=False)
 
@@ -241,7 +250,7 @@ def _data_key(cfg: AsrTrainConfig, split: str) -> torch.Tensor:
     return random.fold_in(random.key(cfg.data_seed), split)
 
 
-def _speech_examples(cfg: AsrTrainConfig, split: str, n: int, tok: CharTokenizer) -> list[Example]:
+def _speech_examples(cfg: AsrTrainConfig, split: str, n: int, tok: Tokenizer) -> list[Example]:
     voices = "test" if split == "test" else "train"
     utts = make_corpus(_data_key(cfg, split), n, cfg.speech, split=voices, cache_dir=cfg.cache_dir)
     before = torch.get_num_threads()
@@ -258,7 +267,7 @@ def _speech_examples(cfg: AsrTrainConfig, split: str, n: int, tok: CharTokenizer
         torch.set_num_threads(before)
 
 
-def _toy_examples(cfg: AsrTrainConfig, key: torch.Tensor, n: int, tok: CharTokenizer) -> list[Example]:
+def _toy_examples(cfg: AsrTrainConfig, key: torch.Tensor, n: int, tok: Tokenizer) -> list[Example]:
     b = toy_batch(key, n, cfg.toy, tok)
     out = []
     for i in range(n):
@@ -267,14 +276,14 @@ def _toy_examples(cfg: AsrTrainConfig, key: torch.Tensor, n: int, tok: CharToken
     return out
 
 
-def train_examples(cfg: AsrTrainConfig, tok: CharTokenizer | None = None) -> list[Example]:
+def train_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
     """The speech training set (`num_train` utterances of the training voices)."""
     if cfg.data != "speech":
         raise ConfigError("train_examples: toy training data is drawn per step (toy_batch), not a fixed set")
     return _speech_examples(cfg, "train", cfg.num_train, tok or tokenizer_for(cfg))
 
 
-def val_examples(cfg: AsrTrainConfig, tok: CharTokenizer | None = None) -> list[Example]:
+def val_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
     """The validation split: `num_val` utterances of the training voices (new texts), or a toy batch."""
     tok = tok or tokenizer_for(cfg)
     if cfg.data == "toy":
@@ -282,7 +291,7 @@ def val_examples(cfg: AsrTrainConfig, tok: CharTokenizer | None = None) -> list[
     return _speech_examples(cfg, "val", cfg.num_val, tok)
 
 
-def test_examples(cfg: AsrTrainConfig, tok: CharTokenizer | None = None) -> list[Example]:
+def test_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
     """The test split: `num_test` utterances of the *held-out* voices, or a toy batch."""
     tok = tok or tokenizer_for(cfg)
     if cfg.data == "toy":
@@ -321,7 +330,7 @@ def collate(examples: Sequence[Example], cfg: AsrTrainConfig) -> dict[str, torch
             "token_lengths": torch.tensor([len(e.tokens) for e in examples], dtype=torch.int64)}
 
 
-def _train_batch_fn(cfg: AsrTrainConfig, tok: CharTokenizer):
+def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
     """`get_batch(step) -> batch dict`, a pure function of the step: this rank's `B / W`
     examples (W processes; all `B` in one)."""
     world = distributed.world_size()
@@ -352,13 +361,22 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: CharTokenizer):
 # --------------------------------------------------------------------------- model use
 
 
+def decode(out: Any, cfg: AsrTrainConfig, tokenizer: Tokenizer) -> list[Transcript]:
+    """`greedy_decode` of a `ParaformerOutput` with this config's frame shift; the text is the
+    tokenizer's join of the tokens (characters concatenated, words joined by a space)."""
+    hyps = greedy_decode(out, tokenizer, frame_shift_s=frame_shift(cfg))
+    if tokenizer.unit == "char":
+        return hyps
+    return [h._replace(text=tokenizer.join(h.tokens)) for h in hyps]
+
+
 def _batches(examples: Sequence[Example], batch_size: int) -> Iterable[list[Example]]:
     order = sorted(range(len(examples)), key=lambda i: examples[i].features.shape[0])  # less padding
     for i in range(0, len(order), batch_size):
         yield [examples[j] for j in order[i:i + batch_size]]
 
 
-def evaluate(params: PyTree, cfg: AsrTrainConfig, examples: Sequence[Example], tokenizer: CharTokenizer, *,
+def evaluate(params: PyTree, cfg: AsrTrainConfig, examples: Sequence[Example], tokenizer: Tokenizer, *,
              batch_size: int = 32, num_examples: int = 5) -> dict[str, Any]:
     """Greedy-decode `examples` in eval mode and score them.
 
@@ -377,7 +395,7 @@ def evaluate(params: PyTree, cfg: AsrTrainConfig, examples: Sequence[Example], t
             x = {"features": batch["features"], "feat_lengths": batch["feat_lengths"]}
             t0 = time.perf_counter()
             out, _ = models.apply(params, {}, x, model, train=False)
-            decoded = greedy_decode(out, tokenizer, frame_shift_s=frame_shift(cfg))
+            decoded = decode(out, cfg, tokenizer)
             compute_s += time.perf_counter() - t0
             audio_s += sum(e.seconds for e in group)
             forced, _ = models.apply(params, {}, {**x, "target_lengths": batch["token_lengths"]}, model, train=False)
@@ -404,7 +422,7 @@ def evaluate(params: PyTree, cfg: AsrTrainConfig, examples: Sequence[Example], t
     }
 
 
-def transcribe_features(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharTokenizer,
+def transcribe_features(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer,
                         features: Sequence[torch.Tensor]) -> tuple[list[Transcript], Any]:
     """Transcribe a list of feature matrices `[T_i, F]` (F = `model.encoder.input_dim`) in one
     batch. Returns the transcripts and the `ParaformerOutput` (for plots)."""
@@ -421,10 +439,10 @@ def transcribe_features(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharToke
     with torch.no_grad():
         out, _ = models.apply(params, {}, {"features": batch["features"], "feat_lengths": batch["feat_lengths"]},
                               cfg.model, train=False)
-    return greedy_decode(out, tokenizer, frame_shift_s=frame_shift(cfg)), out
+    return decode(out, cfg, tokenizer), out
 
 
-def transcribe_waveform(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharTokenizer, waveform: torch.Tensor,
+def transcribe_waveform(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, waveform: torch.Tensor,
                         sample_rate: int) -> tuple[Transcript, torch.Tensor, Any]:
     """Transcribe one waveform `[N]` float at any sample rate (resampled to the front end's).
     Returns `(transcript, features [T, F], ParaformerOutput)`."""
@@ -441,7 +459,7 @@ def transcribe_waveform(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharToke
     return hyp, feats, out
 
 
-def transcribe(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharTokenizer, examples: Sequence[Example]
+def transcribe(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, examples: Sequence[Example]
                ) -> list[Transcript]:
     """Transcribe examples (their features) in one batch."""
     return transcribe_features(params, cfg, tokenizer, [e.features for e in examples])[0]
@@ -450,7 +468,7 @@ def transcribe(params: PyTree, cfg: AsrTrainConfig, tokenizer: CharTokenizer, ex
 # --------------------------------------------------------------------------- training
 
 
-_RESUME_FIELDS = ("model", "data", "speech", "toy", "frontend", "num_train", "seed", "data_seed")
+_RESUME_FIELDS = ("model", "data", "tokenizer", "speech", "toy", "frontend", "num_train", "seed", "data_seed")
 
 
 def _initial_state(cfg: AsrTrainConfig):
@@ -531,7 +549,7 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
 # --------------------------------------------------------------------------- loading
 
 
-def load_model(path: str | Path) -> tuple[AsrTrainConfig, PyTree, CharTokenizer]:
+def load_model(path: str | Path) -> tuple[AsrTrainConfig, PyTree, Tokenizer]:
     """Load `(train_cfg, params, tokenizer)` from a run directory (its best checkpoint by
     val/cer, else its latest) or from one checkpoint directory (`step_*`). Names, shapes and
     dtypes are checked against a fresh model of the saved config."""
@@ -545,4 +563,17 @@ def load_model(path: str | Path) -> tuple[AsrTrainConfig, PyTree, CharTokenizer]
         raise CheckpointError(f"{ckpt}: its config is not an AsrTrainConfig ({e})") from None
     like, _ = _initial_state(cfg)
     ts = checkpoint.restore(ckpt, like)
-    return cfg, ts.params, tokenizer_for(cfg)
+    return cfg, ts.params, _run_tokenizer(ckpt, cfg)
+
+
+def _run_tokenizer(ckpt: Path, cfg: AsrTrainConfig) -> Tokenizer:
+    """The tokenizer saved beside checkpoint `ckpt` (`<run>/tokenizer.json`, either kind), else the
+    one `cfg` implies (runs from before tokenizer.json held anything but the config's); its size
+    must be the model's."""
+    saved = ckpt.parent.parent / "tokenizer.json"
+    tok = load_tokenizer(saved) if saved.is_file() else tokenizer_for(cfg)
+    if tok.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(f"{saved if saved.is_file() else ckpt}: the tokenizer has {tok.vocab_size} tokens but "
+                              f"the model was trained with vocab_size={cfg.model.vocab_size}; the run's "
+                              "tokenizer.json does not belong to this checkpoint")
+    return tok

@@ -1,4 +1,5 @@
-"""A character tokenizer: one token per character, five special tokens with fixed ids.
+"""Tokenizers: one token per character (`CharTokenizer`) or per word (`WordTokenizer`), with
+five special tokens with fixed ids and the same interface.
 
     tok = CharTokenizer.from_texts(["hello world", "good day"])
     ids = tok.encode("hello")                     # [id('h'), id('e'), id('l'), id('l'), id('o')]
@@ -23,6 +24,17 @@ ids, so that `decode(encode(t)) == t` holds for every text made of vocabulary ch
 spaces included. Text is never parsed for special tokens: "<eos>" in a text is five
 characters (each needing to be in the vocabulary), so a special id only ever comes from
 `add_sos`/`add_eos`/padding or from a model's output.
+
+Words. `WordTokenizer` splits text on whitespace and gives each word one id (ids after the
+specials, as above); `decode` joins the words with one space, so `decode(encode(t)) ==
+" ".join(t.split())`. For a small closed vocabulary (digits, commands) a word fires one
+token per word instead of one per character, which suits CIF's frame rate.
+
+    tok = WordTokenizer.from_texts(["three one four", "nine"])
+    tok.encode("one nine")                        # [id('one'), id('nine')]
+    tok.decode(tok.encode("one  nine"))           # "one nine"
+
+`load_tokenizer(path)` reads either kind from the file `save` wrote (its `format` field).
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ import torch
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError, DataError, RangeError, ShapeError
 
-__all__ = ["CharTokenizer", "SPECIALS", "PAD", "UNK", "SOS", "EOS", "BLANK", "PAD_ID", "UNK_ID", "SOS_ID",
+__all__ = ["CharTokenizer", "WordTokenizer", "Tokenizer", "load_tokenizer", "SPECIALS", "PAD", "UNK", "SOS", "EOS", "BLANK", "PAD_ID", "UNK_ID", "SOS_ID",
            "EOS_ID", "BLANK_ID"]
 
 PAD, UNK, SOS, EOS, BLANK = "<pad>", "<unk>", "<sos>", "<eos>", "<blank>"
@@ -67,6 +79,7 @@ class CharTokenizer:
     chars: tuple[str, ...]
     specials: tuple[str, ...] = SPECIALS
     use_unk: bool = True
+    unit = "char"  # class attribute (not a field): what one token is
     _index: dict = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +122,7 @@ class CharTokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of tokens, specials included (the classifier's output size)."""
-        return len(self.specials) + len(self.chars)
+        return len(self._index)  # specials and tokens are distinct, so this is len(specials) + len(tokens)
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -296,3 +309,172 @@ class CharTokenizer:
             return cls(tuple(chars), specials=tuple(specials), use_unk=use_unk)
         except (ConfigError, ShapeError) as e:
             raise DataError(f"tokenizer file {path}: {e}") from None
+
+    def join(self, tokens: Sequence[str]) -> str:
+        """The text of decoded token strings: characters are concatenated."""
+        return "".join(tokens)
+
+
+_WORD_FORMAT = "funcml.WordTokenizer"
+# What `<unk>` decodes to under strip_specials: one word, so that a WER counts it as one error.
+_UNK_WORD = _UNK_CHAR
+
+
+@dataclasses.dataclass(frozen=True)
+class WordTokenizer:
+    """A frozen, hashable word vocabulary: the interface of `CharTokenizer`, one token per word.
+
+    Arguments:
+        words: the words, one token each, ids `len(specials) ..` in this order; a word is a
+            non-empty string without whitespace and not a special name.
+        specials: as in `CharTokenizer` (`<pad>` first, then `<unk>`, `<sos>`, `<eos>`, `<blank>`).
+        use_unk: map a word outside the vocabulary to `<unk>`; if False, `encode` raises a
+            DataError that names the word, its position and the text.
+    """
+
+    words: tuple[str, ...]
+    specials: tuple[str, ...] = SPECIALS
+    use_unk: bool = True
+    unit = "word"  # class attribute (not a field): what one token is
+    _index: dict = dataclasses.field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        words, specials = tuple(self.words), tuple(self.specials)
+        object.__setattr__(self, "words", words)
+        object.__setattr__(self, "specials", specials)
+        bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
+        if bad:
+            raise ConfigError(f"WordTokenizer: every word must be a non-empty string without whitespace, got {bad[:5]!r}")
+        dup = sorted({w for w in words if words.count(w) > 1})
+        if dup:
+            raise ConfigError(f"WordTokenizer: words has duplicates {dup[:10]!r}")
+        # The specials are checked as in CharTokenizer (one definition of a valid special list).
+        CharTokenizer((), specials=specials)
+        clash = sorted(set(words) & set(specials))
+        if clash:
+            raise ConfigError(f"WordTokenizer: words {clash!r} are special token names; rename them in the texts")
+        object.__setattr__(self, "_index", {tok: i for i, tok in enumerate(specials + words)})
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], *, specials: Sequence[str] = SPECIALS,
+                   use_unk: bool = True) -> "WordTokenizer":
+        """The vocabulary of every whitespace-separated word in `texts`, sorted by code point."""
+        if isinstance(texts, str):
+            texts = [texts]
+        seen: set[str] = set()
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise DataError(f"WordTokenizer.from_texts: texts[{i}] is {type(t).__name__}, expected str")
+            seen.update(t.split())
+        return cls(tuple(sorted(seen)), specials=tuple(specials), use_unk=use_unk)
+
+    vocab_size = CharTokenizer.vocab_size
+    __len__ = CharTokenizer.__len__
+    pad_id = CharTokenizer.pad_id
+    unk_id = CharTokenizer.unk_id
+    sos_id = CharTokenizer.sos_id
+    eos_id = CharTokenizer.eos_id
+    blank_id = CharTokenizer.blank_id
+    special_ids = CharTokenizer.special_ids
+    token_to_id = CharTokenizer.token_to_id
+    id_to_token = CharTokenizer.id_to_token
+    _check_id = CharTokenizer._check_id
+    encode_batch = CharTokenizer.encode_batch
+    decode_batch = CharTokenizer.decode_batch
+    save = CharTokenizer.save
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """Every token by id: the specials, then the words."""
+        return self.specials + self.words
+
+    def encode(self, text: str, *, add_sos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of `text`, one per whitespace-separated word, optionally framed by `<sos>` / `<eos>`.
+
+        Raises: DataError for a word outside the vocabulary when `use_unk=False`.
+        """
+        if not isinstance(text, str):
+            raise DataError(f"encode: expected a str, got {type(text).__name__}")
+        ids = []
+        for pos, word in enumerate(text.split()):
+            i = self._index.get(word) if word not in self.specials else None
+            if i is None:
+                if not self.use_unk:
+                    raise DataError(f"encode: word {word!r} (word {pos} of text {text!r}) is not in the vocabulary "
+                                    f"of {len(self.words)} words; rebuild the tokenizer from texts that contain it, "
+                                    "or use use_unk=True to map it to <unk>")
+                i = self.unk_id
+            ids.append(i)
+        if add_sos:
+            ids.insert(0, self.sos_id)
+        if add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, *, strip_specials: bool = True) -> str:
+        """The words of `ids` joined by one space; `strip_specials` as in `CharTokenizer.decode`
+        (`<unk>` becomes the one word U+FFFD, so that a WER counts it as one wrong word)."""
+        if isinstance(ids, torch.Tensor):
+            check_shape(ids, "l", name="ids")
+            check_dtype(ids, "int", name="ids")
+            ids = ids.tolist()
+        n_special, tokens = len(self.specials), self.tokens
+        out = []
+        for pos, i in enumerate(ids):
+            i = self._check_id(i, where=f"decode: ids[{pos}]")
+            if i >= n_special or not strip_specials:
+                out.append(tokens[i])
+            elif i == self.unk_id:
+                out.append(_UNK_WORD)
+        return " ".join(out)
+
+    def join(self, tokens: Sequence[str]) -> str:
+        """The text of decoded token strings: words joined by one space."""
+        return " ".join(tokens)
+
+    def to_dict(self) -> dict:
+        """The vocabulary as a JSON-able dict (`format`, `version`, `specials`, `words`, `use_unk`): what `save` writes."""
+        return {"format": _WORD_FORMAT, "version": _VERSION, "specials": list(self.specials),
+                "words": list(self.words), "use_unk": self.use_unk}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "WordTokenizer":
+        """Read a word vocabulary written by `save` (DataError naming the file otherwise)."""
+        tok = load_tokenizer(path)
+        if not isinstance(tok, cls):
+            raise DataError(f"tokenizer file {path} holds a {type(tok).__name__}, not a WordTokenizer")
+        return tok
+
+
+Tokenizer = CharTokenizer | WordTokenizer
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Read a `CharTokenizer` or a `WordTokenizer` from the file `save` wrote (chosen by its `format`).
+
+    Raises: DataError naming the file if it is missing, not JSON, or not a tokenizer file.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"tokenizer file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"tokenizer file {path} is not readable JSON ({e})") from None
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == _FORMAT:
+        return CharTokenizer.load(path)
+    if fmt != _WORD_FORMAT:
+        got = fmt if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"tokenizer file {path}: expected format {_FORMAT!r} or {_WORD_FORMAT!r}, got {got!r}; "
+                        "write it with CharTokenizer.save or WordTokenizer.save")
+    if data.get("version") != _VERSION:
+        raise DataError(f"tokenizer file {path}: unsupported version {data.get('version')!r} "
+                        f"(this funcml reads version {_VERSION})")
+    words, specials, use_unk = data.get("words"), data.get("specials"), data.get("use_unk")
+    if not isinstance(words, list) or not isinstance(specials, list) or not isinstance(use_unk, bool):
+        raise DataError(f"tokenizer file {path}: 'words' and 'specials' must be lists and 'use_unk' a bool")
+    try:
+        return WordTokenizer(tuple(words), specials=tuple(specials), use_unk=use_unk)
+    except (ConfigError, ShapeError) as e:
+        raise DataError(f"tokenizer file {path}: {e}") from None
