@@ -130,6 +130,7 @@ class Progress:
             self._print(text)
 
     def close(self) -> None:
+        """Close the bar (in a terminal, its last state stays on screen)."""
         self._bar.close()
 
     def __enter__(self) -> "Progress":
