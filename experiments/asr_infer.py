@@ -5,8 +5,9 @@
     python experiments/asr_infer.py --run RUN --features feats.npy              # [T, F] float features
     python experiments/asr_infer.py --run RUN --features feats.safetensors --json
 
-Input (exactly one): `--wav` a PCM WAV file (8/16/24/32-bit, any sample rate: resampled to
-the front end's), `--text` a sentence synthesized offline with espeak-ng (the training
+Input (exactly one): `--wav` an audio file (WAV: PCM 8/16/24/32-bit or float 32/64-bit,
+WAVE_FORMAT_EXTENSIBLE, any channels, any sample rate: resampled to the front end's; FLAC /
+OGG / MP3 with the optional package soundfile), `--text` a sentence synthesized offline with espeak-ng (the training
 vocabulary's characters only), or `--features` a `[T, F]` matrix in `.npy` or `.safetensors`
 (the tensor named `features`, or the only tensor) already in the model's feature space.
 Prints the text and one line per token `start-end  token` in seconds (from CIF's firing
@@ -40,7 +41,7 @@ class InferConfig:
     run: Path
     """A run directory (its best checkpoint) or a checkpoint directory."""
     wav: Path | None = None
-    """A PCM WAV file."""
+    """An audio file (WAV; FLAC / OGG / MP3 with soundfile installed)."""
     features: Path | None = None
     """A [T, F] feature matrix (.npy or .safetensors)."""
     text: str | None = None
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             tok.encode(cfg.text.lower())  # an unknown character fails here, naming it
             wav, sr = speech.synthesize(cfg.text.lower(), voice=cfg.voice, rate=cfg.rate)
         else:
-            wav, sr = audio.read_wav(cfg.wav)
+            wav, sr = audio.read_audio(cfg.wav)
         hyp, feats, out = task.transcribe_waveform(params, train_cfg, tok, wav, sr)
         seconds = wav.numel() / sr
     compute = time.perf_counter() - t0

@@ -96,6 +96,18 @@ def _wav_bytes(x: np.ndarray, sr: int = 16000, width: int = 2, channels: int = 1
     return buf.getvalue()
 
 
+def _retagged(data: bytes, tag: int) -> bytes:
+    """WAV bytes with another format tag in the `fmt ` chunk (a codec the reader does not decode)."""
+    return data[:20] + tag.to_bytes(2, "little") + data[22:]
+
+
+def _float16_wav() -> bytes:
+    """A float WAV whose samples claim to be 16-bit (no such IEEE format in WAV)."""
+    data = bytearray(audio.encode_wav(torch.zeros(1600), 16000, sample_format="float", bits=32))
+    data[32:34] = (2).to_bytes(2, "little")
+    return bytes(data)
+
+
 @pytest.fixture(scope="module")
 def clip() -> tuple[bytes, torch.Tensor, int]:
     """A synthesized utterance as 16-bit WAV bytes, and the waveform those bytes decode to."""
@@ -185,6 +197,20 @@ def test_raw_wav_body_is_transcribed_like_a_multipart_upload(speech_client, clip
     assert _same_transcript(raw, multi)
 
 
+@pytest.mark.parametrize("fmt", [("pcm", 24, False), ("pcm", 32, False), ("float", 32, False), ("float", 64, False),
+                                 ("pcm", 16, True), ("float", 32, True)],
+                         ids=["pcm24", "pcm32", "float32", "float64", "extensible_pcm16", "extensible_float32"])
+def test_wav_in_any_pcm_or_float_format_gives_the_16bit_transcript(speech_client, clip, fmt):
+    # `decoded` holds multiples of 1/32768: every one of these formats stores them exactly.
+    data, decoded, sr = clip
+    want = speech_client.post("/v1/transcribe", content=data, headers=_W).json()
+    stereo = torch.stack([decoded, decoded])
+    other = audio.encode_wav(stereo, sr, sample_format=fmt[0], bits=fmt[1], extensible=fmt[2])
+    got = speech_client.post("/v1/transcribe", content=other, headers=_W)
+    assert got.status_code == 200, got.text
+    assert _same_transcript(got.json(), want)
+
+
 def test_wav_at_44100_hz_in_stereo_is_resampled_and_mixed_down(speech_client, speech_run, clip):
     _, decoded, sr = clip
     x = audio.resample(decoded, sr, 44100).clamp(-1, 1).numpy()
@@ -236,11 +262,14 @@ BAD = [
     ("empty_upload", "speech", dict(files={"file": ("a.wav", b"")}), 422, "empty_audio", "0 bytes"),
     ("wav_without_samples", "speech", dict(content=_wav_bytes(np.zeros(0)), headers=_W), 422, "empty_audio",
      "no audio samples"),
-    ("8_bit_wav", "speech", dict(content=_wav_bytes(np.zeros(1600), width=1), headers=_W), 422, "bad_sample_width",
-     "8-bit"),
-    ("24_bit_wav", "speech", dict(files={"file": ("a.wav", _wav_bytes(np.zeros(1600), width=3))}), 422,
-     "bad_sample_width", "24-bit"),
-    ("not_a_wav", "speech", dict(content=b"ID3 this is an mp3, honest", headers=_W), 422, "bad_wav", "RIFF"),
+    ("float16_wav", "speech", dict(content=_float16_wav(), headers=_W), 422, "bad_sample_width",
+     "16 bits"),
+    ("truncated_wav", "speech", dict(content=audio.encode_wav(torch.zeros(1600), 16000)[:-1000], headers=_W), 422,
+     "bad_wav", "truncated"),
+    ("alaw_wav", "speech", dict(files={"file": ("a.wav", _retagged(audio.encode_wav(torch.zeros(1600), 16000), 6))}),
+     422, "bad_wav", "A-law"),
+    ("not_a_wav", "speech", dict(content=b"ID3 this is an mp3, honest", headers=_W), 422, "bad_wav",
+     "MP3 audio, not a WAV file"),
     ("audio_too_long", "speech", dict(content=_wav_bytes(np.zeros(3 * 16000)), headers=_W), 413, "too_long",
      "3.00 s; the limit is 2 s"),
     ("audio_too_short", "speech", dict(content=_wav_bytes(np.zeros(100)), headers=_W), 422, "too_short", "25 ms"),

@@ -14,8 +14,9 @@ Endpoints:
 
 The model is loaded once (`funcml.asr.task.load_model`: names, shapes and dtypes checked)
 and evaluated with the pure `funcml.nn.model.apply` in eval mode (`task.transcribe_features`).
-WAV input must be 16-bit PCM (any channel count, averaged; common sample rates, resampled
-to the front end's); it goes through the same front end as training. A model trained on
+WAV input may be integer PCM (8/16/24/32-bit), IEEE float (32/64-bit) or WAVE_FORMAT_EXTENSIBLE
+of either (any channel count, averaged; common sample rates, resampled to the front end's); it
+goes through the same front end as training. A model trained on
 toy features has no front end and accepts features only.
 
 Batching. Requests are validated completely before they enter the queue, so a batch never
@@ -42,7 +43,8 @@ keeps running and the next request is served:
     415 unsupported_media_type (not JSON, multipart/form-data or audio/wav)
     422 missing_features, bad_shape (not [T, F], ragged, F != the model's), bad_dtype (not numbers),
         non_finite (NaN / Inf), empty_features, too_short (fewer frames than the encoder needs),
-        missing_file, empty_audio, bad_wav (not a PCM WAV), bad_sample_width (not 16-bit),
+        missing_file, empty_audio, bad_wav (not a PCM / float WAV, compressed, truncated, damaged),
+        bad_sample_width (not 8/16/24/32-bit PCM or 32/64-bit float),
         bad_sample_rate, audio_not_supported (a toy-feature model), bad_input (any other funcml error)
 
 A bug (not a bad request) answers 500 `internal_error` in the same JSON form and is logged
@@ -61,12 +63,10 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import io
 import json
 import logging
 import math
 import time
-import wave
 from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
@@ -297,29 +297,22 @@ def _features_from_json(body: bytes, *, feature_dim: int, min_frames: int, max_f
 
 
 def _waveform_from_wav(data: bytes, *, max_seconds: float) -> tuple[torch.Tensor, int]:
-    """16-bit PCM WAV bytes -> `(waveform [N] float32 in [-1, 1), sample_rate)`, channels averaged."""
+    """WAV bytes -> `(waveform [N] float32, sample_rate)`, channels averaged (`audio.decode_wav`:
+    integer PCM 8/16/24/32-bit, IEEE float 32/64-bit, WAVE_FORMAT_EXTENSIBLE). A truncated
+    upload is refused (a client that sent part of a file gets an error, not a partial text)."""
     if not data:
         raise _Reject(422, "empty_audio", "the audio upload is empty (0 bytes)")
     try:
-        with wave.open(io.BytesIO(data), "rb") as f:
-            channels, width, sr, n = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
-            frames = f.readframes(n)
-    except (wave.Error, EOFError, ValueError) as e:
-        raise _Reject(422, "bad_wav", f"the audio is not a readable PCM WAV file ({e}); send 16-bit PCM WAV") from None
-    if width != 2:
-        raise _Reject(422, "bad_sample_width", f"the WAV has {8 * width}-bit samples; 16-bit PCM is required "
-                                               "(convert with: sox in.wav -b 16 out.wav)")
-    if channels < 1 or sr <= 0:
-        raise _Reject(422, "bad_wav", f"the WAV header is invalid ({channels} channels, sample rate {sr} Hz)")
-    if n / sr > max_seconds:
-        raise _Reject(413, "too_long", f"the audio lasts {n / sr:.2f} s; the limit is {max_seconds:g} s "
+        x, sr = audio_lib.decode_wav(data, name="the upload", truncated="error")
+    except audio_lib.AudioError as e:
+        code = {"empty": "empty_audio", "no_samples": "empty_audio", "sample_width": "bad_sample_width"}.get(
+            e.reason, "bad_wav")
+        problem = str(e).split("; ")[0]  # the file-level hints (read_audio, re-export) do not apply here
+        raise _Reject(422, code, f"{problem}; send a PCM or float WAV (convert with: sox in.xxx -b 16 out.wav)") from None
+    if x.numel() / sr > max_seconds:
+        raise _Reject(413, "too_long", f"the audio lasts {x.numel() / sr:.2f} s; the limit is {max_seconds:g} s "
                                        "(--max-audio-seconds)")
-    count = len(frames) // (2 * channels)
-    if count == 0:
-        raise _Reject(422, "empty_audio", "the WAV holds no audio samples (0 frames)")
-    pcm = np.frombuffer(frames[: count * 2 * channels], dtype="<i2").reshape(count, channels)
-    x = pcm.astype(np.float32).mean(axis=1) / 32768.0
-    return torch.from_numpy(x), int(sr)
+    return x, sr
 
 
 def _check_rate(sr: int, target: int) -> None:
