@@ -18,12 +18,14 @@ parsing and caching) at every call site. `compile` registers them once
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, TypeVar
+import threading
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
-__all__ = ["compile", "backend", "plain_eager"]
+__all__ = ["compile", "backend", "plain_eager", "reference_mode", "FAST_PATHS"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -52,9 +54,45 @@ def compile(fn: F, *, fullgraph: bool = True, dynamic: bool | None = False) -> F
     return torch.compile(fn, fullgraph=fullgraph, dynamic=dynamic, backend=backend())
 
 
-def plain_eager() -> bool:
-    """Whether this call runs in plain eager mode: not traced by `torch.compile` and not inside
-    a `torch.func` transform (vmap, grad). The fast eager paths of funcml (the train step's
-    `autograd.grad`, BatchNorm's in-kernel statistics, the fused AdamW, `fold_in` on Python
-    ints) take it as their condition; traced and transformed calls keep the general path."""
+FAST_PATHS = ("grad", "batch_norm", "adamw", "fold_in")
+"""The fast eager paths, by name: the train step's `autograd.grad`, BatchNorm's in-kernel
+statistics, the fused AdamW apply, `fold_in` on Python ints."""
+
+
+def plain_eager(path: str | None = None) -> bool:
+    """Whether this call runs in plain eager mode: not traced by `torch.compile`, not inside a
+    `torch.func` transform (vmap, grad), and (for a named fast `path`, one of `FAST_PATHS`) not
+    switched off by `reference_mode`. The fast eager paths of funcml take it as their
+    condition; traced and transformed calls keep the general (reference) path."""
+    off = getattr(_REFERENCE, "off", ())
+    if path is not None and path in off:
+        return False
     return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+
+
+_REFERENCE = threading.local()
+
+
+@contextlib.contextmanager
+def reference_mode(*paths: str) -> Iterator[None]:
+    """Run the reference path of the named fast eager paths (all of `FAST_PATHS` when none is
+    named) inside this block, exactly as under `torch.compile` or `vmap`: "grad" differentiates
+    the train step with `torch.func`, "batch_norm" computes the statistics by the plain formula,
+    "adamw" runs the chain of transformations, "fold_in" runs tensor ops. For tests that compare
+    a fast path with the math it replaces, and for debugging a suspected fast-path bug. Per
+    thread; nests.
+
+        with compiler.reference_mode("grad"):
+            ts_ref, metrics_ref = train_step(ts, batch)
+    """
+    from .errors import ConfigError
+
+    unknown = [p for p in paths if p not in FAST_PATHS]
+    if unknown:
+        raise ConfigError(f"reference_mode: unknown fast path(s) {unknown}; the fast paths are {list(FAST_PATHS)}")
+    before = getattr(_REFERENCE, "off", ())
+    _REFERENCE.off = tuple(set(before) | set(paths or FAST_PATHS))
+    try:
+        yield
+    finally:
+        _REFERENCE.off = before

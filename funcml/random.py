@@ -161,7 +161,7 @@ def fold_in(k: Key, data: int | str | torch.Tensor) -> Key:
     """
     check_key(k)
     hi, lo = _data_words(data)
-    if k.device.type == "cpu" and compiler.plain_eager():
+    if k.device.type == "cpu" and compiler.plain_eager("fold_in"):
         # The same block on Python ints: ~100 tiny tensor ops (0.7 ms, 1% of an eager U-Net
         # step) become ~30 us. Traced, vmapped and CUDA calls keep the tensor ops.
         k0, k1 = k.tolist()

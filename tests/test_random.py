@@ -246,13 +246,13 @@ def test_cuda_gives_the_cpu_bits(key):
         assert torch.equal(f(key).cpu(), f(key.cuda()).cpu()), name
 
 
-def test_fold_in_eager_fast_path_equals_the_tensor_ops_it_replaces(monkeypatch):
+def test_fold_in_eager_fast_path_equals_the_tensor_ops_it_replaces():
     # Eagerly on CPU fold_in runs Threefry on Python ints; traced or vmapped it runs tensor ops.
     cases = [(random.key(0), 0), (random.key(2**64 - 1), 2**64 - 1), (random.key(12345), "dropout"),
              (random.key(7), torch.tensor(2**40 + 3)), (random.key(9), torch.tensor(-1)),
              (random.key(3), torch.tensor([17], dtype=torch.int32))]
     fast = [random.fold_in(k, d) for k, d in cases]
-    monkeypatch.setattr(random.compiler, "plain_eager", lambda: False)
-    slow = [random.fold_in(k, d) for k, d in cases]
+    with compiler.reference_mode("fold_in"):
+        slow = [random.fold_in(k, d) for k, d in cases]
     for f, s in zip(fast, slow):
         assert f.dtype == torch.int64 and f.shape == (2,) and torch.equal(f, s)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from funcml import optim, random, tree
+from funcml import compiler, optim, random, tree
 from funcml.checkpoint import CheckpointManager
 from funcml.errors import ConfigError, NonFiniteError
 from funcml.nn import model as models
@@ -78,11 +78,10 @@ def test_the_step_is_pure_and_leaves_torchs_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), before)
 
 
-def test_eager_step_is_bit_identical_to_the_torch_func_step_it_replaces(monkeypatch):
+def test_eager_step_is_bit_identical_to_the_torch_func_step_it_replaces():
     # Eagerly the step differentiates with torch.autograd.grad and skips the per-leaf
     # `where` of a finite step; traced or transformed it uses torch.func.grad_and_value and
     # the `where`s. Forcing the second path eagerly must give the same bits.
-    from funcml.train import step as step_module
 
     cnn = CNNConfig(in_channels=1, channels=(4, 8), num_classes=3, norm="batch", dropout=0.2)
     ts, tx = make_state(cfg=cnn, tx=optim.chain(optim.clip_by_global_norm(0.1), optim.adamw(1e-2)))
@@ -96,9 +95,9 @@ def test_eager_step_is_bit_identical_to_the_torch_func_step_it_replaces(monkeypa
     step = make_train_step(ce_loss, tx, compile=False)
     eager = [step(ts, batch)]
     eager.append(step(eager[0][0], batch))
-    monkeypatch.setattr(step_module, "_plain_eager", lambda params: False)
-    func = [step(ts, batch)]
-    func.append(step(func[0][0], batch))
+    with compiler.reference_mode("grad"):
+        func = [step(ts, batch)]
+        func.append(step(func[0][0], batch))
     for (e_ts, e_m), (f_ts, f_m) in zip(eager, func):
         assert tree.equal(e_ts._replace(model_state=None), f_ts._replace(model_state=None))
         # BatchNorm's running statistics: updated inside torch's kernel eagerly, from its
@@ -381,3 +380,31 @@ def test_a_runs_folder_that_is_a_file_is_a_clear_error_and_the_file_is_kept(tmp_
     with pytest.raises(DataError, match=f"runs folder {path} is a file, not a folder; pass --runs-dir"):
         create_run(tmp_path / "runs", "exp")
     assert path.read_text() == "notes"
+
+
+def test_reference_mode_runs_every_fast_path_as_its_reference_equal_to_rounding():
+    """The whole eager fast path (autograd grads, in-kernel BatchNorm statistics, fused AdamW) against the
+    reference math it replaces, switched by `compiler.reference_mode()` rather than by patching."""
+    cnn = CNNConfig(in_channels=1, channels=(4, 8), num_classes=3, norm="batch", dropout=0.2)
+    ts, tx = make_state(cfg=cnn, tx=optim.adamw(1e-2))
+    batch = {"x": random.normal(random.key(3), (6, 1, 8, 8)), "y": random.randint(random.key(4), (6,), 0, 3)}
+
+    def ce_loss(params, model_state, batch, key):
+        logits, model_state = models.apply(params, model_state, batch["x"], cnn, key=key, train=True)
+        loss = torch.nn.functional.cross_entropy(logits, batch["y"])
+        return loss, ({"ce": loss}, model_state)
+
+    step = make_train_step(ce_loss, tx, compile=False)
+    fast, _ = step(step(ts, batch)[0], batch)
+    assert compiler.plain_eager("adamw")
+    with compiler.reference_mode():
+        assert not any(compiler.plain_eager(p) for p in compiler.FAST_PATHS)
+        ref, _ = step(step(ts, batch)[0], batch)
+    assert compiler.plain_eager("adamw")  # switched back on leaving the block
+    assert tree.allclose(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_mode_rejects_an_unknown_path_by_name():
+    with pytest.raises(ConfigError, match=r"unknown fast path\(s\) \['fused'\]; the fast paths are"):
+        with compiler.reference_mode("fused"):
+            pass

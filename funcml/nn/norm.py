@@ -220,7 +220,7 @@ def _stats_in_kernel(state: dict[str, torch.Tensor]) -> bool:
     """Whether `torch.native_batch_norm` may update copies of the running statistics itself:
     plain eager (not traced, no torch.func transform, whose in-place rules differ), float32 or
     float64 statistics (the kernel's), no autograd history on them."""
-    if not plain_eager():
+    if not plain_eager("batch_norm"):
         return False
     mean, var = state["mean"], state["var"]
     return (mean.dtype == var.dtype and mean.dtype in (torch.float32, torch.float64)

@@ -120,7 +120,7 @@ def _copy_as(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _fused_ok(*lists: Any) -> bool:
     """Whether the fused Adam kernel may run: eager (not traced, not inside a torch.func
     transform), one float dtype and device type cpu/cuda for every leaf, no autograd history."""
-    if not compiler.plain_eager():
+    if not compiler.plain_eager("adamw"):
         return False
     xs = [x for xs in lists for x in (xs if isinstance(xs, list) else [xs])]
     if not xs:

@@ -269,7 +269,7 @@ def _plain_eager(params: Any) -> bool:
     """Whether the step runs in plain eager autograd: not traced by `torch.compile`, not
     inside a `torch.func` transform (vmap over an ensemble, an outer grad), and params not
     part of an outer autograd graph."""
-    if not compiler.plain_eager():
+    if not compiler.plain_eager("grad"):
         return False
     return not any(x.requires_grad for x in tree.leaves(params) if isinstance(x, torch.Tensor))
 
