@@ -408,3 +408,22 @@ def test_reference_mode_rejects_an_unknown_path_by_name():
     with pytest.raises(ConfigError, match=r"unknown fast path\(s\) \['fused'\]; the fast paths are"):
         with compiler.reference_mode("fused"):
             pass
+
+
+def test_write_curves_draws_titled_plots_with_the_best_marked_and_adds_lr_and_grad_norm(tmp_path):
+    import math
+
+    from PIL import Image
+
+    from funcml.tasks import _ema, write_curves
+
+    run = create_run(tmp_path / "runs", "demo")
+    for s in range(10, 101, 10):
+        run.log(s, {"loss": 1.0 / s, "lr": 1e-3, "grad_norm": 0.5}, split="train")
+        run.log(s, {"val/cer": abs(math.sin(s))}, split="val")
+    paths = write_curves(run, [("loss", "train", "loss", "train loss"), ("val_cer", "val", "val/cer", "val CER")])
+    assert [p.name for p in paths] == ["loss.png", "val_cer.png", "lr.png", "grad_norm.png"]
+    assert all(Image.open(p).size == (600, 360) for p in paths)
+    # the smoothing is TensorBoard's debiased EMA: a constant series stays constant
+    assert _ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    assert _ema([0.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75])
