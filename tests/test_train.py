@@ -78,13 +78,10 @@ def test_the_step_is_pure_and_leaves_torchs_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), before)
 
 
-def test_eager_step_is_bit_identical_to_the_torch_func_step_it_replaces():
-    # Eagerly the step differentiates with torch.autograd.grad and skips the per-leaf
-    # `where` of a finite step; traced or transformed it uses torch.func.grad_and_value and
-    # the `where`s. Forcing the second path eagerly must give the same bits.
-
+def _bn_dropout_cnn_step(tx):
+    """A BatchNorm + dropout CNN's eager train step with `tx`, its start state and one batch."""
     cnn = CNNConfig(in_channels=1, channels=(4, 8), num_classes=3, norm="batch", dropout=0.2)
-    ts, tx = make_state(cfg=cnn, tx=optim.chain(optim.clip_by_global_norm(0.1), optim.adamw(1e-2)))
+    ts, tx = make_state(cfg=cnn, tx=tx)
     batch = {"x": random.normal(random.key(3), (6, 1, 8, 8)), "y": random.randint(random.key(4), (6,), 0, 3)}
 
     def ce_loss(params, model_state, batch, key):
@@ -92,7 +89,15 @@ def test_eager_step_is_bit_identical_to_the_torch_func_step_it_replaces():
         loss = torch.nn.functional.cross_entropy(logits, batch["y"])
         return loss, ({"ce": loss}, model_state)
 
-    step = make_train_step(ce_loss, tx, compile=False)
+    return ts, make_train_step(ce_loss, tx, compile=False), batch
+
+
+def test_eager_step_is_bit_identical_to_the_torch_func_step_it_replaces():
+    # Eagerly the step differentiates with torch.autograd.grad and skips the per-leaf
+    # `where` of a finite step; traced or transformed it uses torch.func.grad_and_value and
+    # the `where`s. Forcing the second path eagerly must give the same bits.
+
+    ts, step, batch = _bn_dropout_cnn_step(optim.chain(optim.clip_by_global_norm(0.1), optim.adamw(1e-2)))
     eager = [step(ts, batch)]
     eager.append(step(eager[0][0], batch))
     with compiler.reference_mode("grad"):
@@ -385,16 +390,7 @@ def test_a_runs_folder_that_is_a_file_is_a_clear_error_and_the_file_is_kept(tmp_
 def test_reference_mode_runs_every_fast_path_as_its_reference_equal_to_rounding():
     """The whole eager fast path (autograd grads, in-kernel BatchNorm statistics, fused AdamW) against the
     reference math it replaces, switched by `compiler.reference_mode()` rather than by patching."""
-    cnn = CNNConfig(in_channels=1, channels=(4, 8), num_classes=3, norm="batch", dropout=0.2)
-    ts, tx = make_state(cfg=cnn, tx=optim.adamw(1e-2))
-    batch = {"x": random.normal(random.key(3), (6, 1, 8, 8)), "y": random.randint(random.key(4), (6,), 0, 3)}
-
-    def ce_loss(params, model_state, batch, key):
-        logits, model_state = models.apply(params, model_state, batch["x"], cnn, key=key, train=True)
-        loss = torch.nn.functional.cross_entropy(logits, batch["y"])
-        return loss, ({"ce": loss}, model_state)
-
-    step = make_train_step(ce_loss, tx, compile=False)
+    ts, step, batch = _bn_dropout_cnn_step(optim.adamw(1e-2))
     fast, _ = step(step(ts, batch)[0], batch)
     assert compiler.plain_eager("adamw")
     with compiler.reference_mode():
