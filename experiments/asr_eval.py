@@ -7,10 +7,13 @@ accuracy (fired token count), real-time factor, and reference / hypothesis pairs
     python experiments/asr_eval.py --run RUN --split val          # the validation split (training voices)
     python experiments/asr_eval.py --run RUN/checkpoints/step_00001200 --num-test 400
     python experiments/asr_eval.py --run RUN --max-cer 0.10       # exit 1 if the CER is above 10%
+    python experiments/asr_eval.py --run RUN --manifest data/test.jsonl   # any JSONL manifest or Kaldi data dir
 
 `--run` is a run directory (its best checkpoint by val/cer) or one checkpoint directory. The
 splits are those of the run's own config (`funcml.asr.task.val_examples` / `test_examples`);
-`--num-test` draws a larger test set from the same held-out voices. Writes
+`--num-test` draws a larger test set from the same held-out voices. `--manifest` scores the
+utterances of a manifest instead (transcripts outside the model's vocabulary follow `--oov`),
+with per-speaker rates when the manifest names speakers. Writes
 `<out>/metrics_<split>.json` (default out: `<run>/eval/`) through a temporary file and a
 rename, and prints the table. Mistakes print one line `error: ...` and exit 2.
 """
@@ -48,6 +51,11 @@ class EvalConfig:
     """Output folder (default: `<run>/eval/`)."""
     max_cer: float | None = None
     """Exit with status 1 when the CER is above this (a target check)."""
+    manifest: Path | None = None
+    """Score this JSONL manifest or Kaldi data dir instead of a split of the run's own data."""
+    oov: Literal["error", "drop", "strip", "unk"] = "error"
+    """With --manifest: a transcript with characters / words outside the model's vocabulary is an
+    error naming its line, or is dropped, stripped of them, or scored with <unk>."""
 
 
 def _out_dir(cfg: EvalConfig) -> Path:
@@ -66,22 +74,43 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.num_test:
         field = "num_test" if cfg.split == "test" else "num_val"
         train_cfg = dataclasses.replace(train_cfg, **{field: cfg.num_test})
-    examples = (task.test_examples if cfg.split == "test" else task.val_examples)(train_cfg, tok)
+    if cfg.manifest is not None:
+        if train_cfg.data == "toy":
+            raise ConfigError(f"{cfg.run} was trained on toy features, not audio; --manifest needs an audio model")
+        train_cfg = dataclasses.replace(train_cfg, oov=cfg.oov)
+        examples, speakers = task.manifest_examples(train_cfg, cfg.manifest, tok, with_speakers=True)
+    else:
+        examples = (task.test_examples if cfg.split == "test" else task.val_examples)(train_cfg, tok)
+        speakers = None
     m = task.evaluate(params, train_cfg, examples, tok, batch_size=cfg.batch_size, num_examples=10)
-    m.update(split=cfg.split, run=str(cfg.run), data=train_cfg.data)
+    if speakers is not None and any(s is not None for s in speakers):
+        m["per_speaker"] = {
+            spk: {k: v for k, v in task.evaluate(params, train_cfg, [e for e, s in zip(examples, speakers) if s == spk],
+                                                 tok, batch_size=cfg.batch_size, num_examples=0).items()
+                  if k in ("cer", "wer", "length_acc", "num_utts")}
+            for spk in sorted({s for s in speakers if s is not None})}
+    split = "manifest" if cfg.manifest is not None else cfg.split
+    m.update(split=split, run=str(cfg.run), data=train_cfg.data,
+             **({"manifest": str(cfg.manifest)} if cfg.manifest is not None else {}))
     out = _out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"metrics_{cfg.split}.json"
+    path = out / (f"metrics_{cfg.split}.json" if cfg.manifest is None else f"metrics_{cfg.manifest.stem}.json")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(json.dumps(m, indent=2) + "\n")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    voices = "held-out voices" if train_cfg.data == "speech" and cfg.split == "test" else "training voices"
-    print(f"{cfg.split} split ({m['num_utts']} utterances, {voices if train_cfg.data == 'speech' else 'toy'})")
+    if cfg.manifest is not None:
+        print(f"manifest {cfg.manifest} ({m['num_utts']} utterances)")
+    else:
+        voices = "held-out voices" if train_cfg.data == "speech" and cfg.split == "test" else "training voices"
+        print(f"{cfg.split} split ({m['num_utts']} utterances, "
+              f"{ {'speech': voices, 'toy': 'toy', 'manifest': 'manifest'}[train_cfg.data]})")
     print(f"CER {100 * m['cer']:.2f}%   WER {100 * m['wer']:.2f}%   token acc {100 * m['token_acc']:.2f}%   "
           f"length acc {100 * m['length_acc']:.2f}%   RTF {m['rtf']:.4f}")
+    for spk, r in (m.get("per_speaker") or {}).items():
+        print(f"  speaker {spk:<12} CER {100 * r['cer']:6.2f}%   WER {100 * r['wer']:6.2f}%   ({r['num_utts']} utts)")
     for pair in m["examples"][:5]:
         print(f"  ref: {pair['ref']!r}\n  hyp: {pair['hyp']!r}")
     print(f"written {path}")

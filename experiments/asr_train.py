@@ -5,11 +5,18 @@
     python experiments/asr_train.py speech --model.ctc --loss.ctc-weight 0.3 --loss.glance-ratio 0
     python experiments/asr_train.py toy --toy.noise 0.6
     python experiments/asr_train.py speech --resume runs/asr-speech/20260101-120000-abc12300
+    python experiments/asr_train.py speech --tokenizer word          # one token per word
+    python experiments/asr_train.py manifest --train-manifest data/train.jsonl --val-manifest data/val.jsonl \
+        --test-manifest data/test.jsonl                              # your own recordings (or Kaldi data dirs)
+    python experiments/asr_train.py manifest --train-manifest ... --val-manifest ... --init-from RUN   # fine-tune
 
 Trains with funcml's one loop (AdamW, warmup + cosine, clipping, checkpoints ranked by
 val/cer), writes the run directory (config.json, tokenizer.json, metrics.csv, checkpoints/,
 plots/*.png, eval.json with the val and test CER) and prints where it is with the final
-metrics. On speech data the test split is spoken by voices held out from training.
+metrics. On speech data the test split is spoken by voices held out from training; on
+manifest data it is --test-manifest (if given). Manifests: JSONL lines {"audio": "a.wav",
+"text": "three one four"} (paths relative to the manifest) or Kaldi data dirs (wav.scp + text);
+see docs/ASR_REAL_DATA.md.
 Mistakes print one line `error: ...` and exit 2; bad flags print the usage and exit 2.
 """
 
@@ -37,11 +44,14 @@ def report(summary: dict) -> None:
         return
     print(f"checkpoint      {Path(ev['checkpoint']).name} (step {ev['step']})")
     print(f"{'split':<28} {'CER':>7} {'WER':>7} {'tok acc':>8} {'len acc':>8} {'RTF':>7} {'utts':>5}")
-    for split, name in (("val", "val (training voices)"), ("test", f"test ({ev['test_split']})")):
+    for split, name in (("val", "val (training voices)" if ev["test_split"] == "held-out voices" else "val"),
+                        ("test", f"test ({ev['test_split']})")):
         m = ev[split]
+        if m is None:
+            continue
         print(f"{name:<28} {_pct(m['cer']):>7} {_pct(m['wer']):>7} {_pct(m['token_acc']):>8} "
               f"{_pct(m['length_acc']):>8} {m['rtf']:7.4f} {m['num_utts']:>5}")
-    for pair in ev["test"]["examples"][:3]:
+    for pair in (ev["test"] or ev["val"])["examples"][:3]:
         print(f"  ref: {pair['ref']!r}\n  hyp: {pair['hyp']!r}")
 
 

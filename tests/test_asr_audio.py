@@ -137,7 +137,8 @@ def test_unsupported_widths_name_what_is_expected():
 
 def test_non_finite_float_samples_are_an_error():
     with pytest.raises(DataError, match="1 NaN or infinite"):
-        audio.decode_wav(audio.encode_wav(torch.tensor([0.0, float("nan")]), SR, sample_format="float", bits=32), name="n.wav")
+        data = audio.encode_wav(torch.tensor([0.0, float("nan")]), SR, sample_format="float", bits=32)
+        audio.decode_wav(data, name="n.wav")
 
 
 @pytest.mark.parametrize("magic,kind", [(b"fLaC\x00\x00\x00\x22", "FLAC"), (b"OggS\x00\x02", "OGG"),
@@ -157,7 +158,8 @@ def test_non_wav_formats_without_soundfile_name_the_package(tmp_path, monkeypatc
     with pytest.raises(DataError, match=f"reading {kind} audio needs the optional package soundfile "
                                         r"\(pip install soundfile\)"):
         audio.read_audio(path)
-    with pytest.raises(DataError, match=f"{kind} audio, not a WAV file; read it with read_audio after `pip install soundfile`"):
+    with pytest.raises(DataError, match=f"{kind} audio, not a WAV file; read it with read_audio after "
+                                        "`pip install soundfile`"):
         audio.read_wav(path)
 
 

@@ -219,9 +219,10 @@ def read_audio(path: str | os.PathLike, *,
         raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from None
     if len(head) == 0:
         raise DataError(f"{path}: the file is empty (0 bytes); expected an audio file")
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return read_wav(path, truncated=truncated)
-    return _read_soundfile(path, _sniff(head) or path.suffix.lstrip(".").upper() or "non-WAV")
+    kind = _sniff(head)
+    if (head[:4] == b"RIFF" and head[8:12] == b"WAVE") or (kind is None and path.suffix.lower() in (".wav", ".wave")):
+        return read_wav(path, truncated=truncated)  # a .wav that is not one gets read_wav's "not a WAV file"
+    return _read_soundfile(path, kind or path.suffix.lstrip(".").upper() or "non-WAV")
 
 
 def _read_soundfile(path: Path, kind: str) -> tuple[torch.Tensor, int]:

@@ -5,6 +5,7 @@
     mask = attention_mask(lengths, causal=False)          # [2, T_max, T_max] bool, True = attend
     lfr_lengths(lengths, m=7, n=6)                        # frames after low frame rate stacking
     subsampled_lengths(lengths, factor=4)                 # frames after two stride-2 convolutions
+    idx = length_bucketed_indices(key, lengths, step, 16)  # [16] example ids of training batch `step`
 
 Convention (the same as `funcml.nn.attention`): a mask is boolean and **True means valid**
 (attend to / score this position). A padded sequence occupies positions `0 .. length - 1`
@@ -18,11 +19,13 @@ from typing import Sequence
 
 import torch
 
+from .. import random
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError, DTypeError, RangeError, ShapeError
 from ..nn.attention import make_attention_mask
 
-__all__ = ["pad_sequences", "lengths_to_mask", "attention_mask", "subsampled_lengths", "lfr_lengths"]
+__all__ = ["pad_sequences", "lengths_to_mask", "attention_mask", "subsampled_lengths", "lfr_lengths",
+           "length_bucketed_indices"]
 
 Lengths = torch.Tensor | int
 
@@ -182,3 +185,47 @@ def lfr_lengths(lengths: Lengths, m: int = 7, n: int = 6) -> Lengths:
     if isinstance(lengths, torch.Tensor):
         return torch.div(lengths + (n - 1), n, rounding_mode="floor")
     return -(-lengths // n)
+
+
+def length_bucketed_indices(key: torch.Tensor, lengths: torch.Tensor, step: int, batch_size: int, *,
+                            window: int = 50) -> torch.Tensor:
+    """The example ids of training batch `step` when batching by length, epoch by epoch.
+
+    With N examples and B = `batch_size`, epoch `e` has `N // B` batches (the `N mod B`
+    examples left over differ from epoch to epoch):
+
+        perm  = permutation(fold_in(key, e), N)
+        perm is cut into windows of `window * B` ids; each window is sorted by length (stable)
+        and cut into batches of B (a last partial batch is dropped)
+        the batches are visited in the order permutation(fold_in(fold_in(key, e), "order"), N // B)
+
+    so a batch holds utterances of similar length (little padding) while the epoch still sees
+    the data in a random order. A pure function of `(key, lengths, step)`: a resumed run
+    replays the same batches.
+
+    Arguments:
+        key: the data key; lengths: `[N]` int, each example's frame count; step >= 0.
+
+    Returns: `[B]` int64.
+    """
+    check_shape(lengths, "n", name="lengths")
+    check_dtype(lengths, "int", name="lengths")
+    n = lengths.shape[0]
+    _check_positive("batch_size", batch_size)
+    _check_positive("window", window)
+    if n < batch_size:
+        raise RangeError(f"length_bucketed_indices: {n} examples are fewer than one batch of {batch_size}")
+    if step < 0:
+        raise RangeError(f"length_bucketed_indices: step must be >= 0, got {step}")
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    epoch_key = random.fold_in(key, epoch)
+    perm = random.permutation(epoch_key, n)
+    span = window * batch_size
+    chunks = []
+    for start in range(0, n, span):
+        ids = perm[start:start + span]
+        chunks.append(ids[torch.sort(lengths[ids], stable=True).indices])
+    batches = torch.cat(chunks)[: per_epoch * batch_size].reshape(per_epoch, batch_size)
+    order = random.permutation(random.fold_in(epoch_key, "order"), per_epoch)
+    return batches[int(order[k])].to(torch.int64)

@@ -308,7 +308,8 @@ def _waveform_from_wav(data: bytes, *, max_seconds: float) -> tuple[torch.Tensor
         code = {"empty": "empty_audio", "no_samples": "empty_audio", "sample_width": "bad_sample_width"}.get(
             e.reason, "bad_wav")
         problem = str(e).split("; ")[0]  # the file-level hints (read_audio, re-export) do not apply here
-        raise _Reject(422, code, f"{problem}; send a PCM or float WAV (convert with: sox in.xxx -b 16 out.wav)") from None
+        raise _Reject(422, code,
+                      f"{problem}; send a PCM or float WAV (convert with: sox in.xxx -b 16 out.wav)") from None
     if x.numel() / sr > max_seconds:
         raise _Reject(413, "too_long", f"the audio lasts {x.numel() / sr:.2f} s; the limit is {max_seconds:g} s "
                                        "(--max-audio-seconds)")

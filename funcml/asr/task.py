@@ -2,6 +2,8 @@
 
     python experiments/asr_train.py speech            # synthesized speech (espeak-ng), the main job's preset
     python experiments/asr_train.py toy --steps 300   # the toy feature dataset
+    python experiments/asr_train.py manifest --train-manifest train.jsonl --val-manifest val.jsonl
+    python experiments/asr_train.py manifest --train-manifest ... --val-manifest ... --init-from RUN  # fine-tune
 
     run, summary = train(cfg)                                       # run dir + fit summary (+ eval.json)
     cfg, params, tok = load_model(run.path)                         # the best checkpoint by val/cer
@@ -16,7 +18,20 @@ voices (the test split: generalization to unseen speakers); the front end
 (`funcml.asr.frontend.features`) turns them into log-mel features once. Training batches walk
 epoch permutations of the training set (`funcml.tasks.epoch_indices`), with SpecAugment from
 `fold_in(augment_key, step)`. `data="toy"`: every batch is `toy_batch(fold_in(train_key, step))`
-and the val / test splits are fixed toy batches.
+and the val / test splits are fixed toy batches. `data="manifest"`: the user's recordings,
+listed in JSONL manifests or Kaldi data dirs (`funcml.asr.manifest`: `train_manifest`,
+`val_manifest`, optional `test_manifest`); features are cached on disk keyed by content;
+training batches are drawn by length (`funcml.asr.batching.length_bucketed_indices`: each
+batch holds utterances of similar length, batches in random order), a pure function of the step.
+
+Tokenizer. `tokenizer="char"` or `"word"`; the vocabulary is the corpus's (speech), the
+training transcripts' (manifest), or, with `init_from`, that of the run fine-tuned from; it
+is saved as the run's tokenizer.json and loaded with the model. Transcripts outside the
+vocabulary follow `oov` (error naming the manifest line / drop / strip / unk).
+
+Fine-tuning. `init_from=RUN` starts from the params of RUN's best checkpoint (a fresh
+optimizer, warmup and schedule) and takes RUN's `model`, `frontend` and `tokenizer` (the
+params only fit those; the run's config.json records them).
 
 A batch pads features to the longest item rounded up to `pad_multiple` frames (few distinct
 shapes, so a compiled step recompiles rarely) and tokens to `model.max_tokens`.
@@ -53,6 +68,8 @@ from ..runs import RunDir, create_run
 from ..tasks import checkpoint_dir, epoch_indices, make_optimizer, open_for_resume, write_curves
 from ..train import EarlyStop, distributed, fit, init_train_state, make_train_step
 from . import audio as audio_lib
+from . import manifest as manifest_lib
+from .batching import length_bucketed_indices
 from .encoder import EncoderConfig
 from .frontend import FrontendConfig, features as frontend_features, spec_augment
 from .metrics import cer, length_accuracy, token_accuracy, wer
@@ -62,9 +79,9 @@ from .speech import DIGITS, WORDS, SpeechConfig, make_corpus
 from .tokenizer import CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
 from .toy import ToyConfig, toy_batch, toy_tokenizer
 
-__all__ = ["AsrTrainConfig", "PRESETS", "Example", "resolve", "tokenizer_for", "train_examples", "val_examples",
-           "test_examples", "collate", "evaluate", "train", "load_model", "transcribe", "transcribe_features",
-           "transcribe_waveform", "decode", "frame_shift", "feature_dim"]
+__all__ = ["AsrTrainConfig", "PRESETS", "Example", "resolve", "tokenizer_for", "with_init", "train_examples",
+           "val_examples", "test_examples", "manifest_examples", "collate", "evaluate", "train", "load_model",
+           "transcribe", "transcribe_features", "transcribe_waveform", "decode", "frame_shift", "feature_dim"]
 
 PyTree = Any
 
@@ -92,10 +109,22 @@ class AsrTrainConfig:
 
     model: ParaformerConfig = ParaformerConfig()
     loss: LossConfig = LossConfig()
-    data: Literal["speech", "toy"] = "speech"
+    data: Literal["speech", "toy", "manifest"] = "speech"
     tokenizer: Literal["char", "word"] = "char"
     """Token unit: "char" (one token per character, the space included) or "word" (one token per
     whitespace-separated word; decoded words are joined by one space). Toy data is always "char"."""
+    train_manifest: Path | None = None
+    """data=manifest: the training utterances, a JSONL manifest or a Kaldi data dir (see funcml.asr.manifest)."""
+    val_manifest: Path | None = None
+    """data=manifest: the validation utterances (they pick the best checkpoint)."""
+    test_manifest: Path | None = None
+    """data=manifest: test utterances scored in eval.json after training (optional)."""
+    oov: Literal["error", "drop", "strip", "unk"] = "error"
+    """data=manifest: a transcript with a character / word outside the vocabulary is an error naming
+    its line, or is dropped, stripped of those tokens, or encoded with <unk>."""
+    init_from: Path | None = None
+    """Fine-tune: start from the params of this run's best checkpoint (or this checkpoint dir), with a
+    new optimizer; the run's model, frontend and tokenizer are used."""
     speech: SpeechConfig = SpeechConfig()
     toy: ToyConfig = ToyConfig()
     frontend: FrontendConfig = FrontendConfig()
@@ -131,10 +160,13 @@ class AsrTrainConfig:
             if not ok:
                 raise ConfigError(f"AsrTrainConfig: {msg}")
 
-        need(self.data in ("speech", "toy"), f"data must be 'speech' or 'toy', got {self.data!r}")
+        need(self.data in ("speech", "toy", "manifest"),
+             f"data must be 'speech', 'toy' or 'manifest', got {self.data!r}")
+        need(self.oov in ("error", "drop", "strip", "unk"), f"oov must be error, drop, strip or unk, got {self.oov!r}")
+        need(self.data != "toy" or self.init_from is None, "--init-from needs audio data (speech or manifest)")
         need(self.tokenizer in ("char", "word"), f"tokenizer must be 'char' or 'word', got {self.tokenizer!r}")
         need(self.data != "toy" or self.tokenizer == "char",
-             "the toy data's tokens are characters: --tokenizer word needs audio data (--data speech)")
+             "the toy data's tokens are characters: --tokenizer word needs audio data (--data speech or manifest)")
         for name in ("steps", "eval_every", "warmup_steps", "patience", "num_train"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "num_val", "num_test", "keep_last", "pad_multiple"):
@@ -200,12 +232,22 @@ def _preset_tiny() -> AsrTrainConfig:
         batch_size=4, lr=3e-3, warmup_steps=1, eval_every=3, experiment="asr-tiny")
 
 
+def _preset_manifest() -> AsrTrainConfig:
+    # The speech preset's model on the user's recordings; sized for fine-tuning a speech run
+    # (--init-from) on a few hundred utterances (benchmarks/asr_finetune.py).
+    return dataclasses.replace(_preset_speech(), data="manifest", steps=400, lr=1e-3, warmup_steps=40,
+                               eval_every=100, experiment="asr-manifest")
+
+
 PRESETS: dict[str, tuple[str, AsrTrainConfig]] = {
     "speech": ("python experiments/asr_train.py speech  -- a SAN-M Paraformer on espeak-ng digit strings, "
                "CER on held-out voices (the main job's ASR part)", _preset_speech()),
     "toy": ("python experiments/asr_train.py toy  -- a small transformer Paraformer on the easy toy features",
             _preset_toy()),
     "tiny": ("python experiments/asr_train.py tiny  -- a seconds-long smoke run on tiny toy data", _preset_tiny()),
+    "manifest": ("python experiments/asr_train.py manifest --train-manifest train.jsonl --val-manifest val.jsonl "
+                 "[--init-from RUN]  -- your own recordings (JSONL or Kaldi dir), from scratch or fine-tuned",
+                 _preset_manifest()),
 }
 
 
@@ -213,15 +255,44 @@ PRESETS: dict[str, tuple[str, AsrTrainConfig]] = {
 
 
 def tokenizer_for(cfg: AsrTrainConfig) -> Tokenizer:
-    """The vocabulary of the data: the toy vocabulary; for speech with `tokenizer="char"` every
-    character of the corpus's digit and word lists plus the space, with `"word"` every word of
-    those lists (sorted; unknown characters / words are errors)."""
+    """The vocabulary of the data: the toy vocabulary; with `init_from`, that run's; for a
+    manifest, every character (or word) of the training transcripts; for speech with
+    `tokenizer="char"` every character of the corpus's digit and word lists plus the space,
+    with `"word"` every word of those lists (sorted; unknown characters / words are errors)."""
     if cfg.data == "toy":
         return toy_tokenizer(cfg.toy)
+    if cfg.init_from is not None:
+        tok = _init_source(cfg.init_from)[1]
+        return dataclasses.replace(tok, use_unk=True) if cfg.oov == "unk" else tok
+    if cfg.data == "manifest":
+        texts = [u.text for u in manifest_lib.read_manifest(_manifest(cfg, "train"), check_files=False)]
+        kind = WordTokenizer if cfg.tokenizer == "word" else CharTokenizer
+        return kind.from_texts(texts, use_unk=cfg.oov == "unk")
     if cfg.tokenizer == "word":
         return WordTokenizer(tuple(sorted(set(DIGITS + WORDS))), use_unk=False)
     chars = sorted(set("".join(DIGITS + WORDS)) | {" "})
     return CharTokenizer(tuple(chars), use_unk=False)
+
+
+def _init_source(path: Path) -> tuple[AsrTrainConfig, Tokenizer, Path]:
+    """The config, tokenizer and checkpoint of the run that `init_from` names."""
+    ckpt = checkpoint_dir(Path(path), best_metric="val/cer", mode="min", trainer="asr_train")
+    meta = checkpoint.load_meta(ckpt)
+    try:
+        cfg = config_lib.from_dict(AsrTrainConfig, meta.get("config") or {})
+    except ConfigError as e:
+        raise CheckpointError(f"--init-from {path}: {ckpt} was not written by funcml.asr training ({e})") from None
+    if cfg.data == "toy":
+        raise ConfigError(f"--init-from {path}: that run was trained on toy features, not audio")
+    return cfg, _run_tokenizer(ckpt, cfg), ckpt
+
+
+def with_init(cfg: AsrTrainConfig) -> AsrTrainConfig:
+    """`cfg` with the `model`, `frontend` and `tokenizer` of the run `cfg.init_from` (unchanged without one)."""
+    if cfg.init_from is None:
+        return cfg
+    src, _, _ = _init_source(cfg.init_from)
+    return dataclasses.replace(cfg, model=src.model, frontend=src.frontend, tokenizer=src.tokenizer)
 
 
 def feature_dim(cfg: AsrTrainConfig) -> int:
@@ -242,7 +313,7 @@ def resolve(cfg: AsrTrainConfig) -> AsrTrainConfig:
 def frame_shift(cfg: AsrTrainConfig) -> float:
     """Seconds per encoder frame (toy features count as 10 ms frames)."""
     hop = 10.0 if cfg.data == "toy" else cfg.frontend.hop_ms
-    n = cfg.frontend.lfr_n if (cfg.data == "speech" and cfg.frontend.use_lfr) else 1
+    n = cfg.frontend.lfr_n if (cfg.data != "toy" and cfg.frontend.use_lfr) else 1
     return frame_shift_seconds(hop, n, cfg.model.encoder)
 
 
@@ -276,26 +347,61 @@ def _toy_examples(cfg: AsrTrainConfig, key: torch.Tensor, n: int, tok: Tokenizer
     return out
 
 
+def _manifest(cfg: AsrTrainConfig, split: Literal["train", "val"]) -> Path:
+    path = cfg.train_manifest if split == "train" else cfg.val_manifest
+    if path is None:
+        raise ConfigError("--data manifest needs --train-manifest and --val-manifest (JSONL files or Kaldi data "
+                          "dirs; see docs/ASR_REAL_DATA.md)")
+    return path
+
+
+def manifest_examples(cfg: AsrTrainConfig, path: Path, tok: Tokenizer, *, with_speakers: bool = False
+                      ) -> list[Example] | tuple[list[Example], list[str | None]]:
+    """The utterances of one manifest (JSONL or Kaldi dir) as Examples: transcripts checked against
+    `tok` under `cfg.oov`, features through the content-keyed cache under `cfg.cache_dir`.
+    `with_speakers` also returns each example's speaker (None where the manifest gives none)."""
+    utts = manifest_lib.apply_vocabulary(manifest_lib.read_manifest(path), tok, oov=cfg.oov)
+    n_max = cfg.model.max_tokens - int(cfg.model.predict_eos)
+    examples = []
+    for u, (feats, seconds) in zip(utts, manifest_lib.load_features(utts, cfg.frontend, cache_dir=cfg.cache_dir)):
+        ids = tok.encode(u.text)
+        if len(ids) > n_max:
+            raise DataError(f"{u.where}: {u.text!r} has {len(ids)} tokens but the model has max_tokens="
+                            f"{cfg.model.max_tokens}; raise --model.max-tokens or split the utterance")
+        examples.append(Example(feats, ids, u.text, seconds))
+    return (examples, [u.speaker for u in utts]) if with_speakers else examples
+
+
 def train_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
-    """The speech training set (`num_train` utterances of the training voices)."""
-    if cfg.data != "speech":
+    """The training set: `num_train` utterances of the training voices (speech) or the training manifest."""
+    if cfg.data == "toy":
         raise ConfigError("train_examples: toy training data is drawn per step (toy_batch), not a fixed set")
+    if cfg.data == "manifest":
+        return manifest_examples(cfg, _manifest(cfg, "train"), tok or tokenizer_for(cfg))
     return _speech_examples(cfg, "train", cfg.num_train, tok or tokenizer_for(cfg))
 
 
 def val_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
-    """The validation split: `num_val` utterances of the training voices (new texts), or a toy batch."""
+    """The validation split: `num_val` utterances of the training voices (new texts), a toy batch, or the
+    validation manifest."""
     tok = tok or tokenizer_for(cfg)
     if cfg.data == "toy":
         return _toy_examples(cfg, _data_key(cfg, "val"), cfg.num_val, tok)
+    if cfg.data == "manifest":
+        return manifest_examples(cfg, _manifest(cfg, "val"), tok)
     return _speech_examples(cfg, "val", cfg.num_val, tok)
 
 
 def test_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
-    """The test split: `num_test` utterances of the *held-out* voices, or a toy batch."""
+    """The test split: `num_test` utterances of the *held-out* voices, a toy batch, or the test manifest."""
     tok = tok or tokenizer_for(cfg)
     if cfg.data == "toy":
         return _toy_examples(cfg, _data_key(cfg, "test"), cfg.num_test, tok)
+    if cfg.data == "manifest":
+        if cfg.test_manifest is None:
+            raise ConfigError("this manifest run has no test split: pass --test-manifest (or evaluate any manifest "
+                              "with experiments/asr_eval.py --manifest)")
+        return manifest_examples(cfg, cfg.test_manifest, tok)
     return _speech_examples(cfg, "test", cfg.num_test, tok)
 
 
@@ -339,10 +445,19 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
                           f"of processes ({world}); pass --batch-size {world * max(1, cfg.batch_size // world)}")
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     train_key = _data_key(cfg, "train")
-    data = train_examples(cfg, tok) if cfg.data == "speech" else None
+    data = train_examples(cfg, tok) if cfg.data != "toy" else None
+    lengths = None
+    if cfg.data == "manifest":
+        lengths = torch.tensor([e.features.shape[0] for e in data], dtype=torch.int64)
+        if len(data) < cfg.batch_size:
+            raise DataError(f"the training manifest has {len(data)} utterances, fewer than --batch-size "
+                            f"{cfg.batch_size}; lower --batch-size or add utterances")
 
     def get_batch(step: int) -> dict[str, torch.Tensor]:
-        if data is not None:
+        if lengths is not None:
+            idx = distributed.shard(length_bucketed_indices(train_key, lengths, step, cfg.batch_size))
+            batch = collate([data[int(i)] for i in idx], cfg)
+        elif data is not None:
             idx = distributed.shard(epoch_indices(train_key, len(data), step, cfg.batch_size))
             batch = collate([data[int(i)] for i in idx], cfg)
         else:
@@ -446,7 +561,7 @@ def transcribe_waveform(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenize
                         sample_rate: int) -> tuple[Transcript, torch.Tensor, Any]:
     """Transcribe one waveform `[N]` float at any sample rate (resampled to the front end's).
     Returns `(transcript, features [T, F], ParaformerOutput)`."""
-    if cfg.data != "speech":
+    if cfg.data == "toy":
         raise ConfigError("transcribe_waveform: this model was trained on toy features, not audio; pass features")
     check_shape(waveform, "n", name="waveform")
     if waveform.numel() == 0:
@@ -468,12 +583,15 @@ def transcribe(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, exampl
 # --------------------------------------------------------------------------- training
 
 
-_RESUME_FIELDS = ("model", "data", "tokenizer", "speech", "toy", "frontend", "num_train", "seed", "data_seed")
+_RESUME_FIELDS = ("model", "data", "tokenizer", "train_manifest", "init_from", "speech", "toy", "frontend", "num_train",
+                  "seed", "data_seed")
 
 
-def _initial_state(cfg: AsrTrainConfig):
+def _initial_state(cfg: AsrTrainConfig, params: PyTree | None = None):
+    """A fresh train state (optimizer, step 0) of `params`, or of a new model from the seed."""
     root = random.key(cfg.seed)
-    params, model_state = models.init(random.fold_in(root, "init"), cfg.model)
+    fresh, model_state = models.init(random.fold_in(root, "init"), cfg.model)
+    params = fresh if params is None else params  # with_init gave cfg the model these params were trained as
     tx = make_optimizer(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                         grad_clip=cfg.grad_clip)
     return init_train_state(params, model_state, tx, random.fold_in(root, "train")), tx
@@ -496,9 +614,16 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
     evaluates, and the others return the same `run` with the loop's summary.
     """
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
-    cfg = resolve(cfg)
+    cfg = resolve(with_init(cfg))
     tok = tokenizer_for(cfg)
-    ts, tx = _initial_state(cfg)
+    init_params = None
+    if cfg.init_from is not None and cfg.resume is None:
+        src_ckpt = _init_source(cfg.init_from)[2]
+        _, init_params, _ = load_model(src_ckpt)
+        if distributed.is_main():
+            print(f"[asr] fine-tuning from {src_ckpt} (its params; model, frontend and {cfg.tokenizer} tokenizer of "
+                  f"{tok.vocab_size} tokens from its config; a new optimizer)", file=sys.stderr)
+    ts, tx = _initial_state(cfg, init_params)
     run = None
     if cfg.resume is not None:
         run = distributed.on_main(open_for_resume, cfg.resume, cfg, AsrTrainConfig, fields=_RESUME_FIELDS)
@@ -537,9 +662,12 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
     if manager.latest() is not None:
         _, params, _ = load_model(run.path)
         ckpt = manager.best() or manager.latest()
-        metrics = {"val": evaluate(params, cfg, val, tok), "test": evaluate(params, cfg, test_examples(cfg, tok), tok),
+        has_test = cfg.data != "manifest" or cfg.test_manifest is not None
+        metrics = {"val": evaluate(params, cfg, val, tok),
+                   "test": evaluate(params, cfg, test_examples(cfg, tok), tok) if has_test else None,
                    "checkpoint": str(ckpt), "step": checkpoint.load_meta(ckpt)["step"],
-                   "test_split": "held-out voices" if cfg.data == "speech" else "toy test batch"}
+                   "test_split": {"speech": "held-out voices", "toy": "toy test batch",
+                                  "manifest": f"manifest {cfg.test_manifest}"}[cfg.data]}
         run.write_json("eval.json", metrics)
         summary["eval_json"] = metrics
     summary["run"] = str(run.path)

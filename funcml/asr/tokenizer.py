@@ -50,8 +50,8 @@ import torch
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError, DataError, RangeError, ShapeError
 
-__all__ = ["CharTokenizer", "WordTokenizer", "Tokenizer", "load_tokenizer", "SPECIALS", "PAD", "UNK", "SOS", "EOS", "BLANK", "PAD_ID", "UNK_ID", "SOS_ID",
-           "EOS_ID", "BLANK_ID"]
+__all__ = ["CharTokenizer", "WordTokenizer", "Tokenizer", "load_tokenizer", "SPECIALS", "PAD", "UNK", "SOS", "EOS",
+           "BLANK", "PAD_ID", "UNK_ID", "SOS_ID", "EOS_ID", "BLANK_ID"]
 
 PAD, UNK, SOS, EOS, BLANK = "<pad>", "<unk>", "<sos>", "<eos>", "<blank>"
 SPECIALS: tuple[str, ...] = (PAD, UNK, SOS, EOS, BLANK)
@@ -344,7 +344,8 @@ class WordTokenizer:
         object.__setattr__(self, "specials", specials)
         bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
         if bad:
-            raise ConfigError(f"WordTokenizer: every word must be a non-empty string without whitespace, got {bad[:5]!r}")
+            raise ConfigError(f"WordTokenizer: every word must be a non-empty string without whitespace, "
+                              f"got {bad[:5]!r}")
         dup = sorted({w for w in words if words.count(w) > 1})
         if dup:
             raise ConfigError(f"WordTokenizer: words has duplicates {dup[:10]!r}")
@@ -433,7 +434,8 @@ class WordTokenizer:
         return " ".join(tokens)
 
     def to_dict(self) -> dict:
-        """The vocabulary as a JSON-able dict (`format`, `version`, `specials`, `words`, `use_unk`): what `save` writes."""
+        """The vocabulary as a JSON-able dict (`format`, `version`, `specials`, `words`, `use_unk`):
+        what `save` writes."""
         return {"format": _WORD_FORMAT, "version": _VERSION, "specials": list(self.specials),
                 "words": list(self.words), "use_unk": self.use_unk}
 
