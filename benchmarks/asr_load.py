@@ -20,7 +20,7 @@ size the server reported; the server is stopped at the end, also on errors and C
 The client shares the machine with the server: on a small machine its own CPU time lowers
 every figure, and more so at high concurrency.
 
-Writes `benchmarks/results/asr_load.json` (`--out`).
+Writes `--out`, by default a fresh `benchmarks/results/asr_load-<time>.json`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, ROOT, machine_info, machine_line, markdown_table, write_json  # noqa: E402
+from benchmarks.common import fresh_results_path, ROOT, machine_info, machine_line, markdown_table, write_json  # noqa: E402
 from funcml.errors import ConfigError, DataError, cli_main  # noqa: E402
 
 
@@ -75,9 +75,9 @@ class LoadConfig:
     """A request slower than this counts as an error."""
     startup_timeout_s: float = 120.0
     """Give up if /healthz does not answer within this."""
-    out: Path = RESULTS_DIR / "asr_load.json"
-    """Where the JSON results go."""
-
+    out: Path | None = None
+    """The JSON file to write (default: a fresh `benchmarks/results/asr_load-<time>.json`, so the committed
+    `asr_load.json` is replaced only when named here)."""
     def __post_init__(self) -> None:
         if self.requests < 1 or self.warmup < 0 or self.utterances < 1:
             raise ConfigError("--requests and --utterances must be >= 1, --warmup >= 0")
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"config": dataclasses.asdict(cfg), "run": str(cfg.run) if cfg.run else "tiny speech model (temp dir)",
                "machine": info, "results": rows, "throughput_c8_over_c1": speedup,
                "access_log_lines": access_lines}
-    path = write_json(payload, cfg.out)
+    path = write_json(payload, cfg.out or fresh_results_path("asr_load"))
     print(machine_line(info))
     print(f"server: --max-batch {cfg.max_batch} --max-wait-ms {cfg.max_wait_ms:g} --threads {cfg.threads}; "
           f"payload {cfg.payload}; {cfg.requests} requests per level")

@@ -20,7 +20,7 @@ did. Eager batches are padded only to their longest item (`pad_multiple`). Witho
 freshly initialized one: the cost is the same as a trained model's up to the number of tokens
 CIF fires (at most `max_tokens` slots either way).
 
-Prints a table and writes `benchmarks/results/bench_asr_infer.json`.
+Prints a table and writes `--out` (by default a fresh `benchmarks/results/bench_asr_infer-<time>.json`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS_DIR, machine_info, markdown_table, start, write_json  # noqa: E402
+from benchmarks.common import fresh_results_path, machine_info, markdown_table, start, write_json  # noqa: E402
 from funcml import compiler, random, tree  # noqa: E402
 from funcml.asr import speech, task  # noqa: E402
 from funcml.asr.frontend import features as frontend_features  # noqa: E402
@@ -67,7 +67,9 @@ class AsrInferBenchConfig:
     cache_dir: Path | None = Path(".cache/funcml-speech")
     threads: int = 1
     device: str = "cpu"
-    out: Path = RESULTS_DIR / "bench_asr_infer.json"
+    out: Path | None = None
+    """The JSON file to write (default: a fresh `benchmarks/results/bench_asr_infer-<time>.json`, so the committed
+    `bench_asr_infer.json` is replaced only when named here)."""
 
 
 def _model(cfg: AsrInferBenchConfig):
@@ -161,7 +163,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                         "trained": cfg.run is not None},
               "utterances": len(utts), "audio_seconds": audio_s, "frontend_seconds": fe_s, "rows": rows,
               "load_average_end": machine_info(device)["load_average"]}
-    path = write_json(result, cfg.out)
+    path = write_json(result, cfg.out or fresh_results_path("bench_asr_infer"))
     print(markdown_table(rows, {"mode": "mode", "batch": "batch", "rtf": "RTF (front end included)",
                                 "utts_per_s": "utterances/s", "frontend_share": "front-end share",
                                 "compile_s": "compile s", "graphs": "graphs"}))

@@ -42,7 +42,7 @@ the order of summation.
 
 All lengths and variants are timed round-robin in one process (`common.time_interleaved`).
 
-Writes `benchmarks/results/bench_cif.json` (`--out`).
+Writes `--out`, by default a fresh `benchmarks/results/bench_cif-<time>.json`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
+from benchmarks.common import (fresh_results_path, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
                                time_interleaved, write_json)
 from funcml import random  # noqa: E402
 from funcml.asr.cif import CIFOutput, cif  # noqa: E402
@@ -304,7 +304,9 @@ class CIFBenchConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0
-    out: Path = RESULTS_DIR / "bench_cif.json"
+    out: Path | None = None
+    """The JSON file to write (default: a fresh `benchmarks/results/bench_cif-<time>.json`, so the committed
+    `bench_cif.json` is replaced only when named here)."""
 
 
 @cli_main
@@ -350,7 +352,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                      "timings": {name: times[f"T={t} {name}"].to_dict() for name in names}})
     result = {"benchmark": "cif", "machine": info, "config": dataclasses.asdict(cfg), "rows": rows,
               "load_average_end": machine_info(device)["load_average"]}
-    path = write_json(result, cfg.out)
+    path = write_json(result, cfg.out or fresh_results_path("bench_cif"))
     print(markdown_table(rows, {"T": "T", "tokens_max": "N", "vec_fwd_ms": "vec fwd ms",
                                 "dense_fwd_ms": "dense fwd ms", "loop_fwd_ms": "loop fwd ms",
                                 "speedup_dense_fwd": "dense/vec fwd", "speedup_fwd": "loop/vec fwd",

@@ -24,7 +24,7 @@ leaf (torch's `_foreach_*` kernels have no batching rule), the sequential steps 
 All sizes are built first and both ways at every size are timed round-robin in one process
 (`common.time_interleaved`), so that load from other jobs falls on all of them alike.
 
-Writes `benchmarks/results/bench_ensemble.json` (`--out`).
+Writes `--out`, by default a fresh `benchmarks/results/bench_ensemble-<time>.json`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from torch.func import vmap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import TaskSpec, seg_setup  # noqa: E402
-from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
+from benchmarks.common import (fresh_results_path, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
                                time_interleaved, write_json)
 from funcml import random, tree  # noqa: E402
 from funcml.errors import ConfigError, NonFiniteError, cli_main  # noqa: E402
@@ -114,7 +114,9 @@ class EnsembleBenchConfig:
     repeat: int = 7
     device: str = "cpu"
     threads: int = 0
-    out: Path = RESULTS_DIR / "bench_ensemble.json"
+    out: Path | None = None
+    """The JSON file to write (default: a fresh `benchmarks/results/bench_ensemble-<time>.json`, so the committed
+    `bench_ensemble.json` is replaced only when named here)."""
 
 
 @cli_main
@@ -152,7 +154,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                      "timings": {k: times[f"{k} N={n}"].to_dict() for k in ("vmapped", "sequential")}})
     result = {"benchmark": "ensemble", "machine": info, "config": dataclasses.asdict(cfg), "rows": rows,
               "load_average_end": machine_info(device)["load_average"]}
-    path = write_json(result, cfg.out)
+    path = write_json(result, cfg.out or fresh_results_path("bench_ensemble"))
     print(markdown_table(rows, {"N": "N", "vmapped_ms": "vmapped ms/step", "sequential_ms": "sequential ms/step",
                                 "speedup": "speedup", "vmapped_images_per_s": "vmapped model-images/s",
                                 "sequential_images_per_s": "sequential model-images/s",

@@ -21,7 +21,7 @@ optimizers step their own state in place, which changes nothing in the cost. The
 timed round-robin (`common.time_interleaved`); before timing, one step of each funcml variant
 and of torch-foreach are compared (largest parameter difference).
 
-Writes `benchmarks/results/bench_optim.json` (`--out`).
+Writes `--out`, by default a fresh `benchmarks/results/bench_optim-<time>.json`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import TaskSpec, seg_setup  # noqa: E402
-from benchmarks.common import RESULTS_DIR, machine_info, markdown_table, start, time_interleaved, write_json  # noqa: E402
+from benchmarks.common import fresh_results_path, machine_info, markdown_table, start, time_interleaved, write_json  # noqa: E402
 from funcml import optim, random, tree  # noqa: E402
 from funcml.errors import cli_main  # noqa: E402
 
@@ -54,7 +54,9 @@ class OptimBenchConfig:
     repeat: int = 30
     device: str = "cpu"
     threads: int = 1
-    out: Path = RESULTS_DIR / "bench_optim.json"
+    out: Path | None = None
+    """The JSON file to write (default: a fresh `benchmarks/results/bench_optim-<time>.json`, so the committed
+    `bench_optim.json` is replaced only when named here)."""
 
 
 def _torch_step(params: list[torch.Tensor], grads: list[torch.Tensor], decay: list[bool], cfg: OptimBenchConfig,
@@ -114,7 +116,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "optim", "machine": info, "config": dataclasses.asdict(cfg),
               "params": tree.num_params(params), "leaves": len(leaves_p), "rows": rows,
               "load_average_end": machine_info(device)["load_average"]}
-    path = write_json(result, cfg.out)
+    path = write_json(result, cfg.out or fresh_results_path("bench_optim"))
     print(markdown_table(rows, {"variant": "variant", "ms": "ms/step", "ratio": "time / torch-foreach",
                                 "max_abs_param_diff_vs_torch": "max abs param diff vs torch-foreach, 1 step"}))
     print(f"{tree.num_params(params)} params in {len(leaves_p)} leaves; written {path}")

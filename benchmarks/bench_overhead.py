@@ -26,7 +26,7 @@ Every step on both sides reads its loss on the host once (funcml's step does it 
 non-finite loss). The variants are timed round-robin in one process; the figure of merit is
 the ratio of median step times, `funcml / module` (below 1: funcml is faster).
 
-Writes `benchmarks/results/bench_overhead.json` (`--out`).
+Writes `--out`, by default a fresh `benchmarks/results/bench_overhead-<time>.json`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train_step import TaskSpec, _Runner, compile_cost, seg_setup  # noqa: E402
-from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
+from benchmarks.common import (fresh_results_path, machine_info, markdown_table, measure_peak_memory, start,  # noqa: E402
                                time_interleaved, write_json)
 from benchmarks.unet_module import UNetModule, to_funcml  # noqa: E402
 from funcml import optim, tree  # noqa: E402
@@ -103,7 +103,9 @@ class OverheadConfig:
     repeat: int = 15
     device: str = "cpu"
     threads: int = 0
-    out: Path = RESULTS_DIR / "bench_overhead.json"
+    out: Path | None = None
+    """The JSON file to write (default: a fresh `benchmarks/results/bench_overhead-<time>.json`, so the committed
+    `bench_overhead.json` is replaced only when named here)."""
 
 
 def _max_diff(a: Any, b: Any) -> float:
@@ -158,7 +160,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
               "model": setup.model, "agreement": agreement, "rows": rows, "compile": compile_info,
               "ratios": {r["variant"]: r["ratio"] for r in rows},
               "load_average_end": machine_info(device)["load_average"]}
-    path = write_json(result, cfg.out)
+    path = write_json(result, cfg.out or fresh_results_path("bench_overhead"))
     print(markdown_table(rows, {"variant": "variant", "ms": "ms/step", "images_per_s": "images/s",
                                 "ratio": "time / module", "peak_mb": "peak MB", "delta_mb": "step MB",
                                 "compile_s": "compile s", "second_call_s": "2nd call s"}))

@@ -36,7 +36,7 @@ items)`; adding a model is one function and one entry:
 
     TASKS["paraformer"] = _paraformer          # spec.size is then the number of frames
 
-Writes `benchmarks/results/bench_train_step.json` (`--out`), and with `--plot` a PNG beside it
+Writes `--out`, by default a fresh `benchmarks/results/bench_train_step-<time>.json`, and with `--plot` a PNG beside it
 (`plot_sweep.py`).
 """
 
@@ -52,7 +52,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS_DIR, machine_info, markdown_table, measure_peak_memory, start, time_fn,  # noqa: E402
+from benchmarks.common import (fresh_results_path, machine_info, markdown_table, measure_peak_memory, start, time_fn,  # noqa: E402
                                time_interleaved, write_json)
 from funcml import random, tree  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
@@ -305,7 +305,9 @@ class TrainBenchConfig:
     plot: bool = False
     device: str = "cpu"
     threads: int = 0
-    out: Path = RESULTS_DIR / "bench_train_step.json"
+    out: Path | None = None
+    """The JSON file to write (default: a fresh `benchmarks/results/bench_train_step-<time>.json`, so the committed
+    `bench_train_step.json` is replaced only when named here)."""
 
 
 def _check(cfg: TrainBenchConfig) -> None:
@@ -420,7 +422,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         profile.update(task=cfg.profile_task, batch=cfg.profile_batch, size=cfg.profile_size)
     result = {"benchmark": "train_step", "machine": info, "config": dataclasses.asdict(cfg), "matmul_peak": peak,
               "rows": rows, "profile": profile, "load_average_end": list(machine_info(device)["load_average"])}
-    path = write_json(result, cfg.out)
+    path = write_json(result, cfg.out or fresh_results_path("bench_train_step"))
     print("\n" + markdown_table(rows, _COLUMNS))
     if profile is not None:
         print(f"\ntorch.profiler, {profile['task']} B={profile['batch']} S={profile['size']} eager fp32, "

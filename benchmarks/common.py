@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 from funcml.errors import ConfigError  # noqa: E402
 from funcml.repro import env_info  # noqa: E402
 
-__all__ = ["ROOT", "RESULTS_DIR", "resolve_device", "set_threads", "synchronize", "machine_info", "machine_line",
+__all__ = ["ROOT", "RESULTS_DIR", "fresh_results_path", "resolve_device", "set_threads", "synchronize", "machine_info", "machine_line",
            "Timing", "time_fn", "time_interleaved", "peak_memory_mb", "reset_peak_memory", "measure_peak_memory",
            "write_json", "markdown_table"]
 
@@ -262,6 +262,16 @@ def measure_peak_memory(fn: Callable[[], Any], device: torch.device, calls: int 
 
 
 # --------------------------------------------------------------------------- output
+
+
+def fresh_results_path(name: str) -> Path:
+    """`benchmarks/results/<name>-<YYYYmmdd-HHMMSS>.json` (a suffix `-2`, `-3`, ... if taken): where a benchmark
+    writes when `--out` is not given, so that a run never replaces the committed `<name>.json` by accident."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = RESULTS_DIR / f"{name}-{stamp}.json", 2
+    while path.exists():
+        path, n = RESULTS_DIR / f"{name}-{stamp}-{n}.json", n + 1
+    return path
 
 
 def write_json(payload: Mapping[str, Any], out: str | os.PathLike) -> Path:

@@ -342,3 +342,16 @@ def test_ensemble_bench_vmapped_members_equal_sequential_single_models(tmp_path)
         # first two rates are 0 and 5e-3 / 30
         assert row["max_abs_param_diff"] <= 2 * 5e-3 / 30 + 1e-6
         assert row["vmapped_ms"] > 0 and row["sequential_ms"] > 0 and row["speedup"] > 0
+
+
+def test_without_out_a_benchmark_writes_a_fresh_file_and_never_the_committed_one(monkeypatch, tmp_path):
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    committed = tmp_path / "bench_optim.json"
+    committed.write_text("{}")
+    first = common.fresh_results_path("bench_optim")
+    first.write_text("{}")
+    second = common.fresh_results_path("bench_optim")
+    assert first.parent == tmp_path and first.name.startswith("bench_optim-") and first.suffix == ".json"
+    assert second != first and not second.exists() and committed.read_text() == "{}"
