@@ -4,6 +4,8 @@
     python experiments/asr_infer.py --run RUN --text "four two seven" --voice en+f3   # synthesize, then transcribe
     python experiments/asr_infer.py --run RUN --features feats.npy              # [T, F] float features
     python experiments/asr_infer.py --run RUN --features feats.safetensors --json
+    python experiments/asr_infer.py --run RUN --folder recordings/ --out runs/out.jsonl       # many files
+    python experiments/asr_infer.py --run RUN --manifest test.jsonl --out runs/out.jsonl     # + CER / WER
 
 Input (exactly one): `--wav` an audio file (WAV: PCM 8/16/24/32-bit or float 32/64-bit,
 WAVE_FORMAT_EXTENSIBLE, any channels, any sample rate: resampled to the front end's; FLAC /
@@ -13,15 +15,25 @@ vocabulary's characters only), or `--features` a `[T, F]` matrix in `.npy` or `.
 Prints the text and one line per token `start-end  token` in seconds (from CIF's firing
 frames), or a JSON object with `--json`. Mistakes (a missing file, a non-WAV file, empty
 audio, a wrong feature dimension, an unknown character) print one line `error: ...`, exit 2.
+
+Many files: `--folder` (every .wav/.flac/.ogg/.mp3 under it, recursively) or `--manifest` (a
+JSONL manifest or Kaldi data dir, whose transcripts become references) are transcribed in
+batches of `--batch-size` utterances sorted by length (little padding). Writes `--out`
+(JSONL, one line per file in input order: `file`, `text`, `tokens`, `timestamps` [[start_s,
+end_s], ...], `audio_seconds`, plus `ref` / `speaker` from a manifest, or `error` for a file
+skipped under `--on-error skip`) and `<out>.summary.json` (files, audio seconds, compute
+seconds, RTF, and CER / WER against the references, per speaker too), and prints the summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,7 +41,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
-from funcml.asr import audio, speech, task  # noqa: E402
+from funcml.asr import audio, manifest, speech, task  # noqa: E402
+from funcml.asr.metrics import cer, wer  # noqa: E402
 from funcml.asr.viz import save_cif_plot  # noqa: E402
 from funcml.errors import ConfigError, DataError, cli_main  # noqa: E402
 
@@ -54,6 +67,17 @@ class InferConfig:
     """Write a PNG of the log-mel spectrogram with the CIF weights and firing positions under it."""
     json: bool = False
     """Print one JSON object instead of text."""
+    folder: Path | None = None
+    """Transcribe every audio file under this folder (recursively), in length-sorted batches."""
+    manifest: Path | None = None
+    """Transcribe the utterances of a JSONL manifest or Kaldi data dir; its texts are the references."""
+    out: Path | None = None
+    """With --folder / --manifest: the JSONL to write (default: transcripts.jsonl in the current folder)."""
+    batch_size: int = 16
+    """With --folder / --manifest: utterances per forward pass."""
+    on_error: Literal["stop", "skip"] = "stop"
+    """With --folder / --manifest: a file that cannot be read stops the run (exit 2), or is skipped and
+    listed with its error in the output."""
 
 
 def load_features(path: Path) -> torch.Tensor:
@@ -84,20 +108,109 @@ def load_features(path: Path) -> torch.Tensor:
     raise DataError(f"--features {path}: unsupported file type {path.suffix!r}; use .npy or .safetensors")
 
 
+AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".mp3")
+
+
+def _folder_utterances(folder: Path) -> list[manifest.Utterance]:
+    if not folder.is_dir():
+        raise DataError(f"--folder {folder}: no such folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise DataError(f"--folder {folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under it")
+    return [manifest.Utterance(p.resolve(), "", None, None, str(p), str(p)) for p in files]
+
+
+def _scores(rows: list[dict]) -> dict:
+    scored = [r for r in rows if r.get("ref") is not None and "error" not in r]
+    if not scored:
+        return {}
+    out = {"cer": cer([r["ref"] for r in scored], [r["text"] for r in scored]),
+           "wer": wer([r["ref"] for r in scored], [r["text"] for r in scored]), "scored": len(scored)}
+    speakers = sorted({r["speaker"] for r in scored if r.get("speaker") is not None})
+    if speakers:
+        out["per_speaker"] = {s: _scores([{**r, "speaker": None} for r in scored if r.get("speaker") == s])
+                              for s in speakers}
+    return out
+
+
+def transcribe_many(cfg: "InferConfig", train_cfg, params, tok) -> dict:
+    """Transcribe --folder / --manifest in length-sorted batches; write the JSONL and the summary."""
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if train_cfg.data == "toy":
+        raise ConfigError(f"{cfg.run} was trained on toy features, not audio; --folder / --manifest need an audio "
+                          "model")
+    utts = _folder_utterances(cfg.folder) if cfg.folder is not None else manifest.read_manifest(cfg.manifest)
+    t0 = time.perf_counter()
+    feats: list = [None] * len(utts)
+    rows: list[dict] = []
+    for i, u in enumerate(utts):
+        row = {"file": str(u.audio)}
+        if cfg.manifest is not None:
+            row.update(ref=u.text, **({"speaker": u.speaker} if u.speaker is not None else {}))
+        try:
+            (feats[i],) = manifest.load_features([u], train_cfg.frontend, cache_dir=None)
+        except DataError as e:
+            if cfg.on_error == "stop":
+                raise
+            row["error"] = str(e)
+        rows.append(row)
+    frontend_s = time.perf_counter() - t0
+    order = sorted((i for i in range(len(utts)) if feats[i] is not None), key=lambda i: feats[i][0].shape[0])
+    t1 = time.perf_counter()
+    for start in range(0, len(order), cfg.batch_size):
+        group = order[start:start + cfg.batch_size]
+        hyps, _ = task.transcribe_features(params, train_cfg, tok, [feats[i][0] for i in group])
+        for i, h in zip(group, hyps):
+            rows[i].update(text=h.text, tokens=h.tokens, timestamps=[[s, e] for s, e in zip(h.starts, h.ends)],
+                           audio_seconds=round(feats[i][1], 3))
+    model_s = time.perf_counter() - t1
+    out = cfg.out or Path("transcripts.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    audio_s = sum(feats[i][1] for i in order)
+    summary = {"run": str(cfg.run), "input": str(cfg.folder or cfg.manifest), "files": len(utts),
+               "transcribed": len(order), "skipped": len(utts) - len(order), "audio_seconds": round(audio_s, 3),
+               "frontend_seconds": round(frontend_s, 3), "model_seconds": round(model_s, 3),
+               "rtf": round((frontend_s + model_s) / audio_s, 5) if audio_s > 0 else None,
+               "batch_size": cfg.batch_size, **_scores(rows), "out": str(out)}
+    for path, text in ((out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)),
+                       (out.with_name(out.name + ".summary.json"), json.dumps(summary, indent=2) + "\n")):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    print(f"{len(order)} of {len(utts)} files transcribed ({audio_s:.1f} s of audio, RTF {summary['rtf']}) "
+          f"-> {out}")
+    if "cer" in summary:
+        print(f"CER {100 * summary['cer']:.2f}%   WER {100 * summary['wer']:.2f}%   "
+              f"({summary['scored']} with references)")
+        for spk, r in summary.get("per_speaker", {}).items():
+            print(f"  speaker {spk:<12} CER {100 * r['cer']:6.2f}%   WER {100 * r['wer']:6.2f}%   ({r['scored']} utts)")
+    for r in rows:
+        if "error" in r:
+            print(f"skipped {r['file']}: {r['error']}", file=sys.stderr)
+    return summary
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(InferConfig, args=argv, description=__doc__.splitlines()[0])
-    given = [name for name in ("wav", "features", "text") if getattr(cfg, name) is not None]
+    given = [name for name in ("wav", "features", "text", "folder", "manifest") if getattr(cfg, name) is not None]
     if len(given) != 1:
-        raise ConfigError(f"give exactly one input: --wav, --features or --text (got {given or 'none'})")
+        raise ConfigError(f"give exactly one input: --wav, --features, --text, --folder or --manifest "
+                          f"(got {given or 'none'})")
     train_cfg, params, tok = task.load_model(cfg.run)
+    if cfg.folder is not None or cfg.manifest is not None:
+        return transcribe_many(cfg, train_cfg, params, tok)
     t0 = time.perf_counter()
     if cfg.features is not None:
         feats = load_features(cfg.features)
         (hyp,), out = task.transcribe_features(params, train_cfg, tok, [feats])
         seconds = feats.shape[0] * 0.01
     else:
-        if train_cfg.data != "speech":
+        if train_cfg.data == "toy":
             raise ConfigError(f"{cfg.run} was trained on toy features, not audio; give it --features")
         if cfg.text is not None:
             tok.encode(cfg.text.lower())  # an unknown character fails here, naming it
