@@ -291,3 +291,20 @@ def test_fsdd_converter_on_the_real_folder(real_data, tmp_path):
     assert out == {"manifest": str(tmp_path / "theo.jsonl"), "utterances": 500, "speakers": {"theo": 500}}
     utts = manifest.read_manifest(tmp_path / "theo.jsonl")
     assert {u.text for u in utts} == set(fsdd_manifest.DIGIT_WORDS)
+
+
+def test_speed_perturbation_stretches_the_audio_and_is_cached_apart(corpus, tmp_path):
+    utts = manifest.read_manifest(corpus / "m.jsonl")[:1]  # 0.3 s at 8 kHz
+    fe = FrontendConfig()
+    ((base, s1),) = manifest.load_features(utts, fe, cache_dir=tmp_path)
+    ((slow, s09),) = manifest.load_features(utts, fe, cache_dir=tmp_path, speed=0.9)
+    ((fast, s11),) = manifest.load_features(utts, fe, cache_dir=tmp_path, speed=1.1)
+    assert s09 == pytest.approx(s1 / 0.9, abs=2e-4) and s11 == pytest.approx(s1 / 1.1, abs=2e-4)
+    assert slow.shape[0] > base.shape[0] > fast.shape[0]
+    assert len(list((tmp_path / "features").rglob("*.npz"))) == 3
+    cfg = AsrTrainConfig(data="manifest", train_manifest=corpus / "m.jsonl", val_manifest=corpus / "m.jsonl",
+                         speed_perturb=(0.9, 1.1), cache_dir=tmp_path)
+    train = task.train_examples(task.resolve(cfg))
+    assert len(train) == 3 * len(TEXTS) and [e.text for e in train] == TEXTS * 3
+    with pytest.raises(ConfigError, match="speed_perturb factors"):
+        AsrTrainConfig(speed_perturb=(1.0,))

@@ -122,6 +122,9 @@ class AsrTrainConfig:
     oov: Literal["error", "drop", "strip", "unk"] = "error"
     """data=manifest: a transcript with a character / word outside the vocabulary is an error naming
     its line, or is dropped, stripped of those tokens, or encoded with <unk>."""
+    speed_perturb: tuple[float, ...] = ()
+    """data=manifest: also train on a copy of every training utterance at each of these speeds
+    (e.g. 0.9 1.1: Kaldi's 3-way speed perturbation; features cached like the originals)."""
     init_from: Path | None = None
     """Fine-tune: start from the params of this run's best checkpoint (or this checkpoint dir), with a
     new optimizer; the run's model, frontend and tokenizer are used."""
@@ -164,6 +167,8 @@ class AsrTrainConfig:
              f"data must be 'speech', 'toy' or 'manifest', got {self.data!r}")
         need(self.oov in ("error", "drop", "strip", "unk"), f"oov must be error, drop, strip or unk, got {self.oov!r}")
         need(self.data != "toy" or self.init_from is None, "--init-from needs audio data (speech or manifest)")
+        need(all(0.5 <= f <= 2.0 and f != 1.0 for f in self.speed_perturb),
+             f"speed_perturb factors must lie in [0.5, 2] and differ from 1, got {self.speed_perturb}")
         need(self.tokenizer in ("char", "word"), f"tokenizer must be 'char' or 'word', got {self.tokenizer!r}")
         need(self.data != "toy" or self.tokenizer == "char",
              "the toy data's tokens are characters: --tokenizer word needs audio data (--data speech or manifest)")
@@ -355,21 +360,26 @@ def _manifest(cfg: AsrTrainConfig, split: Literal["train", "val"]) -> Path:
     return path
 
 
-def manifest_examples(cfg: AsrTrainConfig, path: Path, tok: Tokenizer, *, with_speakers: bool = False
-                      ) -> list[Example] | tuple[list[Example], list[str | None]]:
+def manifest_examples(cfg: AsrTrainConfig, path: Path, tok: Tokenizer, *, with_speakers: bool = False,
+                      speeds: Sequence[float] = (1.0,)) -> list[Example] | tuple[list[Example], list[str | None]]:
     """The utterances of one manifest (JSONL or Kaldi dir) as Examples: transcripts checked against
     `tok` under `cfg.oov`, features through the content-keyed cache under `cfg.cache_dir`.
-    `with_speakers` also returns each example's speaker (None where the manifest gives none)."""
+    `with_speakers` also returns each example's speaker (None where the manifest gives none);
+    `speeds` lists the speed factors to load every utterance at (speed perturbation), in turn."""
     utts = manifest_lib.apply_vocabulary(manifest_lib.read_manifest(path), tok, oov=cfg.oov)
     n_max = cfg.model.max_tokens - int(cfg.model.predict_eos)
-    examples = []
-    for u, (feats, seconds) in zip(utts, manifest_lib.load_features(utts, cfg.frontend, cache_dir=cfg.cache_dir)):
-        ids = tok.encode(u.text)
-        if len(ids) > n_max:
-            raise DataError(f"{u.where}: {u.text!r} has {len(ids)} tokens but the model has max_tokens="
+    ids = []
+    for u in utts:
+        ids.append(tok.encode(u.text))
+        if len(ids[-1]) > n_max:
+            raise DataError(f"{u.where}: {u.text!r} has {len(ids[-1])} tokens but the model has max_tokens="
                             f"{cfg.model.max_tokens}; raise --model.max-tokens or split the utterance")
-        examples.append(Example(feats, ids, u.text, seconds))
-    return (examples, [u.speaker for u in utts]) if with_speakers else examples
+    examples = []
+    for speed in speeds:
+        loaded = manifest_lib.load_features(utts, cfg.frontend, cache_dir=cfg.cache_dir, speed=speed)
+        examples += [Example(f, t, u.text, s) for u, t, (f, s) in zip(utts, ids, loaded)]
+    speakers = [u.speaker for u in utts] * len(speeds)
+    return (examples, speakers) if with_speakers else examples
 
 
 def train_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
@@ -377,7 +387,8 @@ def train_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Ex
     if cfg.data == "toy":
         raise ConfigError("train_examples: toy training data is drawn per step (toy_batch), not a fixed set")
     if cfg.data == "manifest":
-        return manifest_examples(cfg, _manifest(cfg, "train"), tok or tokenizer_for(cfg))
+        return manifest_examples(cfg, _manifest(cfg, "train"), tok or tokenizer_for(cfg),
+                                 speeds=(1.0, *cfg.speed_perturb))
     return _speech_examples(cfg, "train", cfg.num_train, tok or tokenizer_for(cfg))
 
 
