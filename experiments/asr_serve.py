@@ -1,6 +1,7 @@
 """python experiments/asr_serve.py --run RUN   # serve a trained Paraformer over HTTP on 127.0.0.1:8000
 
     python experiments/asr_serve.py --run RUN --port 8080 --max-batch 16 --max-wait-ms 2
+    python experiments/asr_serve.py --run RUN --port 0 --port-file port.txt   # a free port, written to port.txt
     curl -s http://127.0.0.1:8000/healthz
     curl -s http://127.0.0.1:8000/v1/model
     curl -s -F file=@clip.wav http://127.0.0.1:8000/v1/transcribe                 # a 16-bit PCM WAV
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -39,7 +42,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     """Interface to listen on (0.0.0.0 exposes the service to the network)."""
     port: int = 8000
-    """TCP port."""
+    """TCP port; 0 picks a free one (printed, and written to --port-file)."""
+    port_file: Path | None = None
+    """Write the port the service listens on to this file once it is bound (for scripts, with --port 0)."""
     max_batch: int = 8
     """Most requests run as one batch."""
     max_wait_ms: float = 5.0
@@ -78,9 +83,32 @@ def main(argv: list[str] | None = None) -> None:
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
-    print(f"[asr_serve] {cfg.run} on http://{cfg.host}:{cfg.port} (max batch {cfg.max_batch}, max wait "
+    sock = _bind(cfg.host, cfg.port)
+    port = sock.getsockname()[1]
+    print(f"[asr_serve] {cfg.run} on http://{cfg.host}:{port} (max batch {cfg.max_batch}, max wait "
           f"{cfg.max_wait_ms:g} ms, {cfg.threads} torch thread(s))", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=False, log_level="warning")
+    if cfg.port_file is not None:
+        tmp = cfg.port_file.with_name(f".{cfg.port_file.name}.tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, cfg.port_file)  # a reader never sees a half-written file
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
+    server.run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port); port 0 lets the OS pick a free one. A port in use is a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port (0 picks a free "
+                          "one)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":
