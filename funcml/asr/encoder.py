@@ -113,33 +113,34 @@ _CONV2D_MIN_FRAMES = 7
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """The encoder's sizes and variant (see the module doc for the equations).
-
-    input_dim: F, the feature dim of `x: [B, T, F]` (80 log-mels; 560 for 7 x 80 LFR features).
-    d_model: D, the residual width (even: the sinusoids come in sin/cos pairs).
-    num_heads: H, a divisor of D. d_ff: the FFN hidden width. num_layers: L blocks.
-    block: `"transformer"`, `"conformer"` or `"sanm"`.
-    input_layer: `"conv2d"` (4x time subsampling; needs F >= 7) or `"linear"` (no subsampling).
-    conv_channels: C of the conv2d subsampling (0 = D).
-    conv_kernel: the Conformer depthwise kernel (odd). fsmn_kernel: the SAN-M memory kernel (odd).
-    dropout: the rate used everywhere in train mode, in [0, 1).
-    impl: `"sdpa"` or `"math"` attention (`funcml.nn.attention`).
-    activation: the FFN nonlinearity (a name of `funcml.nn.layers.activation`).
-    """
+    """The encoder's sizes and variant (see the module doc for the equations)."""
 
     input_dim: int = 80
+    """F, the feature dim of `x: [B, T, F]` (80 log-mels; 560 for 7 x 80 LFR features)."""
     d_model: int = 144
+    """D, the residual width (even: the sinusoids come in sin/cos pairs)."""
     num_heads: int = 4
+    """H, attention heads (a divisor of D)."""
     d_ff: int = 576
+    """The FFN hidden width."""
     num_layers: int = 4
+    """L, the number of encoder blocks."""
     block: Literal["transformer", "conformer", "sanm"] = "transformer"
+    """The block: transformer, conformer (+ depthwise conv module) or sanm (+ FSMN memory)."""
     input_layer: Literal["conv2d", "linear"] = "conv2d"
+    """conv2d (4x time subsampling; needs F >= 7) or linear (no subsampling)."""
     conv_channels: int = 0
+    """C of the conv2d subsampling (0 = D)."""
     conv_kernel: int = 15
+    """The Conformer depthwise kernel (odd)."""
     fsmn_kernel: int = 11
+    """The SAN-M memory kernel (odd)."""
     dropout: float = 0.1
+    """The dropout rate used everywhere in train mode, in [0, 1)."""
     impl: Literal["sdpa", "math"] = "sdpa"
+    """Attention implementation: sdpa (fused) or math (the equations; same numbers)."""
     activation: str = "relu"
+    """The FFN nonlinearity (a name of `funcml.nn.layers.activation`)."""
 
     def __post_init__(self):
         for field in ("input_dim", "d_model", "num_heads", "d_ff", "num_layers"):

@@ -57,32 +57,32 @@ _BLANK_ID = 4  # CharTokenizer's default id of <blank>
 
 @dataclasses.dataclass(frozen=True)
 class ParaformerConfig:
-    """A Paraformer.
-
-    vocab_size: V, the tokenizer's size (specials included).
-    encoder: the encoder (input layer, block type, sizes; see `funcml.asr.encoder`).
-    decoder_layers: NAR decoder blocks; decoder_d_ff: their FFN width (0 = `encoder.d_ff`).
-        The decoder uses the encoder's `d_model`, `num_heads`, dropout, attention impl and activation.
-    predictor_kernel: the CIF predictor's conv1d kernel.
-    threshold: CIF's firing threshold beta; tail_threshold: the inference tail (0.45).
-    max_tokens: N, the static number of token slots (targets longer than N - predict_eos are an error).
-    ctc: add a CTC head on the encoder (used by the loss when `LossConfig.ctc_weight > 0`).
-    predict_eos: fire one `<eos>` token after the text (id `eos_id`).
-    eos_id, blank_id: ids of `<eos>` and the CTC `<blank>` (CharTokenizer's defaults).
-    """
+    """A Paraformer: encoder, CIF predictor, non-autoregressive decoder (see the module doc)."""
 
     vocab_size: int = 32
+    """V, the tokenizer's size, specials included (filled in from the data by the task)."""
     encoder: EncoderConfig = EncoderConfig()
+    """The encoder (input layer, block type, sizes; see `funcml.asr.encoder`)."""
     decoder_layers: int = 2
+    """NAR decoder blocks (they use the encoder's d_model, heads, dropout, attention impl, activation)."""
     decoder_d_ff: int = 0
+    """The decoder's FFN width (0 = encoder.d_ff)."""
     predictor_kernel: int = 3
+    """The CIF predictor's conv1d kernel."""
     threshold: float = 1.0
+    """CIF's firing threshold beta."""
     tail_threshold: float = 0.45
+    """At inference, a leftover weight above this fires one last token."""
     max_tokens: int = 48
+    """N, the static number of token slots (targets longer than N - predict_eos are an error)."""
     ctc: bool = False
+    """Add a CTC head on the encoder (used by the loss when ctc_weight > 0)."""
     predict_eos: bool = False
+    """Fire one <eos> token after the text."""
     eos_id: int = _EOS_ID
+    """The id of <eos> (the tokenizers' default)."""
     blank_id: int = _BLANK_ID
+    """The id of the CTC <blank> (the tokenizers' default)."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -108,18 +108,18 @@ class ParaformerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Weights of the Paraformer training loss (see the module doc).
-
-    ce_weight, quantity_weight, ctc_weight: the terms' weights (CTC needs `ParaformerConfig.ctc`).
-    label_smoothing: epsilon of the smoothed CE, in [0, 1).
-    glance_ratio: the GLM sampler's ratio (0 = one decoder pass, no glancing).
-    """
+    """Weights of the Paraformer training loss (see the module doc)."""
 
     ce_weight: float = 1.0
+    """Weight of the (label-smoothed) cross-entropy of the decoder."""
     quantity_weight: float = 1.0
+    """Weight of the quantity loss |sum(alpha) - L| of CIF."""
     ctc_weight: float = 0.0
+    """Weight of the CTC loss on the encoder (needs --model.ctc)."""
     label_smoothing: float = 0.1
+    """Epsilon of the smoothed CE, in [0, 1)."""
     glance_ratio: float = 0.75
+    """The glancing sampler's ratio (0 = one decoder pass, no glancing)."""
 
     def __post_init__(self) -> None:
         for name in ("ce_weight", "quantity_weight", "ctc_weight"):

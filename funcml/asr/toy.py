@@ -52,31 +52,30 @@ _PROTOTYPE_STREAM = "funcml.asr.toy.prototypes"
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
-    """The toy distribution (ranges are inclusive).
-
-    vocab: the characters, in the order of their prototypes; may include a space.
-    feat_dim: F, the feature size.
-    min_len, max_len: characters per utterance.
-    frames_per_token: (min, max) duration of a token, in frames.
-    noise: standard deviation of the Gaussian noise added to every valid frame.
-    coarticulation: c in [0, 0.5], the weight of a neighbour's prototype at a token boundary.
-    silence: (min, max) silence frames before and, independently, after the speech.
-    space_prob: probability that an interior position is a space (if `" "` is in vocab).
-    prototype_scale: standard deviation of the prototypes' entries.
-    prototype_seed: the seed of the prototypes (fixed across batches and splits).
-    """
+    """The toy distribution (ranges are inclusive)."""
 
     vocab: str = "abcdefghij"
+    """The characters, in the order of their prototypes; may include a space."""
     feat_dim: int = 40
+    """F, the feature size."""
     min_len: int = 3
+    """Fewest characters per utterance."""
     max_len: int = 12
+    """Most characters per utterance."""
     frames_per_token: tuple[int, int] = (4, 9)
+    """(min, max) duration of a token, in frames."""
     noise: float = 0.3
+    """Standard deviation of the Gaussian noise added to every valid frame."""
     coarticulation: float = 0.3
+    """c in [0, 0.5], the weight of a neighbour's prototype at a token boundary."""
     silence: tuple[int, int] = (0, 3)
+    """(min, max) silence frames before and, independently, after the speech."""
     space_prob: float = 0.15
+    """Probability that an interior position is a space (if a space is in vocab)."""
     prototype_scale: float = 1.0
+    """Standard deviation of the prototypes' entries."""
     prototype_seed: int = 0
+    """The seed of the prototypes (fixed across batches and splits)."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:

@@ -47,18 +47,18 @@ def _check_positive(name: str, field: str, value: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class MLPConfig:
-    """A multi-layer perceptron `in_dim -> hidden... -> out_dim`.
-
-    in_dim: input features. hidden: widths of the hidden layers (`()` gives a linear model).
-    out_dim: output features. activation: a name accepted by `funcml.nn.layers.activation`.
-    dropout: rate applied after every hidden activation in train mode (needs a key).
-    """
+    """A multi-layer perceptron `in_dim -> hidden... -> out_dim`."""
 
     in_dim: int = 8
+    """Input features."""
     hidden: tuple[int, ...] = (32, 32)
+    """Widths of the hidden layers (`()` gives a linear model)."""
     out_dim: int = 1
+    """Output features."""
     activation: str = "relu"
+    """A name accepted by `funcml.nn.layers.activation`."""
     dropout: float = 0.0
+    """Rate applied after every hidden activation in train mode (needs a key)."""
 
     def __post_init__(self):
         _check_positive("MLPConfig", "in_dim", self.in_dim)
@@ -114,17 +114,18 @@ def apply_mlp(params: PyTree, state: PyTree, x: torch.Tensor, cfg: MLPConfig, *,
 class CNNConfig:
     """A small image classifier: one block per entry of `channels`, each
     `conv3x3(stride 2) -> BatchNorm -> ReLU` (so every block halves H and W), then a global
-    average pool, dropout, and a dense head to `num_classes` logits.
-
-    norm: "batch" (BatchNorm with running statistics in the state; the conv has no bias) or
-    "none" (the conv has a bias, the state is `{}`).
-    """
+    average pool, dropout, and a dense head to `num_classes` logits."""
 
     in_channels: int = 1
+    """Input image channels."""
     channels: tuple[int, ...] = (8, 16)
+    """Output channels of each block."""
     num_classes: int = 10
+    """Logits of the head."""
     norm: str = "batch"
+    """batch (BatchNorm with running statistics in the state; the conv has no bias) or none (a conv bias, state {})."""
     dropout: float = 0.0
+    """Rate applied before the head in train mode (needs a key)."""
 
     def __post_init__(self):
         _check_positive("CNNConfig", "in_channels", self.in_channels)

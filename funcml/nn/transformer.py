@@ -44,20 +44,22 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """Sizes of a transformer stack, for callers that keep them in a config.
-
-    d_model: the residual width D. num_heads: H, a divisor of D. d_ff: the FFN hidden width.
-    num_layers: L blocks. dropout: the rate used everywhere in train mode. impl: `"sdpa"`
-    or `"math"` (see `funcml.nn.attention`). activation: the FFN nonlinearity.
-    """
+    """Sizes of a transformer stack, for callers that keep them in a config."""
 
     d_model: int
+    """The residual width D."""
     num_heads: int
+    """H, attention heads (a divisor of D)."""
     d_ff: int
+    """The FFN hidden width."""
     num_layers: int
+    """L, the number of blocks."""
     dropout: float = 0.0
+    """The rate used everywhere in train mode."""
     impl: str = "sdpa"
+    """sdpa (fused) or math (the equations; see `funcml.nn.attention`)."""
     activation: str = "gelu"
+    """The FFN nonlinearity."""
 
     def __post_init__(self):
         for field in ("d_model", "num_heads", "d_ff", "num_layers"):

@@ -11,8 +11,8 @@ from a key). So a run resumed at step k sees exactly the batches it would have s
 with the step key `fold_in(ts.key, ts.step)` it reproduces the uninterrupted run bit for bit.
 
 The loop: progress (`funcml.train.progress`: a bar with loss, throughput and the latest
-validation metric in a terminal, plain lines every ~15 s and at each eval anywhere else); metrics logged every `log_every` steps to
-the run directory; eval every `eval_every` steps and at the end; a checkpoint at every eval
+validation metric in a terminal, plain lines every ~15 s and at each eval anywhere else);
+metrics logged every `log_every` steps to the run directory; eval every `eval_every` steps and at the end; a checkpoint at every eval
 (ranked by the eval metrics) and every `ckpt_every` steps; resume from the latest
 checkpoint; early stop on an eval metric; Ctrl-C saves a checkpoint and returns cleanly
 with `summary["interrupted"] = True`; a final summary written to `summary.json`.
@@ -53,9 +53,13 @@ class EarlyStop:
     """Stop when `metric` (an eval metric name) has not improved by `min_delta` for `patience` evals."""
 
     metric: str
+    """The eval metric to watch, e.g. val/miou."""
     mode: Literal["max", "min"] = "max"
+    """max: higher is better; min: lower is better."""
     patience: int = 5
+    """Evaluations without improvement before stopping."""
     min_delta: float = 0.0
+    """The smallest change that counts as an improvement."""
 
     def improved(self, value: float, best: float | None) -> bool:
         """Whether `value` beats `best` by more than `min_delta` in the direction of `mode`; any non-NaN value
@@ -161,7 +165,7 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
     reporter = Progress(num_steps, start, desc, enabled=progress and main)
 
     def do_eval(step: int) -> dict[str, float]:
-        nonlocal best_value, best_step, evals_without_improvement, last_eval
+        nonlocal best_value, best_step, evals_without_improvement, last_eval, shown_best
         if eval_fn is None:
             metrics = {}
         elif dp:
@@ -179,8 +183,8 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
                 evals_without_improvement += 1
         if on_eval is not None and main:
             on_eval(step, metrics)
-        nonlocal shown_best
-        if monitor is not None and monitor.metric in metrics and monitor.improved(metrics[monitor.metric], shown_best[0]):
+        value = metrics.get(monitor.metric) if monitor is not None else None
+        if value is not None and monitor.improved(value, shown_best[0]):
             shown_best = (metrics[monitor.metric], step)
         reporter.eval(step, metrics, (monitor.metric, *shown_best) if monitor is not None else None)
         return metrics
