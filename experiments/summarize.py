@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from funcml import config
-from funcml.errors import DataError, cli_main
+from funcml.errors import ConfigError, DataError, cli_main
 from funcml.summary import find_runs, markdown_table, summarize_runs, write_plots, write_summary
 
 
@@ -40,6 +40,12 @@ class SummarizeConfig:
     """Metrics whose best is their lowest value, e.g. `val/score`."""
     plots: bool = True
     """Write the PNG plots."""
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.maximize) & set(self.minimize))
+        if both:
+            raise ConfigError(f"--maximize and --minimize both name {both}: say once which way is better for "
+                              "each metric")
 
 
 @cli_main

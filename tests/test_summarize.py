@@ -290,3 +290,10 @@ def test_cli_on_a_missing_folder_exits_2_with_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_a_metric_both_maximized_and_minimized(tmp_path):
+    proc = _cli("--runs", str(tmp_path), "--maximize", "cer", "--minimize", "cer", "wer")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    text = " ".join(proc.stderr.replace("│", " ").split())  # tyro frames config errors in a box
+    assert "--maximize and --minimize both name ['cer']: say once which way is better for each metric" in text
