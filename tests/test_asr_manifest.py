@@ -308,3 +308,14 @@ def test_speed_perturbation_stretches_the_audio_and_is_cached_apart(corpus, tmp_
     assert len(train) == 3 * len(TEXTS) and [e.text for e in train] == TEXTS * 3
     with pytest.raises(ConfigError, match="speed_perturb factors"):
         AsrTrainConfig(speed_perturb=(1.0,))
+
+
+def test_mix_speech_adds_synthesized_utterances_to_the_real_ones(corpus, tmp_path):
+    cfg = AsrTrainConfig(data="manifest", train_manifest=corpus / "m.jsonl", val_manifest=corpus / "m.jsonl",
+                         mix_speech=3, cache_dir=tmp_path)
+    tok = task.tokenizer_for(AsrTrainConfig(data="speech"))  # spells the manifest's and the corpus's texts
+    train = task.train_examples(task.resolve(cfg), tok)
+    assert len(train) == len(TEXTS) + 3 and [e.text for e in train[:len(TEXTS)]] == TEXTS
+    assert all(e.features.shape[1] == 80 and e.tokens == tok.encode(e.text) for e in train[len(TEXTS):])
+    with pytest.raises(ConfigError, match="mix_speech must be >= 0"):
+        AsrTrainConfig(mix_speech=-1)

@@ -125,6 +125,9 @@ class AsrTrainConfig:
     speed_perturb: tuple[float, ...] = ()
     """data=manifest: also train on a copy of every training utterance at each of these speeds
     (e.g. 0.9 1.1: Kaldi's 3-way speed perturbation; features cached like the originals)."""
+    mix_speech: int = 0
+    """data=manifest: also train on this many synthesized utterances (the speech corpus's training
+    voices, `speech` settings), so that fine-tuning keeps hearing many voices."""
     init_from: Path | None = None
     """Fine-tune: start from the params of this run's best checkpoint (or this checkpoint dir), with a
     new optimizer; the run's model, frontend and tokenizer are used."""
@@ -167,6 +170,7 @@ class AsrTrainConfig:
              f"data must be 'speech', 'toy' or 'manifest', got {self.data!r}")
         need(self.oov in ("error", "drop", "strip", "unk"), f"oov must be error, drop, strip or unk, got {self.oov!r}")
         need(self.data != "toy" or self.init_from is None, "--init-from needs audio data (speech or manifest)")
+        need(self.mix_speech >= 0, f"mix_speech must be >= 0, got {self.mix_speech}")
         need(all(0.5 <= f <= 2.0 and f != 1.0 for f in self.speed_perturb),
              f"speed_perturb factors must lie in [0.5, 2] and differ from 1, got {self.speed_perturb}")
         need(self.tokenizer in ("char", "word"), f"tokenizer must be 'char' or 'word', got {self.tokenizer!r}")
@@ -387,8 +391,9 @@ def train_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Ex
     if cfg.data == "toy":
         raise ConfigError("train_examples: toy training data is drawn per step (toy_batch), not a fixed set")
     if cfg.data == "manifest":
-        return manifest_examples(cfg, _manifest(cfg, "train"), tok or tokenizer_for(cfg),
-                                 speeds=(1.0, *cfg.speed_perturb))
+        tok = tok or tokenizer_for(cfg)
+        real = manifest_examples(cfg, _manifest(cfg, "train"), tok, speeds=(1.0, *cfg.speed_perturb))
+        return real + (_speech_examples(cfg, "train", cfg.mix_speech, tok) if cfg.mix_speech else [])
     return _speech_examples(cfg, "train", cfg.num_train, tok or tokenizer_for(cfg))
 
 
