@@ -11,7 +11,9 @@ manifest (it picks the best checkpoint), and every recording of the held-out spe
 test manifest (experiments/fsdd_manifest.py writes them). Each fold runs
 `experiments/asr_train.py manifest --init-from RUN` (params of RUN's best checkpoint, a new
 optimizer; RUN's model, front end and tokenizer) with this script's `--steps`, `--lr`, ...,
-and, with `--scratch`, the same training from a fresh init (the ablation: what the
+speed perturbation of the recordings (`--speed-perturb`) and `--mix-speech` synthesized digit
+strings mixed in (so that fine-tuning keeps hearing many voices), and, with `--scratch`, the
+same training from a fresh init (the ablation: what the
 synthetic pre-training is worth). Before fine-tuning, RUN itself is scored on the held-out
 speaker (zero-shot).
 
@@ -69,8 +71,15 @@ class FinetuneBenchConfig:
     eval_every: int = 100
     speed_perturb: tuple[float, ...] = (0.9, 1.1)
     """Speed perturbation of the training recordings (empty: none)."""
-    tokenizer: str = "char"
-    """Token unit of the from-scratch runs (fine-tuning uses the run's)."""
+    mix_speech: int = 1500
+    """Synthesized digit strings (the speech corpus's training voices) mixed into each fold's training
+    set (0: real recordings only); the scratch runs get them too with word tokens (a vocabulary of
+    digit words spells them; one of characters from single digits has no space)."""
+    mix_digits_len: tuple[int, int] = (1, 3)
+    """Digit-string lengths of the mixed synthesized utterances (FSDD holds single digits)."""
+    tokenizer: str | None = None
+    """Token unit of the from-scratch runs, "char" or "word" (default: the --init-from run's, else "word");
+    fine-tuning always uses the run's."""
     train_flags: str = ""
     """More experiments/asr_train.py flags for every fold, written with '=': --train-flags="--max-freq 27"."""
     seed: int = 0
@@ -108,7 +117,10 @@ def _train(cfg: FinetuneBenchConfig, paths: dict[str, Path], runs: Path, init: b
             "--warmup-steps", str(cfg.warmup_steps), "--batch-size", str(cfg.batch_size),
             "--eval-every", str(cfg.eval_every), "--seed", str(cfg.seed), "--runs-dir", str(runs),
             "--cache-dir", str(cfg.cache_dir), "--speed-perturb", *map(str, cfg.speed_perturb)]
-    args += ["--init-from", str(cfg.init_from)] if init else ["--tokenizer", cfg.tokenizer]
+    unit = cfg.tokenizer or (task.load_model(cfg.init_from)[0].tokenizer if cfg.init_from is not None else "word")
+    args += ["--init-from", str(cfg.init_from)] if init else ["--tokenizer", unit]
+    if cfg.mix_speech and (init or unit == "word"):
+        args += ["--mix-speech", str(cfg.mix_speech), "--speech.digits-len", *map(str, cfg.mix_digits_len)]
     args += shlex.split(cfg.train_flags)
     train_cfg = config.cli(task.AsrTrainConfig, presets=task.PRESETS, args=args)
     t0 = time.perf_counter()

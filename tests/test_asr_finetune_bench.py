@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import asr_finetune  # noqa: E402
 
 _TINY = ["--speakers", "theo", "--max-index", "1", "--val-indices", "0", "0", "--steps", "2", "--eval-every", "2",
-         "--batch-size", "4", "--warmup-steps", "1", "--speed-perturb", "0.9",
+         "--batch-size", "4", "--warmup-steps", "1", "--speed-perturb", "0.9", "--mix-speech", "4",
          "--train-flags=--model.encoder.num-layers 1 --model.encoder.d-model 32 --model.encoder.d-ff 64"]
 
 
@@ -35,6 +35,11 @@ def test_leave_one_speaker_out_fine_tunes_and_reports_every_mode(real_data, tmp_
     for mode in ("zero_shot", "init", "scratch"):
         assert 0 <= fold[mode]["test_cer"] and 0 <= fold[mode]["test_wer"], mode
     assert set(out["mean"]) == {"zero_shot", "init", "scratch"}
+    for mode in ("init", "scratch"):  # both train on the real recordings plus the synthesized mix
+        saved_cfg = json.loads((Path(fold[mode]["run"]) / "config.json").read_text())
+        assert saved_cfg["mix_speech"] == 4 and saved_cfg["speed_perturb"] == [0.9]
+    assert json.loads((Path(fold["init"]["run"]) / "config.json").read_text())["init_from"] == scratch["folds"][0][
+        "scratch"]["run"]
     saved = json.loads((tmp_path / "f.json").read_text())
     assert saved["folds"][0]["init"]["test_wer"] == fold["init"]["test_wer"]
     printed = capsys.readouterr().out
