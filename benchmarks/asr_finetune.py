@@ -64,7 +64,7 @@ class FinetuneBenchConfig:
     """Recording indices [LO, HI] of the training speakers kept for validation."""
     max_index: int | None = None
     """Use only recordings with index <= this (a quick run; default: all)."""
-    steps: int = 400
+    steps: int = 600
     lr: float = 1e-3
     warmup_steps: int = 40
     batch_size: int = 16
