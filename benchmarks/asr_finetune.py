@@ -65,10 +65,15 @@ class FinetuneBenchConfig:
     max_index: int | None = None
     """Use only recordings with index <= this (a quick run; default: all)."""
     steps: int = 600
+    """Training steps per fold and mode."""
     lr: float = 1e-3
+    """Peak learning rate (AdamW, warmup + cosine)."""
     warmup_steps: int = 40
+    """Linear warmup steps."""
     batch_size: int = 16
+    """Utterances per step."""
     eval_every: int = 100
+    """Validate (and checkpoint) every this many steps; the best val CER's checkpoint is tested."""
     speed_perturb: tuple[float, ...] = (0.9, 1.1)
     """Speed perturbation of the training recordings (empty: none)."""
     mix_speech: int = 1500
@@ -86,6 +91,7 @@ class FinetuneBenchConfig:
     threads: int = 1
     """torch threads (1 on the shared machine)."""
     device: str = "cpu"
+    """Only "cpu": the fold runs use funcml's CPU training loop."""
     runs_dir: Path = Path("runs/asr-finetune")
     """Where the manifests and the fold runs go."""
     cache_dir: Path = Path(".cache/funcml-speech")
