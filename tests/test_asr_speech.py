@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import time
@@ -152,6 +153,99 @@ def test_added_noise_is_at_the_drawn_snr(train_corpus):
         assert abs(snr - u.snr_db) < 0.5
 
 
+# ---------------------------------------------------------------- sim-to-real augmentation
+
+AUG = speech.SpeechConfig(
+    digits_len=(1, 2), sample_rate=8000, train_voices=speech.WIDE_TRAIN_VOICES, rate_range=(100, 260),
+    pitch_range=(10, 90), intonation_range=(10, 90), word_gap_range=(0, 20), warp_range=(0.85, 1.2),
+    speed_factors=(0.9, 1.0, 1.1), reverb_prob=0.5, eq_db=8.0, noise_beta_range=(0.0, 2.0), babble_prob=0.5,
+    snr_db_range=(5.0, 35.0), lowpass_hz_range=(3000.0, 3400.0), highpass_hz_range=(0.0, 300.0))
+
+
+def test_augmented_corpus_same_key_same_bits_and_records_its_draws():
+    a = speech.make_corpus(random.key(11), 6, AUG)
+    b = speech.make_corpus(random.key(11), 6, AUG)
+    assert all(torch.equal(x.waveform, y.waveform) for x, y in zip(a, b))
+    for u in a:
+        assert u.sample_rate == 8000 and u.voice in speech.WIDE_TRAIN_VOICES
+        assert 0.85 <= u.warp < 1.2 and u.speed in (0.9, 1.0, 1.1)
+
+
+def test_augmented_corpus_has_no_energy_above_the_highest_low_pass():
+    for u in speech.make_corpus(random.key(12), 4, AUG):
+        spec = torch.fft.rfft(u.waveform.double()).abs().pow(2)
+        f = torch.arange(spec.numel(), dtype=torch.float64) * 8000 / u.waveform.numel()
+        assert float(spec[f > 3500].sum() / spec.sum()) < 1e-3
+
+
+def test_speed_factor_changes_duration_and_warp_keeps_it():
+    base = dataclasses.replace(SMALL, text_kind="digits", snr_db_range=None)
+    plain = speech.make_corpus(random.key(13), 2, base)
+    fast = speech.make_corpus(random.key(13), 2, dataclasses.replace(base, speed_factors=(1.25,)))
+    warped = speech.make_corpus(random.key(13), 2, dataclasses.replace(base, warp_range=(1.2, 1.2)))
+    for p, f, w in zip(plain, fast, warped):
+        assert p.text == f.text == w.text
+        assert f.waveform.numel() == pytest.approx(p.waveform.numel() / 1.25, rel=0.01)
+        assert w.waveform.numel() == pytest.approx(p.waveform.numel(), rel=0.12)      # espeak's rate is whole wpm
+
+
+def test_word_gap_lengthens_speech_and_intonation_changes_it():
+    plain, _ = speech.synthesize("one two three", "en+m3", 160, 50)
+    gapped, _ = speech.synthesize("one two three", "en+m3", 160, 50, word_gap=20)
+    flat, _ = speech.synthesize("one two three", "en+m3", 160, 50, intonation=0)
+    assert gapped.numel() > plain.numel() + 0.3 * 22050                 # two gaps of 200 ms
+    assert flat.numel() != plain.numel() or not torch.equal(flat, plain)
+
+
+def test_cache_key_changes_with_every_new_field(tmp_path):
+    base = dataclasses.replace(SMALL, text_kind="digits", digits_len=(1, 1))
+    for change in ({"eq_db": 3.0}, {"warp_range": (0.9, 1.1)}, {"speed_factors": (0.9, 1.1)}, {"reverb_prob": 0.5},
+                   {"babble_prob": 0.5}, {"lowpass_hz_range": (3000.0, 4000.0)}, {"word_gap_range": (0, 5)}):
+        assert speech._cache_path(tmp_path, random.key(0), 1, base, "train") != \
+            speech._cache_path(tmp_path, random.key(0), 1, dataclasses.replace(base, **change), "train"), change
+
+
+def test_augmented_corpus_round_trips_through_the_cache(tmp_path):
+    fresh = speech.make_corpus(random.key(14), 3, AUG, cache_dir=tmp_path)
+    cached = speech.make_corpus(random.key(14), 3, AUG, cache_dir=tmp_path)
+    for a, b in zip(fresh, cached):
+        assert (a.text, a.voice, a.warp, a.speed, a.snr_db) == (b.text, b.voice, b.warp, b.speed, b.snr_db)
+        assert torch.equal(a.waveform, b.waveform)
+
+
+def test_wide_voices_leave_out_the_held_out_test_variants():
+    test_variants = {v.partition("+")[2] for v in speech.SpeechConfig().test_voices}
+    assert not {v.partition("+")[2] for v in speech.WIDE_TRAIN_VOICES} & test_variants
+    assert len(set(speech.WIDE_TRAIN_VOICES)) == len(speech.ENGLISH_LANGS) * len(speech.WIDE_VARIANTS)
+    speech.SpeechConfig(train_voices=speech.WIDE_TRAIN_VOICES)       # valid with the default test voices
+
+
+def test_a_sample_of_the_wide_voices_speaks():
+    for voice in speech.WIDE_TRAIN_VOICES[::37]:
+        wave, sr = speech.synthesize("seven", voice, 160, 50)
+        assert wave.numel() > 0.2 * sr, voice
+
+
+@pytest.mark.slow
+def test_every_wide_voice_speaks():
+    for voice in speech.WIDE_TRAIN_VOICES:
+        wave, sr = speech.synthesize("seven", voice, 160, 50)
+        assert wave.numel() > 0.2 * sr, voice
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"warp_range": (0.3, 1.0)}, "warp_range"),
+    ({"speed_factors": ()}, "speed_factors"),
+    ({"reverb_prob": 1.5}, "reverb_prob"),
+    ({"lowpass_hz_range": (3000.0, 9000.0)}, "Nyquist"),
+    ({"intonation_range": (10, 120)}, "intonation_range"),
+    ({"noise_beta_range": (-1.0, 1.0)}, "noise_beta_range"),
+])
+def test_config_rejects_bad_augmentation_settings(change, match):
+    with pytest.raises(ConfigError, match=match):
+        speech.SpeechConfig(**change)
+
+
 # ---------------------------------------------------------------- audio I/O
 
 
@@ -210,13 +304,13 @@ def test_empty_wav_is_a_data_error_naming_it(tmp_path):
         audio.read_wav(tmp_path / "empty.wav")
 
 
-def test_float_wav_format_is_a_data_error_naming_it(tmp_path):
+def test_float_wav_is_read_as_stored(tmp_path):
     data = struct.pack("<2f", 0.5, -0.5)
     fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)          # WAVE_FORMAT_IEEE_FLOAT
     riff = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
     (tmp_path / "float.wav").write_bytes(b"RIFF" + struct.pack("<I", len(riff)) + riff)
-    with pytest.raises(DataError, match="float.wav"):
-        audio.read_wav(tmp_path / "float.wav")
+    y, sr = audio.read_wav(tmp_path / "float.wav")
+    assert sr == 16000 and y.tolist() == [0.5, -0.5]
 
 
 def test_missing_file_is_a_data_error_naming_it(tmp_path):

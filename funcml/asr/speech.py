@@ -59,9 +59,11 @@ import torch
 
 from .. import random
 from ..errors import ConfigError, DataError, RangeError
+from . import augment
 from .audio import resample
 
-__all__ = ["SpeechConfig", "Utterance", "synthesize", "make_corpus", "espeak_version", "DIGITS", "WORDS"]
+__all__ = ["SpeechConfig", "Utterance", "synthesize", "make_corpus", "espeak_version", "DIGITS", "WORDS",
+           "ENGLISH_LANGS", "WIDE_VARIANTS", "WIDE_TRAIN_VOICES"]
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 WORDS = (
@@ -70,14 +72,33 @@ WORDS = (
     "open", "close", "light", "water", "music", "play", "start", "next", "back", "home",
 )
 
+# Wider training voices (sim-to-real): every English language of espeak-ng, both dialect groups (British:
+# en = en-gb, Scottish, RP, Lancastrian, West Midlands; American: en-us, New York; Caribbean), times the
+# human-sounding variants of espeak-ng-data/voices/!v. The variants of the held-out test voices (m4, f3,
+# m6, f5) are left out altogether, so the test voices stay unheard; so are the robotic / effect ones
+# (robosoft*, *Robot, Demonic, Tweaky).
+ENGLISH_LANGS = ("en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us", "en-us-nyc",
+                 "en-029")
+WIDE_VARIANTS = (
+    "m1", "m2", "m3", "m5", "m7", "m8", "f1", "f2", "f4", "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy",
+    "Denis", "Diogo", "Gene", "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike",
+    "Mr serious", "Nguyen", "Reed", "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "adam", "anika",
+    "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david", "ed", "edward",
+    "edward2", "fast", "grandma", "grandpa", "gustave", "ian", "iven", "iven2", "iven3", "iven4", "john",
+    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda", "marcelo", "max", "michel",
+    "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby", "steph",
+    "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
+)
+WIDE_TRAIN_VOICES = tuple(f"{lang}+{v}" for lang in ENGLISH_LANGS for v in WIDE_VARIANTS)
+
 # speak_lib.h (API revision 12)
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
-_ESPEAK_RATE, _ESPEAK_PITCH = 1, 3
+_ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_RANGE, _ESPEAK_WORDGAP = 1, 3, 4, 7
 _RATE_MIN, _RATE_MAX = 80, 450
 _EE_OK = 0
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 _LOCK = threading.RLock()
 
@@ -110,6 +131,33 @@ class SpeechConfig:
     snr_db_range: tuple[float, float] | None = (15.0, 35.0)
     gain_db_range: tuple[float, float] = (-6.0, 0.0)
     sample_rate: int = 16000
+    word_gap_range: tuple[int, int] = (0, 0)
+    """Extra pause between words in units of 10 ms (espeak's espeakWORDGAP), inclusive; (0, 0): none."""
+    intonation_range: tuple[int, int] = (50, 50)
+    """espeak's pitch range (espeakRANGE: 0 monotone, 50 normal, 100 wide), inclusive."""
+    warp_range: tuple[float, float] = (1.0, 1.0)
+    """Vocal-tract-length (formant) warp `alpha`, `[low, high)`: espeak speaks at `rate / alpha` and the
+    audio is read `alpha` times faster, so formants and pitch scale by `alpha` at the drawn rate."""
+    speed_factors: tuple[float, ...] = (1.0,)
+    """Kaldi speed perturbation: one factor drawn per utterance (e.g. 0.9 1.0 1.1); tempo, pitch and
+    formants all scale by it."""
+    reverb_prob: float = 0.0
+    """Share of utterances given synthetic-room reverberation (funcml.asr.augment.reverb)."""
+    rt60_range: tuple[float, float] = (0.1, 0.6)
+    """Reverberation time RT60 in seconds, `[low, high)`."""
+    wet_range: tuple[float, float] = (0.2, 0.8)
+    """Reverberant share of a reverberated utterance, `[low, high)`."""
+    noise_beta_range: tuple[float, float] = (0.0, 0.0)
+    """Colour of the additive noise, `[low, high)`: power spectrum `1 / f^beta` (0 white, 1 pink, 2 brown)."""
+    babble_prob: float = 0.0
+    """Share of noisy utterances whose noise is babble-like (funcml.asr.augment.babble_noise) instead."""
+    eq_db: float = 0.0
+    """Random smooth equalizer (microphone colouring) of at most this many dB (0: none)."""
+    lowpass_hz_range: tuple[float, float] | None = None
+    """Band-limit: the top of the kept band in Hz, `[low, high)` (e.g. 3000 4000: telephone to 8 kHz
+    audio); None keeps everything up to Nyquist."""
+    highpass_hz_range: tuple[float, float] | None = None
+    """Band-limit: the bottom of the kept band in Hz, `[low, high)` (e.g. 0 300); None keeps from 0 Hz."""
 
     def __post_init__(self):
         if self.text_kind not in ("digits", "words", "mixed"):
@@ -131,6 +179,32 @@ class SpeechConfig:
                               f"{sorted(set(self.train_voices) & set(self.test_voices))}")
         if self.sample_rate <= 0:
             raise ConfigError(f"sample_rate: expected a positive integer, got {self.sample_rate}")
+        for name in ("word_gap_range", "intonation_range", "warp_range", "rt60_range", "wet_range",
+                     "noise_beta_range", "lowpass_hz_range", "highpass_hz_range"):
+            lo_hi = getattr(self, name)
+            if lo_hi is not None and (len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]):
+                raise ConfigError(f"{name}: expected (low, high) with low <= high, got {lo_hi}")
+        if self.word_gap_range[0] < 0 or not 0 <= self.intonation_range[0] <= self.intonation_range[1] <= 100:
+            raise ConfigError(f"word_gap_range must be >= 0 and intonation_range within 0-100, got "
+                              f"{self.word_gap_range}, {self.intonation_range}")
+        if not (0.5 <= self.warp_range[0] and self.warp_range[1] <= 2.0):
+            raise ConfigError(f"warp_range: expected factors in [0.5, 2] (1 = unchanged), got {self.warp_range}")
+        if not self.speed_factors or not all(0.5 <= f <= 2.0 for f in self.speed_factors):
+            raise ConfigError(f"speed_factors: expected one or more factors in [0.5, 2], got {self.speed_factors}")
+        for name in ("reverb_prob", "babble_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
+        if self.rt60_range[0] <= 0 or not 0 <= self.wet_range[0] <= self.wet_range[1] <= 1:
+            raise ConfigError(f"rt60_range must be > 0 s and wet_range within [0, 1], got {self.rt60_range}, "
+                              f"{self.wet_range}")
+        if self.noise_beta_range[0] < 0 or self.eq_db < 0:
+            raise ConfigError(f"noise_beta_range and eq_db must be >= 0, got {self.noise_beta_range}, {self.eq_db}")
+        nyq = self.sample_rate / 2
+        lo = self.highpass_hz_range or (0.0, 0.0)
+        hi = self.lowpass_hz_range or (nyq, nyq)
+        if lo[0] < 0 or hi[1] > nyq or lo[1] >= hi[0]:
+            raise ConfigError(f"band limits: need 0 <= highpass_hz_range < lowpass_hz_range <= Nyquist ({nyq} Hz), "
+                              f"got {self.highpass_hz_range}, {self.lowpass_hz_range}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -145,6 +219,8 @@ class Utterance:
     pitch: int
     gain_db: float
     snr_db: float | None
+    warp: float = 1.0
+    speed: float = 1.0
 
 
 # ---------------------------------------------------------------- the espeak-ng engine
@@ -215,13 +291,15 @@ class _Engine:
         self._voice_files[voice] = path
         return path
 
-    def _once(self, text: bytes, voice: Path, rate: int, pitch: int) -> bytes:
+    def _once(self, text: bytes, voice: Path, rate: int, pitch: int, intonation: int, word_gap: int) -> bytes:
         self._chunks = []
         status = self.lib.espeak_SetVoiceByFile(str(voice).encode())
         if status != _EE_OK:
             raise ConfigError(f"espeak could not load voice file {voice} (status {status})")
         self.lib.espeak_SetParameter(_ESPEAK_RATE, rate, 0)
         self.lib.espeak_SetParameter(_ESPEAK_PITCH, pitch, 0)
+        self.lib.espeak_SetParameter(_ESPEAK_RANGE, intonation, 0)
+        self.lib.espeak_SetParameter(_ESPEAK_WORDGAP, word_gap, 0)
         self.lib.espeak_ng_SetRandSeed(1)
         status = self.lib.espeak_Synth(text, len(text), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None)
         if status != _EE_OK:
@@ -229,11 +307,12 @@ class _Engine:
         self.lib.espeak_Synchronize()
         return b"".join(self._chunks)
 
-    def synth(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+    def synth(self, text: str, voice: str, rate: int, pitch: int, intonation: int = 50, word_gap: int = 0) -> np.ndarray:
         path = self.voice_file(voice)
         data = text.encode("utf-8") + b"\0"
-        self._once(data, path, rate, pitch)  # brings the alternating state to a fixed phase
-        return np.frombuffer(self._once(data, path, rate, pitch), dtype="<i2")
+        args = (data, path, rate, pitch, intonation, word_gap)
+        self._once(*args)  # brings the alternating state to a fixed phase
+        return np.frombuffer(self._once(*args), dtype="<i2")
 
 
 _ENGINE: _Engine | None = None
@@ -252,7 +331,8 @@ def espeak_version() -> str:
     return _engine().version
 
 
-def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -> tuple[torch.Tensor, int]:
+def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50, *, intonation: int = 50,
+               word_gap: int = 0) -> tuple[torch.Tensor, int]:
     """Speak `text` with an espeak voice.
 
     Arguments:
@@ -260,6 +340,8 @@ def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -
         voice: `lang` or `lang+variant`, e.g. "en", "en-us+m3", "en+f2".
         rate: words per minute, 80-450.
         pitch: base pitch 0-100 (50 = the voice's normal).
+        intonation: pitch range 0-100 (0 monotone, 50 = the voice's normal).
+        word_gap: extra pause between words in units of 10 ms, >= 0.
 
     Returns: `(waveform [N] float32 in [-1, 1], sample_rate)`; the rate is espeak's own
     (22050 Hz), see `resample` for others. Deterministic: the same arguments give the same
@@ -269,11 +351,13 @@ def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50) -
         raise DataError(f"text: expected non-blank text to speak, got {text!r}")
     if not _RATE_MIN <= rate <= _RATE_MAX:
         raise RangeError(f"rate: espeak accepts {_RATE_MIN}-{_RATE_MAX} words/min, got {rate}")
-    if not 0 <= pitch <= 100:
-        raise RangeError(f"pitch: espeak accepts 0-100, got {pitch}")
+    if not 0 <= pitch <= 100 or not 0 <= intonation <= 100:
+        raise RangeError(f"pitch and intonation: espeak accepts 0-100, got pitch={pitch}, intonation={intonation}")
+    if word_gap < 0:
+        raise RangeError(f"word_gap: expected >= 0 (units of 10 ms), got {word_gap}")
     with _LOCK:
         eng = _engine()
-        pcm = eng.synth(text, voice, int(rate), int(pitch))
+        pcm = eng.synth(text, voice, int(rate), int(pitch), int(intonation), int(word_gap))
         sr = eng.sample_rate
     if pcm.size == 0:
         raise DataError(f"espeak produced no audio for text {text!r} with voice {voice!r}")
@@ -294,22 +378,64 @@ def _draw_text(k: torch.Tensor, cfg: SpeechConfig) -> str:
     return " ".join(vocab[i] for i in ids)
 
 
+def _augment(k: torch.Tensor, x: torch.Tensor, cfg: SpeechConfig) -> tuple[torch.Tensor, float, float]:
+    """The room and microphone of one utterance `x: [N]` float64 (reverberation, EQ; see SpeechConfig), and
+    its drawn band `(low_hz, high_hz)`. Every draw is made whatever the config; an effect the config
+    switches off is skipped (the identity)."""
+    k_rev, k_rt, k_wet, k_ir, k_eq, k_lo, k_hi = random.split(k, 7)
+    sr = cfg.sample_rate
+    on = float(random.uniform(k_rev, (), dtype=torch.float64) < cfg.reverb_prob)
+    rt60, wet = _draw(k_rt, cfg.rt60_range, 0.0), on * _draw(k_wet, cfg.wet_range, 0.0)
+    hi, lo = _draw(k_hi, cfg.lowpass_hz_range, sr / 2), _draw(k_lo, cfg.highpass_hz_range, 0.0)
+    if cfg.reverb_prob > 0:
+        x = augment.reverb(x, sr, rt60=rt60, wet=wet, key=k_ir)
+    if cfg.eq_db > 0:
+        x = augment.random_eq(x, sr, max_db=cfg.eq_db, key=k_eq)
+    return x, lo, hi
+
+
+def _draw(k: torch.Tensor, lo_hi: tuple[float, float] | None, default: float) -> float:
+    """`U[lo, hi)` (`lo` when the range is one point), or `default` for None."""
+    if lo_hi is None:
+        return default
+    if lo_hi[0] == lo_hi[1]:
+        return float(lo_hi[0])
+    return float(random.uniform(k, (), *lo_hi, dtype=torch.float64))
+
+
 def _make_utterance(k: torch.Tensor, cfg: SpeechConfig, voices: Sequence[str]) -> Utterance:
     k_text, k_voice, k_rate, k_pitch, k_gain, k_snr, k_noise = random.split(k, 7)
+    k_int, k_gap, k_warp, k_speed, k_chan, k_beta, k_babble, k_kind = random.split(random.fold_in(k, "augment"), 8)
     text = _draw_text(k_text, cfg)
     voice = voices[int(random.randint(k_voice, (), 0, len(voices)))]
     rate = int(random.randint(k_rate, (), cfg.rate_range[0], cfg.rate_range[1] + 1))
     pitch = int(random.randint(k_pitch, (), cfg.pitch_range[0], cfg.pitch_range[1] + 1))
     gain_db = float(random.uniform(k_gain, (), *cfg.gain_db_range, dtype=torch.float64))
-    wave, sr = synthesize(text, voice, rate, pitch)
-    x = resample(wave.to(torch.float64), sr, cfg.sample_rate) * 10.0 ** (gain_db / 20.0)
+    intonation = int(random.randint(k_int, (), cfg.intonation_range[0], cfg.intonation_range[1] + 1))
+    word_gap = int(random.randint(k_gap, (), cfg.word_gap_range[0], cfg.word_gap_range[1] + 1))
+    warp = _draw(k_warp, cfg.warp_range, 1.0)
+    speed = cfg.speed_factors[int(random.randint(k_speed, (), 0, len(cfg.speed_factors)))]
+    espeak_rate = min(_RATE_MAX, max(_RATE_MIN, round(rate / warp)))
+    wave, sr = synthesize(text, voice, espeak_rate, pitch, intonation=intonation, word_gap=word_gap)
+    x = resample(wave.to(torch.float64), sr, cfg.sample_rate)
+    x = augment.speed(x, warp * speed, cfg.sample_rate) if warp * speed != 1.0 else x
+    x, low_hz, high_hz = _augment(k_chan, x, cfg)
+    x = x * 10.0 ** (gain_db / 20.0)
     snr_db = None
     if cfg.snr_db_range is not None:
         snr_db = float(random.uniform(k_snr, (), *cfg.snr_db_range, dtype=torch.float64))
-        noise = random.normal(k_noise, x.shape, dtype=torch.float64)
-        scale = torch.sqrt(x.pow(2).mean() / (10.0 ** (snr_db / 10.0) * noise.pow(2).mean()))
-        x = x + scale * noise
-    return Utterance(text, x.clamp(-1.0, 1.0).to(torch.float32), cfg.sample_rate, voice, rate, pitch, gain_db, snr_db)
+        if cfg.noise_beta_range == (0.0, 0.0) and cfg.babble_prob == 0.0:
+            noise = random.normal(k_noise, x.shape, dtype=torch.float64)                    # white, as before
+        else:
+            beta = _draw(k_beta, cfg.noise_beta_range, 0.0)
+            babble = float(random.uniform(k_kind, (), dtype=torch.float64) < cfg.babble_prob)
+            noise = (1.0 - babble) * augment.coloured_noise(cfg.sample_rate, x.shape, beta=beta, key=k_noise) \
+                + babble * augment.babble_noise(cfg.sample_rate, x.shape, key=k_babble)
+        x = augment.add_noise(x, noise.to(torch.float64), snr_db)
+    if cfg.lowpass_hz_range is not None or cfg.highpass_hz_range is not None:
+        x = augment.band_limit(x, cfg.sample_rate, low_hz=low_hz, high_hz=high_hz)     # the noise too, like a codec
+    return Utterance(text, x.clamp(-1.0, 1.0).to(torch.float32), cfg.sample_rate, voice, rate, pitch, gain_db, snr_db,
+                     warp, speed)
 
 
 def _cache_path(cache_dir: Path, key: torch.Tensor, n: int, cfg: SpeechConfig, split: str) -> Path:
@@ -330,6 +456,8 @@ def _save(path: Path, utts: list[Utterance]) -> None:
         "pitches": np.array([u.pitch for u in utts], dtype=np.int64),
         "gains": np.array([u.gain_db for u in utts], dtype=np.float64),
         "snrs": np.array([np.nan if u.snr_db is None else u.snr_db for u in utts], dtype=np.float64),
+        "warps": np.array([u.warp for u in utts], dtype=np.float64),
+        "speeds": np.array([u.speed for u in utts], dtype=np.float64),
         "sample_rate": np.array(utts[0].sample_rate if utts else 0, dtype=np.int64),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,12 +476,14 @@ def _load(path: Path, n: int) -> list[Utterance]:
         audio, lengths = z["audio"], z["lengths"]
         texts, voices, rates, pitches = z["texts"], z["voices"], z["rates"], z["pitches"]
         gains, snrs, sr = z["gains"], z["snrs"], int(z["sample_rate"])
+        warps, speeds = z["warps"], z["speeds"]
     if len(lengths) != n or int(lengths.sum()) != audio.size or not (len(texts) == len(voices) == len(rates) == n):
         raise DataError(f"{path}: inconsistent cache contents")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     return [
         Utterance(str(texts[i]), torch.from_numpy(audio[offsets[i]:offsets[i + 1]].copy()), sr, str(voices[i]),
-                  int(rates[i]), int(pitches[i]), float(gains[i]), None if np.isnan(snrs[i]) else float(snrs[i]))
+                  int(rates[i]), int(pitches[i]), float(gains[i]), None if np.isnan(snrs[i]) else float(snrs[i]),
+                  float(warps[i]), float(speeds[i]))
         for i in range(n)
     ]
 

@@ -1,0 +1,155 @@
+"""python experiments/asr_sim2real.py FSDD_DIR --recipe voices   # the sim-to-real ablation, one recipe a call
+
+    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe word --runs-dir /tmp/runs_c
+    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe channel --steps 600 --table /tmp/c/table.jsonl
+    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe channel --print-flags   # the flags only
+
+Trains the main job's ASR preset (`funcml.asr.task.PRESETS["speech"]`, synthetic espeak-ng data
+only) changed by one named recipe, then scores the run on real recordings with
+benchmarks/asr_real.py (singles and joined 3-digit strings, per speaker) and appends one row
+(recipe, steps, ms/step, wall seconds, held-out espeak CER/WER, real CER/WER) to `--table`.
+The recipes are cumulative, each adding one lever to the one before it (see docs/SIM2REAL.md):
+
+    preset   the speech preset as it is (character tokens, 16 kHz, 3-6 digits, 9 voices)
+    word     + word tokens (one token per digit word)
+    short8k  + 1-3 digit strings (real isolated digits are single words) and 8 kHz audio and front end
+    voices   + every English espeak-ng language x 88 variants, rate 100-260 wpm, pitch 10-90, intonation
+             10-90, word gaps 0-200 ms
+    channel  + formant warp 0.85-1.2, speed 0.9/1.0/1.1, reverb (half), EQ 8 dB, coloured / babble noise
+             at 5-35 dB, band limits (high-pass 0-300 Hz, low-pass 3-4 kHz)
+    specaug  + SpecAugment 2 x 20 frames, 2 x 20 mel bins (was 2 x 10, 2 x 10)
+    more     + 4000 training utterances (was 1500)
+
+`--print-flags` prints the recipe as `experiments/main.py --asr.*` flags (what the main job would
+run) and exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import asr_real  # noqa: E402
+from funcml import config  # noqa: E402
+from funcml.asr import speech, task  # noqa: E402
+from funcml.errors import ConfigError, cli_main  # noqa: E402
+
+RECIPES = ("preset", "word", "short8k", "voices", "channel", "specaug", "more")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sim2RealConfig:
+    """Train one sim-to-real recipe on synthetic speech and score it on real recordings."""
+
+    folder: tyro.conf.Positional[Path]
+    """A folder of {digit}_{speaker}_{index}.wav recordings (e.g. ../shared/data/fsdd-dev)."""
+    recipe: str = "specaug"
+    """One of preset, word, short8k, voices, channel, specaug, more (cumulative; see the module doc)."""
+    steps: int | None = None
+    """Training steps (default: the preset's 1000); fewer for a quick screen."""
+    num_train: int | None = None
+    """Training utterances (default: the recipe's)."""
+    runs_dir: Path = Path("runs")
+    """Where the run directory goes."""
+    table: Path | None = None
+    """Append the result row (JSON) to this file."""
+    strings: int = 300
+    """Three-digit strings to score (see benchmarks/asr_real.py)."""
+    print_flags: bool = False
+    """Print the recipe as experiments/main.py flags and exit."""
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe: expected one of {', '.join(RECIPES)}, got {self.recipe!r}")
+
+
+def recipe_config(name: str) -> task.AsrTrainConfig:
+    """The speech preset with the levers of recipe `name` and of every recipe before it."""
+    cfg = task.PRESETS["speech"][1]
+    levels = RECIPES[: RECIPES.index(name) + 1]
+    sp, fe = cfg.speech, cfg.frontend
+    if "word" in levels:
+        cfg = dataclasses.replace(cfg, tokenizer="word")
+    if "short8k" in levels:
+        sp = dataclasses.replace(sp, digits_len=(1, 3), sample_rate=8000)
+        fe = dataclasses.replace(fe, sample_rate=8000)
+    if "voices" in levels:
+        sp = dataclasses.replace(sp, train_voices=speech.WIDE_TRAIN_VOICES, rate_range=(100, 260),
+                                 pitch_range=(10, 90), intonation_range=(10, 90), word_gap_range=(0, 20))
+    if "channel" in levels:
+        sp = dataclasses.replace(sp, warp_range=(0.85, 1.2), speed_factors=(0.9, 1.0, 1.1), reverb_prob=0.5,
+                                 rt60_range=(0.1, 0.6), wet_range=(0.2, 0.8), eq_db=8.0, noise_beta_range=(0.0, 2.0),
+                                 babble_prob=0.3, snr_db_range=(5.0, 35.0), lowpass_hz_range=(3000.0, 4000.0),
+                                 highpass_hz_range=(0.0, 300.0))
+    if "specaug" in levels:
+        cfg = dataclasses.replace(cfg, max_time=20, max_freq=20)
+    if "more" in levels:
+        cfg = dataclasses.replace(cfg, num_train=4000)
+    return dataclasses.replace(cfg, speech=sp, frontend=fe)
+
+
+def main_flags(cfg: task.AsrTrainConfig) -> list[str]:
+    """`cfg` as `--asr.*` flags of experiments/main.py: every field that differs from the preset."""
+    base = config.to_dict(task.PRESETS["speech"][1])
+    new = config.to_dict(cfg)
+    flags: list[str] = []
+
+    def walk(a: dict, b: dict, prefix: str) -> None:
+        for k, v in b.items():
+            if isinstance(v, dict):
+                walk(a.get(k) or {}, v, f"{prefix}{k}.")
+            elif a.get(k) != v:
+                flag = "--asr." + (prefix + k).replace("_", "-")
+                vals = v if isinstance(v, (list, tuple)) else [v]
+                flags.extend([flag, *(str(x) for x in vals)])
+
+    walk(base, new, "")
+    return flags
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = tyro.cli(Sim2RealConfig, args=argv, description=__doc__.splitlines()[0])
+    cfg = recipe_config(args.recipe)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps, eval_every=max(1, min(cfg.eval_every, args.steps)))
+    if args.num_train is not None:
+        cfg = dataclasses.replace(cfg, num_train=args.num_train)
+    if args.print_flags:
+        print(shlex.join(main_flags(cfg)))
+        return {}
+    cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir, experiment=f"asr-sim2real-{args.recipe}")
+    t0 = time.perf_counter()
+    run, summary = task.train(cfg, progress=sys.stderr.isatty())
+    wall = time.perf_counter() - t0
+    real = asr_real.main([str(args.folder), "--run", str(run.path), "--strings", str(args.strings),
+                          "--out", str(run.path / "asr_real.json")])
+    test = summary["eval_json"]["test"]
+    row = {"recipe": args.recipe, "run": str(run.path), "steps": summary["steps"], "num_train": cfg.num_train,
+           "step_ms_median": summary["step_ms_median"], "data_s": summary["data_seconds"],
+           "train_s": summary["seconds"], "wall_s": round(wall, 1),
+           "espeak_test_cer": test["cer"], "espeak_test_wer": test["wer"],
+           "real_wer": real["singles"]["all"]["wer"], "real_cer": real["singles"]["all"]["cer"],
+           "real_wer_speakers": {s: v["wer"] for s, v in real["singles"]["speakers"].items()},
+           "strings_wer": real["strings"]["all"]["wer"] if "strings" in real else None,
+           "strings_cer": real["strings"]["all"]["cer"] if "strings" in real else None}
+    print(json.dumps(row))
+    if args.table is not None:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        with args.table.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    return row
+
+
+if __name__ == "__main__":
+    main()
