@@ -6,14 +6,21 @@ and the Dice of every image.
     python experiments/seg_eval.py --run RUN                                  # the shapes validation split
     python experiments/seg_eval.py --run RUN/checkpoints/step_00001000 --batch-size 32
     python experiments/seg_eval.py --run RUN --folder data/cells --out reports/cells
+    python experiments/seg_eval.py --run RUN --folder ../shared/data/em-membranes --tta   # a patch-trained run
 
 `--run` is a run directory (its best checkpoint is used) or one checkpoint directory. Without
 `--folder` the model is scored on the validation split of the data it was trained on
 (`funcml.seg.task.val_batches`); with `--folder` on a folder dataset (`root/images/<stem>.png`,
 `root/masks/<stem>.png`, see `funcml.seg.folder`), whose masks must hold class ids in
-`[0, num_classes)` of the run's model (or `--ignore-index`). Folder images are resized to the
-training size (bilinear; masks nearest) and scored there; `--no-resize` scores every file at its
-own size (the model pads H and W up to a multiple of `2^depth` and crops its logits back).
+`[0, num_classes)` of the run's model (or `--ignore-index`) after `--class-map` (default: the
+run's own map and ignore index, so a run trained with `--class-map 0:1,255:0` reads the same
+files the same way); the masks are scanned first and values that do not fit are an error naming
+them and the flag to pass (`funcml.seg.masks`). A run trained on patches (`--patch`) scores every
+file at its own size by sliding windows of the patch size blended with a Gaussian importance map
+(`--overlap`, `--tta` for flip test-time augmentation; `funcml.seg.task.predict_full`). Other
+runs resize folder images to the training size (bilinear; masks nearest) and score there;
+`--no-resize` scores every file at its own size (the model pads H and W up to a multiple of
+`2^depth` and crops its logits back).
 
 Writes to `--out` (default `<run>/eval/`; for a checkpoint `<run>/checkpoints/<name>`, the run's
 `eval/`; for a checkpoint elsewhere, `<checkpoint>-eval/`):
@@ -48,6 +55,7 @@ from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.seg import task
 from funcml.seg.folder import FolderDataset
+from funcml.seg.masks import check_mask_values, parse_class_map, scan_masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +72,14 @@ class EvalConfig:
     """Images per forward pass."""
     resize: bool = True
     """Resize folder images (bilinear) and masks (nearest) to the training size; off: score at each file's size."""
-    ignore_index: int = 255
-    """Mask value of unlabelled pixels (not scored)."""
+    ignore_index: int | None = None
+    """Mask value of unlabelled pixels (not scored); default: the run's (255)."""
+    class_map: str | None = None
+    """Raw mask value -> class id for --folder masks, e.g. `0:1,255:0`; default: the run's; "" for none."""
+    overlap: float | None = None
+    """Sliding windows (patch-trained runs): overlap fraction; default: the run's (0.5)."""
+    tta: bool = False
+    """Sliding windows: also predict mirrored windows and average (flip test-time augmentation, 4x compute)."""
 
 
 def _write_atomic(path: Path, text: str) -> Path:
@@ -165,18 +179,29 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                         "abc12300) or one of its checkpoints/ directories")
     train_cfg, model_cfg, params, model_state = task.load_model(cfg.run)
     k = model_cfg.num_classes
+    ignore_index = train_cfg.ignore_index if cfg.ignore_index is None else cfg.ignore_index
+    sliding = dataclasses.replace(train_cfg.sliding, tta=cfg.tta,
+                                  **({} if cfg.overlap is None else {"overlap": cfg.overlap}))
 
     if cfg.folder is not None:
-        size = (train_cfg.data.height, train_cfg.data.width) if cfg.resize else None
-        ds = FolderDataset(cfg.folder, num_classes=k, image_size=size, ignore_index=cfg.ignore_index,
-                           channels=model_cfg.in_channels)
+        if train_cfg.patch is not None:
+            size = train_cfg.folder_size  # native size (or the run's folder_size), sliding windows
+        else:
+            size = (train_cfg.data.height, train_cfg.data.width) if cfg.resize else None
+        class_map = parse_class_map(train_cfg.class_map if cfg.class_map is None else cfg.class_map)
+        ds = FolderDataset(cfg.folder, num_classes=k, image_size=size, ignore_index=ignore_index,
+                           channels=model_cfg.in_channels, class_map=class_map)
+        for warning in check_mask_values(scan_masks(ds.mask_paths), num_classes=k, class_map=class_map,
+                                         ignore_index=ignore_index, where=f"the masks of {cfg.folder}"):
+            print(f"warning: {warning}", file=sys.stderr)
         batches: Iterable = _folder_batches(ds, cfg.batch_size)
         ids: list[str] | None = ds.stems
         source = str(cfg.folder)
     else:
         batches, ids, source = task.val_batches(train_cfg, batch_size=cfg.batch_size), None, "validation split"
-    counted = _Counted(batches, k, cfg.ignore_index)
-    result = task.evaluate(params, model_state, model_cfg, counted, train_cfg, ignore_index=cfg.ignore_index)
+    counted = _Counted(batches, k, ignore_index)
+    result = task.evaluate(params, model_state, model_cfg, counted, train_cfg, ignore_index=ignore_index,
+                           sliding=sliding)
     if counted.images == 0:
         raise DataError(f"no images to evaluate in {source}")
 
@@ -193,7 +218,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "run": str(cfg.run), "data": source, "num_images": counted.images, "num_classes": k,
-        "ignore_index": cfg.ignore_index, "class_names": names,
+        "ignore_index": ignore_index, "class_names": names,
+        "sliding_window": ({"window": list(train_cfg.patch), **dataclasses.asdict(sliding)}
+                           if train_cfg.patch is not None else None),
         **{m: _json_number(v) for m, v in means.items()},
         "per_class": {n: {"iou": _json_number(i), "dice": _json_number(d), "support": s}
                       for n, i, d, s in zip(names, iou, dice, support)},

@@ -15,14 +15,19 @@ Segment images with a trained model and draw the results.
     grid.png             image | prediction for the first `--max-rows` images, or
                          image | ground truth | prediction with `--masks`
 
-Sizes. Every image is converted to the model's channels (RGB or grey) and resized to the
-training size (bilinear, half-pixel centres), the size the model learned its scales at; the
+Sizes. Every image is converted to the model's channels (RGB or grey). A run trained on patches
+(`--patch`, e.g. the `folder` preset) predicts every image at its own size by overlapping windows
+of the patch size blended with a Gaussian importance map (`--overlap`, `--tta`; the same
+`funcml.seg.task.predict_full` as `seg_eval.py`), so any size works in bounded memory. Other runs
+resize every image to the training size (bilinear, half-pixel centres), the size the model learned its scales at; the
 predicted mask is resized back to the image's own size with NEAREST (each output pixel takes the
 class of the model pixel under its centre), so masks and overlays have the input's size. The grid
-shows the images, masks and predictions at the training size.
+shows the images, masks and predictions at the training size, or for a patch-trained run at the
+first image's size shrunk to at most 256 pixels a side (grid.png stays under about 800 pixels wide).
 
 `--masks DIR` holds ground-truth masks `<stem>.png` (class ids, as `FolderDataset` reads them)
-for every input image; they are drawn in the grid only (use `seg_eval.py --folder` for scores).
+for every input image, read through the run's `--class-map` (or `--class-map`); they are drawn in
+the grid only (use `seg_eval.py --folder` for scores).
 
 Files in the input folder whose suffix is not an image suffix (say a README) are skipped with a
 warning on stderr; a file with an image suffix that cannot be decoded is an error. Mistakes (a
@@ -46,6 +51,7 @@ from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.seg import task
 from funcml.seg.folder import IMAGE_SUFFIXES, list_images, open_image, save_mask_png
+from funcml.seg.masks import format_class_map, parse_class_map
 from funcml.seg.viz import overlay, save_image_atomic, save_overlay_grid
 
 
@@ -67,8 +73,14 @@ class InferConfig:
     """Images per forward pass."""
     max_rows: int = 8
     """Rows (images) in grid.png."""
-    ignore_index: int = 255
-    """Mask value of unlabelled pixels (left uncoloured)."""
+    ignore_index: int | None = None
+    """Mask value of unlabelled pixels (left uncoloured); default: the run's (255)."""
+    class_map: str | None = None
+    """Raw value -> class id for the --masks files, e.g. `0:1,255:0`; default: the run's; "" for none."""
+    overlap: float | None = None
+    """Sliding windows (patch-trained runs): overlap fraction; default: the run's (0.5)."""
+    tta: bool = False
+    """Sliding windows: also predict mirrored windows and average (flip test-time augmentation, 4x compute)."""
 
 
 def _default_out(run: Path) -> Path:
@@ -102,12 +114,22 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
 
 
-def _read_mask(path: Path, size: tuple[int, int], num_classes: int, ignore_index: int) -> torch.Tensor:
-    """`[H, W]` int64 class ids, checked against the image's size and the class range."""
+def _read_mask(path: Path, size: tuple[int, int], num_classes: int, ignore_index: int,
+               class_map: dict[int, int] | None = None) -> torch.Tensor:
+    """`[H, W]` int64 class ids (raw values through `class_map`), checked against the image's size and the class range."""
     im = open_image(path)
     if im.mode not in ("P", "L", "I", "I;16", "1"):
         raise DataError(f"{path}: a mask must be a palette (P) or greyscale PNG of class ids, got mode {im.mode}")
     values = torch.from_numpy(np.asarray(im, dtype=np.int64).copy())
+    if class_map is not None:
+        unknown = sorted(set(torch.unique(values).tolist()) - set(class_map) - {ignore_index})
+        if unknown:
+            raise DataError(f"{path}: raw mask values {unknown} are not in --class-map {format_class_map(class_map)} "
+                            f"(nor ignore_index={ignore_index})")
+        mapped = torch.full_like(values, ignore_index)
+        for raw, cls in class_map.items():
+            mapped[values == raw] = cls
+        values = mapped
     if tuple(values.shape) != size:
         raise DataError(f"{path} is {values.shape[1]}x{values.shape[0]} but its image is {size[1]}x{size[0]} "
                         "(width x height); they must match")
@@ -156,36 +178,51 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
 
     train_cfg, model_cfg, params, model_state = task.load_model(cfg.run)
     k, channels = model_cfg.num_classes, model_cfg.in_channels
-    size = (train_cfg.data.height, train_cfg.data.width)
+    ignore_index = train_cfg.ignore_index if cfg.ignore_index is None else cfg.ignore_index
+    class_map = parse_class_map(train_cfg.class_map if cfg.class_map is None else cfg.class_map)
     names = list(task.class_names(train_cfg))
 
     images = [_read_image(p, channels) for p in paths]
-    gts = ([_read_mask(cfg.masks / f"{p.stem}.png", tuple(x.shape[-2:]), k, cfg.ignore_index)
+    gts = ([_read_mask(cfg.masks / f"{p.stem}.png", tuple(x.shape[-2:]), k, ignore_index, class_map)
             for p, x in zip(paths, images)] if cfg.masks is not None else None)
-    small = torch.stack([_resize_image(x, size) for x in images])  # [N, C, h, w], the model's size
-    preds = []
-    for i in range(0, len(images), cfg.batch_size):
-        pred, _ = task.predict(params, model_state, model_cfg, task.preprocess(small[i:i + cfg.batch_size], train_cfg))
-        preds.append(pred)
-    pred_small = torch.cat(preds)  # [N, h, w] int64
+    if train_cfg.patch is not None:  # full resolution, sliding windows; the grid at a shrunk common size
+        sliding = dataclasses.replace(train_cfg.sliding, tta=cfg.tta,
+                                      **({} if cfg.overlap is None else {"overlap": cfg.overlap}))
+        full = [task.predict_full(params, model_state, model_cfg, task.preprocess(x[None], train_cfg), train_cfg,
+                                  sliding=sliding)[0][0] for x in images]
+        h0, w0 = images[0].shape[-2:]
+        shrink = min(1.0, 256 / max(h0, w0))
+        size = (max(1, round(h0 * shrink)), max(1, round(w0 * shrink)))
+        small = torch.stack([_resize_image(x, size) for x in images])
+        pred_small = torch.stack([_resize_ids(p, size) for p in full])
+    else:
+        size = (train_cfg.data.height, train_cfg.data.width)
+        small = torch.stack([_resize_image(x, size) for x in images])  # [N, C, h, w], the model's size
+        preds = []
+        for i in range(0, len(images), cfg.batch_size):
+            pred, _ = task.predict(params, model_state, model_cfg,
+                                   task.preprocess(small[i:i + cfg.batch_size], train_cfg))
+            preds.append(pred)
+        pred_small = torch.cat(preds)  # [N, h, w] int64
+        full = [None] * len(images)
 
     out = cfg.out if cfg.out is not None else _default_out(cfg.run)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, image, p in zip(paths, images, pred_small):
-        mask = _resize_ids(p, tuple(image.shape[-2:]))  # back to the image's own size
+    for path, image, p, p_full in zip(paths, images, pred_small, full):
+        mask = p_full if p_full is not None else _resize_ids(p, tuple(image.shape[-2:]))  # the image's own size
         tmp = out / f".{path.stem}_mask.png.tmp"
         try:
             save_mask_png(mask, tmp)
             tmp.replace(out / f"{path.stem}_mask.png")
         finally:
             tmp.unlink(missing_ok=True)
-        save_image_atomic(overlay(image, mask, alpha=cfg.alpha, class_names=names, ignore_index=cfg.ignore_index),
+        save_image_atomic(overlay(image, mask, alpha=cfg.alpha, class_names=names, ignore_index=ignore_index),
                           out / f"{path.stem}_overlay.png")
         written.append(path.stem)
     gt_small = torch.stack([_resize_ids(g, size) for g in gts]) if gts is not None else None
     save_overlay_grid(small, gt_small, pred_small, names, out / "grid.png", max_rows=cfg.max_rows,
-                      ignore_index=cfg.ignore_index)
+                      ignore_index=ignore_index)
     print(f"{len(written)} image(s): wrote <stem>_mask.png and <stem>_overlay.png for each, and grid.png, to {out}/")
     return {"out": str(out), "stems": written}
 

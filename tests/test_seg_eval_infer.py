@@ -251,7 +251,7 @@ def test_eval_folder_class_id_out_of_range_exits_2(tiny_run, train_cfg, tmp_path
     save_mask_png(torch.full((16, 16), 9), folder / "masks" / "0000.png")
     err = _exit_2_with_one_line(capsys, seg_eval.main, ["--run", str(tiny_run), "--folder", str(folder),
                                                          "--out", str(tmp_path / "out")])
-    assert "class id 9" in err
+    assert "[9]" in err and "num_classes=5" in err and "--class-map" in err
 
 
 def _infer_folder(tmp_path: Path, train_data, n: int = 3, size: tuple[int, int] = (20, 24)) -> Path:

@@ -3,6 +3,7 @@
     python experiments/seg_train.py unet-transformer        # train (see funcml.seg.task.PRESETS)
     python experiments/seg_eval.py --run RUN                # evaluate a run or checkpoint
     python experiments/seg_infer.py --run RUN --input DIR   # masks and overlays
+    python experiments/seg_train.py folder --folder DIR --class-map 0:1,255:0   # real images (docs/SEG_REAL_DATA.md)
 
     from funcml.seg import shapes_batch, ShapesConfig, split_key, ce_dice_loss, confusion_matrix
     images, masks = shapes_batch(split_key(key, "train"), 32, ShapesConfig())
@@ -11,14 +12,19 @@
     metrics_from_confusion(cm)["mean_iou"]
 """
 
-from . import folder, hybrid, losses, metrics, shapes, task, transforms, unet, viz
+from . import deform, folder, hybrid, intensity, losses, masks, metrics, patches, shapes, sliding, task, transforms, unet, viz
 from .folder import FolderDataset, save_mask_png, write_example_folder
 from .losses import (bce_dice_loss, binary_cross_entropy, binary_dice_loss, ce_dice_loss, cross_entropy,
                      soft_dice_loss)
 from .metrics import SegMetrics, confusion_matrix, metrics_from_confusion, per_image_dice
 from .shapes import Scene, ShapesConfig, draw_shape, render_scene, sample_scene, shapes_batch, split_key
 from .hybrid import UNetTransformerConfig, apply_unet_transformer, init_unet_transformer
-from .task import PRESETS, SegTrainConfig, evaluate, load_model, predict, train
+from .task import PRESETS, SegTrainConfig, evaluate, load_model, predict, predict_full, resolve_config, train
+from .masks import MaskScan, check_mask_values, parse_class_map, scan_masks
+from .patches import pad_to_canvas, sample_patches
+from .sliding import SlidingWindowConfig, gaussian_importance, sliding_window, window_starts
+from .deform import random_warp
+from .intensity import random_intensity
 from .unet import UNetConfig, apply_unet, init_unet
 from .viz import colorize, legend, overlay, overlay_grid, save_overlay_grid
 from .transforms import (AugmentConfig, augment, hflip, normalize, pad_collate, random_crop, random_flip,
@@ -26,6 +32,10 @@ from .transforms import (AugmentConfig, augment, hflip, normalize, pad_collate, 
 
 __all__ = [
     "folder", "hybrid", "losses", "metrics", "shapes", "task", "transforms", "unet", "viz",
+    "deform", "intensity", "masks", "patches", "sliding",
+    "predict_full", "resolve_config", "MaskScan", "check_mask_values", "parse_class_map", "scan_masks",
+    "pad_to_canvas", "sample_patches", "SlidingWindowConfig", "gaussian_importance", "sliding_window",
+    "window_starts", "random_warp", "random_intensity",
     "UNetConfig", "init_unet", "apply_unet", "UNetTransformerConfig", "init_unet_transformer",
     "apply_unet_transformer", "SegTrainConfig", "PRESETS", "train", "evaluate", "load_model", "predict",
     "colorize", "legend", "overlay", "overlay_grid", "save_overlay_grid",

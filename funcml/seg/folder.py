@@ -120,6 +120,16 @@ class FolderDataset:
     def stems(self) -> list[str]:
         return [p.stem for p in self._images]
 
+    @property
+    def image_paths(self) -> list[Path]:
+        """The image files, in the order of `stems`."""
+        return list(self._images)
+
+    @property
+    def mask_paths(self) -> list[Path]:
+        """The mask files `masks/<stem>.png`, in the order of `stems`."""
+        return [self.mask_dir / f"{p.stem}.png" for p in self._images]
+
     def __len__(self) -> int:
         return len(self._images)
 

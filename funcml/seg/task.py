@@ -58,11 +58,14 @@ from .hybrid import UNetTransformerConfig
 from .losses import ce_dice_loss
 from .metrics import confusion_matrix, metrics_from_confusion, per_image_dice
 from .shapes import ShapesConfig, shapes_batch, split_key
+from .masks import check_mask_values, parse_class_map, scan_masks
+from .patches import pad_to_canvas, sample_patches
+from .sliding import SlidingWindowConfig, sliding_window
 from .transforms import AugmentConfig, augment, normalize
 from .unet import UNetConfig
 
-__all__ = ["SegTrainConfig", "PRESETS", "preprocess", "train", "load_model", "predict", "evaluate", "val_batches",
-           "class_names", "make_optimizer", "make_loss_fn", "IGNORE_INDEX"]
+__all__ = ["SegTrainConfig", "PRESETS", "preprocess", "train", "load_model", "predict", "predict_full", "evaluate",
+           "val_batches", "class_names", "make_optimizer", "make_loss_fn", "resolve_config", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
 PyTree = Any
@@ -93,8 +96,9 @@ class SegTrainConfig:
     runs_dir, experiment: the run goes to `runs_dir/experiment/<time>-<id>/`.
     resume: a run directory to continue (same model and data; the run's own folder is reused).
     patience: early stop after this many evals without a better val/miou (0 = off).
-    augment: random crop / flips / rot90 / photometric jitter of training batches.
-    mean, std: per-channel normalization of images in [0, 1].
+    augment: random crop / flips / rot90 / elastic, affine and intensity transforms of training batches.
+    mean, std: per-channel normalization of images in [0, 1]; None: 0.5 / 0.25 on shapes, measured
+        on the training images of a folder (and saved in the run's config.json).
     val_fraction: the held-out fraction of a folder dataset.
     keep_last: checkpoints kept besides the best one.
     """
@@ -121,10 +125,27 @@ class SegTrainConfig:
     resume: Path | None = None
     patience: int = 0
     augment: AugmentConfig = AugmentConfig(hflip_p=0.5)
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     val_fraction: float = 0.2
     keep_last: int = 2
+    class_map: str = ""
+    """Folder masks: raw mask value -> class id, e.g. `0:1,255:0` (empty: the raw values are the class ids)."""
+    ignore_index: int = 255
+    """Mask value of unlabelled pixels, left out of the loss and the metrics (-1: none)."""
+    folder_size: tuple[int, int] | None = None
+    """Resize folder images to (h, w) (bilinear; masks nearest); None keeps every file's own size."""
+    patch: tuple[int, int] | None = None
+    """Folder data: train on random (h, w) patches of the full images and predict full images by sliding
+    windows of this size; None: train on whole images (padded to the largest)."""
+    fg_fraction: float = 0.0
+    """Share of training patches centred on a foreground pixel (class >= 1); nnU-Net uses 1/3."""
+    image_channels: int = 0
+    """Folder images: 1 (grey) or 3 (RGB); 0 = from the training images (1 if all are grey); sets model.in_channels."""
+    val_stems: tuple[str, ...] = ()
+    """Folder data: the file stems held out for validation (default: a random `val_fraction` of the files)."""
+    sliding: SlidingWindowConfig = SlidingWindowConfig()
+    """Sliding-window prediction of full images (with `patch`): overlap, Gaussian blending, batch, flip TTA."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -144,11 +165,24 @@ class SegTrainConfig:
              f"ce_weight and dice_weight must be >= 0 with a positive sum, got {self.ce_weight}, {self.dice_weight}")
         need(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         c = self.model.in_channels
-        need(len(self.mean) == c and len(self.std) == c,
-             f"mean and std need one value per input channel (model.in_channels={c}), got mean={self.mean}, "
+        need((self.mean is None) == (self.std is None), f"give both mean and std or neither, got mean={self.mean}, "
              f"std={self.std}")
-        need(all(s > 0 for s in self.std), f"std must be > 0 per channel, got {self.std}")
-        if self.folder is None:
+        if self.mean is not None and self.std is not None:
+            if self.folder is None or self.image_channels:
+                need(len(self.mean) == c and len(self.std) == c,
+                     f"mean and std need one value per input channel (model.in_channels={c}), got mean={self.mean}, "
+                     f"std={self.std}")
+            need(all(s > 0 for s in self.std), f"std must be > 0 per channel, got {self.std}")
+        parse_class_map(self.class_map)  # a malformed map fails when the config is made
+        need(self.image_channels in (0, 1, 3), f"image_channels must be 0 (from the images), 1 or 3, "
+             f"got {self.image_channels}")
+        need(0.0 <= self.fg_fraction <= 1.0, f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        for name in ("patch", "folder_size"):
+            v = getattr(self, name)
+            need(v is None or (len(v) == 2 and min(v) >= 1), f"{name} must be (h, w) >= 1 or None, got {v}")
+        if self.folder is None:  # the `folder` preset sets patch before --folder is given: checked at train start
+            need(self.folder_size is None and not self.class_map and not self.val_stems,
+                 "folder_size, class_map and val_stems apply to --folder data; on shapes use --data.height/--data.width")
             need(self.data.channels == c, f"data.channels={self.data.channels} but model.in_channels={c}; "
                  "make them equal")
             need(self.data.num_classes == self.model.num_classes,
@@ -175,6 +209,23 @@ def _preset_unet() -> SegTrainConfig:
                           steps=700, batch_size=16, lr=5e-3, warmup_steps=30, eval_every=100, experiment="seg-unet")
 
 
+# Real images (the EM membranes of benchmarks/seg_real.py): native resolution, 128x128 patches, a third of
+# them centred on foreground, flips + rotation + scaling + elastic deformation + intensity transforms,
+# sliding-window validation; channels and mean/std from the training images.
+_REAL_AUGMENT = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90=True, rotate_p=0.3, rotate_deg=45.0, scale_p=0.3,
+                              scale=(0.85, 1.2), elastic_p=0.3, elastic_sigma=8.0, elastic_grid=4, noise_p=0.15,
+                              noise_std=0.05, blur_p=0.15, blur_sigma=(0.5, 1.0), gamma_p=0.3, gamma=(0.7, 1.5),
+                              brightness=0.1, brightness_p=0.3, contrast=0.25, contrast_p=0.3)
+
+
+def _preset_folder() -> SegTrainConfig:
+    # data: a 1-channel binary shapes config matching the model until --folder replaces it (then unused)
+    return SegTrainConfig(model=UNetConfig(in_channels=1, num_classes=2, depth=4, base_width=16),
+                          data=ShapesConfig(channels=1, classes=("circle",), mode="binary"), steps=500,
+                          batch_size=8, lr=3e-3, warmup_steps=30, eval_every=500, patch=(128, 128),
+                          fg_fraction=1 / 3, augment=_REAL_AUGMENT, experiment="seg-folder")
+
+
 def _preset_tiny() -> SegTrainConfig:
     return SegTrainConfig(
         model=UNetTransformerConfig(in_channels=3, num_classes=5, depth=2, base_width=4, num_layers=1, num_heads=2,
@@ -189,6 +240,10 @@ PRESETS: dict[str, tuple[str, SegTrainConfig]] = {
         "32x32 shapes (the main job's model)", _preset_unet_transformer()),
     "unet": (
         "python experiments/seg_train.py unet  -- the plain U-Net baseline on the same data", _preset_unet()),
+    "folder": (
+        "python experiments/seg_train.py folder --folder DIR --class-map 0:1,255:0  -- real images at native "
+        "resolution: 128x128 patches (1/3 foreground-centred), elastic/rotation/scale/intensity augmentation, "
+        "sliding-window validation; 2 classes, grey or RGB detected", _preset_folder()),
     "tiny": (
         "python experiments/seg_train.py tiny  -- a seconds-long smoke run (16x16, depth 2, width 4, 1 layer)",
         _preset_tiny()),
@@ -203,7 +258,18 @@ def preprocess(images: torch.Tensor, cfg: SegTrainConfig) -> torch.Tensor:
     `(images - mean[c]) / std[c]`, float32 `[B, C, H, W]` (C = `cfg.model.in_channels`)."""
     check_shape(images, "b c h w", name="images", c=cfg.model.in_channels)
     check_dtype(images, "float", name="images")
-    return normalize(images.to(torch.float32), cfg.mean, cfg.std)
+    mean, std = _stats(cfg)
+    return normalize(images.to(torch.float32), mean, std)
+
+
+def _stats(cfg: SegTrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if cfg.mean is not None and cfg.std is not None:
+        return cfg.mean, cfg.std
+    if cfg.folder is not None:
+        raise ConfigError("mean/std of a folder run are measured on its training images by resolve_config(cfg) "
+                          "(train does it); pass --mean/--std or call funcml.seg.task.resolve_config first")
+    c = cfg.model.in_channels
+    return (0.5,) * c, (0.25,) * c
 
 
 def class_names(cfg: SegTrainConfig) -> tuple[str, ...]:
@@ -218,31 +284,106 @@ def _data_key(cfg: SegTrainConfig) -> torch.Tensor:
     return random.key(cfg.data_seed)
 
 
-class _Folder:
-    """A folder dataset, loaded once into memory, split into train / val indices by a key."""
+def _is_grey(path: Path) -> bool:
+    from .folder import open_image
 
-    def __init__(self, cfg: SegTrainConfig):
+    return open_image(path).mode in ("1", "L", "LA", "I", "I;16", "F")
+
+
+class _Folder:
+    """A folder dataset, loaded once into memory at its own size (or `folder_size`), split into
+    train / val indices (`val_stems`, else a permutation from the data key). The training masks
+    are scanned and checked first (`funcml.seg.masks`); with `report=True` the scan and any
+    warnings are printed to stderr."""
+
+    def __init__(self, cfg: SegTrainConfig, *, report: bool = False):
         assert cfg.folder is not None
         if not Path(cfg.folder).is_dir():
             raise DataError(f"--folder {cfg.folder} does not exist; pass a folder with images/ and masks/")
-        ds = FolderDataset(cfg.folder, num_classes=cfg.model.num_classes, image_size=(cfg.data.height, cfg.data.width),
-                           ignore_index=IGNORE_INDEX, channels=cfg.model.in_channels)
+        k, class_map = cfg.model.num_classes, parse_class_map(cfg.class_map)
+
+        def dataset(channels: int) -> FolderDataset:
+            return FolderDataset(cfg.folder, num_classes=k, image_size=cfg.folder_size, class_map=class_map,
+                                 ignore_index=cfg.ignore_index, channels=channels)
+
+        ds = dataset(3)
         n = len(ds)
         if n < 2:
             raise DataError(f"{cfg.folder}: needs at least 2 examples (one to train on, one to validate), got {n}")
+        if cfg.val_stems:
+            unknown = [s for s in cfg.val_stems if s not in ds.stems]
+            if unknown:
+                raise DataError(f"--val-stems {unknown} are not files of {cfg.folder}/images (stems: "
+                                f"{ds.stems[:5]}...)")
+            val = torch.tensor([i for i, s in enumerate(ds.stems) if s in cfg.val_stems], dtype=torch.int64)
+            train = torch.tensor([i for i, s in enumerate(ds.stems) if s not in cfg.val_stems], dtype=torch.int64)
+            if len(train) == 0:
+                raise DataError(f"--val-stems holds every file of {cfg.folder}; leave some to train on")
+            self.val_idx, self.train_idx = val, train
+        else:
+            perm = random.permutation(random.fold_in(_data_key(cfg), "folder_split"), n)
+            n_val = min(n - 1, max(1, round(cfg.val_fraction * n)))
+            self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        train_masks = [ds.mask_paths[i] for i in self.train_idx.tolist()]
+        scan = scan_masks(train_masks)
+        warnings = check_mask_values(scan, num_classes=k, class_map=class_map, ignore_index=cfg.ignore_index,
+                                     where=f"the training masks of {cfg.folder}")
+        self.channels = cfg.image_channels or (
+            1 if all(_is_grey(ds.image_paths[i]) for i in self.train_idx.tolist()) else 3)
+        if self.channels != 3:
+            ds = dataset(self.channels)
+        if report:
+            print(f"[seg] {scan.report(k, class_map, cfg.ignore_index)}", file=sys.stderr)
+            for w in warnings:
+                print(f"warning: {w}", file=sys.stderr)
         pairs = [ds[i] for i in range(n)]
-        self.images = torch.stack([p[0] for p in pairs])  # [N, C, H, W] in [0, 1]
-        self.masks = torch.stack([p[1] for p in pairs])  # [N, H, W]
-        perm = random.permutation(random.fold_in(_data_key(cfg), "folder_split"), n)
-        n_val = min(n - 1, max(1, round(cfg.val_fraction * n)))
-        self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        self.images = [p[0] for p in pairs]  # each [C, H_i, W_i] in [0, 1]
+        self.masks = [p[1] for p in pairs]  # each [H_i, W_i]
+        train_pixels = torch.cat([self.images[i].flatten(1) for i in self.train_idx.tolist()], dim=1)  # [C, P]
+        self.mean = tuple(float(v) for v in train_pixels.mean(dim=1))
+        self.std = tuple(max(float(v), 1e-3) for v in train_pixels.std(dim=1))
+        patch = cfg.patch or (1, 1)
+        self.canvas, self.canvas_masks, self.sizes = pad_to_canvas(
+            [self.images[i] for i in self.train_idx.tolist()], [self.masks[i] for i in self.train_idx.tolist()],
+            min_size=patch, ignore_index=cfg.ignore_index)
         self.key = split_key(_data_key(cfg), "train")
+        self.patch_key = random.fold_in(self.key, "patch")
+        self.cfg = cfg
 
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Example `g = step * B + i` is position `g mod n` of the permutation of epoch `g // n`
-        (`funcml.tasks.epoch_indices`)."""
+        """Example `g = step * B + i` is training image `g mod n` of the permutation of epoch `g // n`
+        (`funcml.tasks.epoch_indices`); with `patch`, one patch of it (`sample_patches` with the key
+        `fold_in(patch_key, step)`), else the whole image on the padded canvas."""
         idx = tasks.epoch_indices(self.key, len(self.train_idx), step, batch_size)
-        return self.images[self.train_idx[idx]], self.masks[self.train_idx[idx]]
+        images, masks = self.canvas[idx], self.canvas_masks[idx]
+        if self.cfg.patch is None:
+            return images, masks
+        return sample_patches(random.fold_in(self.patch_key, step), images, masks, self.sizes[idx],
+                              patch=self.cfg.patch, fg_fraction=self.cfg.fg_fraction,
+                              ignore_index=self.cfg.ignore_index)
+
+    def val_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.images[i], self.masks[i]) for i in self.val_idx.tolist()]
+
+
+def resolve_config(cfg: SegTrainConfig) -> SegTrainConfig:
+    """The config with what the data decides filled in: on a folder, the image channels
+    (`image_channels`, `model.in_channels`) and `mean` / `std` measured on the training images;
+    on shapes the config itself (unset mean / std mean 0.5 / 0.25 per channel). Prints the training
+    masks' scan."""
+    if cfg.folder is None:
+        if cfg.patch is not None:
+            raise ConfigError("patch applies to --folder data (the `folder` preset needs --folder DIR); on shapes use "
+                              "--augment.crop")
+        return cfg
+    f = _Folder(cfg, report=distributed.is_main())
+    model = dataclasses.replace(cfg.model, in_channels=f.channels)
+    if cfg.mean is not None and cfg.std is not None:
+        if len(cfg.mean) != f.channels or len(cfg.std) != f.channels:
+            raise ConfigError(f"--mean/--std need one value per image channel ({f.channels}), got mean={cfg.mean}, "
+                              f"std={cfg.std}")
+        return dataclasses.replace(cfg, model=model, image_channels=f.channels)
+    return dataclasses.replace(cfg, model=model, image_channels=f.channels, mean=f.mean, std=f.std)
 
 
 def _train_batch_fn(cfg: SegTrainConfig):
@@ -258,7 +399,7 @@ def _train_batch_fn(cfg: SegTrainConfig):
 
     def get_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if folder is not None:
-            images, masks = distributed.shard(folder.train_batch(step, cfg.batch_size))
+            images, masks = distributed.shard(folder.train_batch(step, cfg.batch_size))  # same key on every rank
         else:
             images, masks = shapes_batch(random.fold_in(train_key, step), cfg.batch_size // world, cfg.data)
         images, masks = augment(random.fold_in(aug_key, step), images, masks, cfg.augment)
@@ -272,9 +413,16 @@ def val_batches(train_cfg: SegTrainConfig, batch_size: int = 64) -> Iterator[tup
     `val_size` shapes from `split_key(data_key, "val")`, or the held-out part of the folder."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if train_cfg.folder is not None:
-        folder = _Folder(train_cfg)
-        images, masks = folder.images[folder.val_idx], folder.masks[folder.val_idx]
+    if train_cfg.folder is not None:  # full images, consecutive ones of equal size batched together
+        batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for image, mask in _Folder(train_cfg).val_pairs():
+            if batch and (len(batch) == batch_size or image.shape != batch[0][0].shape):
+                yield torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+                batch = []
+            batch.append((image, mask))
+        if batch:
+            yield torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+        return
     else:
         images, masks = shapes_batch(split_key(_data_key(train_cfg), "val"), train_cfg.val_size, train_cfg.data)
     for i in range(0, images.shape[0], batch_size):
@@ -309,13 +457,40 @@ def predict(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, images_n
     return torch.cat(preds), torch.cat(probs)
 
 
+def predict_full(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, images_normalized: torch.Tensor,
+                 train_cfg: SegTrainConfig, *, sliding: SlidingWindowConfig | None = None,
+                 window: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict full images `[B, C, H, W]` (after `preprocess`) -> `(pred [B, H, W], probs [B, K, H, W])`.
+
+    A run trained on patches (`train_cfg.patch`, or an explicit `window`) predicts by overlapping
+    windows of that size blended with a Gaussian importance map (`funcml.seg.sliding`; settings
+    `sliding`, default `train_cfg.sliding`); otherwise the whole image goes through the model at once
+    (`predict`). This is the one path of `evaluate`, `seg_eval.py` and `seg_infer.py`.
+    """
+    window = window or train_cfg.patch
+    if window is None:
+        return predict(params, model_state, model_cfg, images_normalized)
+    check_shape(images_normalized, "b c h w", name="images_normalized", c=model_cfg.in_channels)
+    check_dtype(images_normalized, "float", name="images_normalized")
+    sw = sliding or train_cfg.sliding
+
+    def probs_fn(x: torch.Tensor) -> torch.Tensor:
+        logits, _ = models.apply(params, model_state, x, model_cfg, train=False)
+        return torch.softmax(logits.float(), dim=1)
+
+    with torch.no_grad():
+        probs = sliding_window(probs_fn, images_normalized, window=window, overlap=sw.overlap,
+                               sigma_scale=sw.sigma_scale, batch_size=sw.batch_size, tta=sw.tta)
+    return probs.argmax(dim=1).to(torch.int64), probs
+
+
 def _nan_list(x: torch.Tensor) -> list[float]:
     return [float(v) for v in x.tolist()]
 
 
 def evaluate(params: PyTree, model_state: PyTree, model_cfg: UNetConfig,
              batches: Iterable[tuple[torch.Tensor, torch.Tensor]], train_cfg: SegTrainConfig, *,
-             ignore_index: int = IGNORE_INDEX) -> dict[str, Any]:
+             ignore_index: int | None = None, sliding: SlidingWindowConfig | None = None) -> dict[str, Any]:
     """Dataset-level metrics of the model on `batches` of `(images01 [B, C, H, W] in [0, 1], masks [B, H, W])`.
 
     Pixels are pooled over all batches into one confusion matrix (`funcml.seg.metrics`), so
@@ -328,10 +503,12 @@ def evaluate(params: PyTree, model_state: PyTree, model_cfg: UNetConfig,
     `pixel_accuracy` (floats), `per_image_dice` (list), `class_names`, `num_images`.
     """
     k = model_cfg.num_classes
+    ignore_index = train_cfg.ignore_index if ignore_index is None else ignore_index
     cm = torch.zeros(k, k, dtype=torch.int64)
     image_dice: list[float] = []
     for images, masks in batches:
-        pred, _ = predict(params, model_state, model_cfg, preprocess(images, train_cfg))
+        pred, _ = predict_full(params, model_state, model_cfg, preprocess(images, train_cfg), train_cfg,
+                               sliding=sliding)
         check_shape(masks, "b h w", name="masks", b=pred.shape[0], h=pred.shape[1], w=pred.shape[2])
         cm = cm + confusion_matrix(pred, masks, k, ignore_index=ignore_index)
         image_dice += _nan_list(torch.nanmean(per_image_dice(pred, masks, k, ignore_index), dim=1))
@@ -361,13 +538,13 @@ def make_optimizer(cfg: SegTrainConfig) -> optim.GradientTransformation:
 def make_loss_fn(cfg: SegTrainConfig):
     """The training loss `loss_fn(params, model_state, batch, key) -> (loss, ({}, model_state))`:
     `ce_weight * CE + dice_weight * soft Dice` of the model's logits in train mode, on
-    `batch = (x normalized [B, C, H, W], masks [B, H, W])` (`IGNORE_INDEX` pixels left out)."""
+    `batch = (x normalized [B, C, H, W], masks [B, H, W])` (`cfg.ignore_index` pixels left out)."""
 
     def loss_fn(params, model_state, batch, key):
         x, masks = batch
         logits, model_state = models.apply(params, model_state, x, cfg.model, key=key, train=True)
         loss = ce_dice_loss(logits, masks, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight,
-                            ignore_index=IGNORE_INDEX)
+                            ignore_index=cfg.ignore_index)
         return loss, ({}, model_state)
 
     return loss_fn
@@ -380,7 +557,8 @@ def _initial_state(cfg: SegTrainConfig):
     return init_train_state(params, model_state, tx, random.fold_in(root, "train")), tx
 
 
-_RESUME_FIELDS = ("model", "data", "folder", "seed", "data_seed", "mean", "std", "augment")
+_RESUME_FIELDS = ("model", "data", "folder", "seed", "data_seed", "mean", "std", "augment", "class_map", "ignore_index",
+                  "folder_size", "patch", "fg_fraction", "val_stems")
 
 
 def _open_for_resume(cfg: SegTrainConfig) -> RunDir:
@@ -407,6 +585,7 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
     the others return the same `run` with the loop's summary.
     """
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
+    cfg = resolve_config(cfg)  # channels and mean/std from the data: saved in config.json
     ts, tx = _initial_state(cfg)
     run = distributed.on_main(_open_for_resume, cfg) if cfg.resume is not None else None
     get_batch = _train_batch_fn(cfg)

@@ -26,6 +26,8 @@ from einops import rearrange
 from .. import random
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError, ShapeError
+from .deform import random_warp
+from .intensity import random_intensity
 
 __all__ = [
     "AugmentConfig",
@@ -55,6 +57,11 @@ class AugmentConfig:
     contrast: scale the image about its mean by a uniform factor in [1 - contrast, 1 + contrast].
     Photometric changes touch only the image, which is then clamped to [0, 1] (augment before
     `normalize`).
+
+    Then, for real images (all off by default; each drawn per example with its probability):
+    one spatial resampling (`funcml.seg.deform`: rotation, scaling, elastic deformation; image
+    bilinear, mask nearest) and the intensity transforms of `funcml.seg.intensity` (noise, blur,
+    gamma).
     """
 
     crop: tuple[int, int] | None = None
@@ -63,6 +70,36 @@ class AugmentConfig:
     rot90: bool = False
     brightness: float = 0.0
     contrast: float = 0.0
+    brightness_p: float = 1.0
+    """Probability of the brightness shift (when brightness > 0)."""
+    contrast_p: float = 1.0
+    """Probability of the contrast change (when contrast > 0)."""
+    rotate_p: float = 0.0
+    """Probability of a rotation by a uniform angle in [-rotate_deg, rotate_deg] (any angle, not just 90s)."""
+    rotate_deg: float = 180.0
+    """Largest rotation angle in degrees."""
+    scale_p: float = 0.0
+    """Probability of an isotropic scaling by a uniform factor in `scale` (> 1 zooms in)."""
+    scale: tuple[float, float] = (0.85, 1.25)
+    """(min, max) scale factor."""
+    elastic_p: float = 0.0
+    """Probability of an elastic deformation (U-Net paper: coarse-grid Gaussian displacements, bicubic)."""
+    elastic_sigma: float = 10.0
+    """Std of the coarse-grid displacements, in pixels."""
+    elastic_grid: int = 3
+    """Points per side of the coarse displacement grid (>= 2)."""
+    noise_p: float = 0.0
+    """Probability of additive Gaussian noise with std uniform in [0, noise_std]."""
+    noise_std: float = 0.05
+    """Largest noise std (images in [0, 1])."""
+    blur_p: float = 0.0
+    """Probability of a Gaussian blur with std uniform in `blur_sigma` pixels."""
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    """(min, max) blur std in pixels."""
+    gamma_p: float = 0.0
+    """Probability of a gamma curve x^gamma with log-uniform gamma in `gamma`."""
+    gamma: tuple[float, float] = (0.7, 1.5)
+    """(min, max) gamma."""
 
     def __post_init__(self) -> None:
         for name in ("hflip_p", "vflip_p"):
@@ -74,6 +111,18 @@ class AugmentConfig:
         if not 0.0 <= self.contrast <= 1.0 or self.brightness < 0.0:
             raise ConfigError(f"AugmentConfig: need brightness >= 0 and contrast in [0, 1], "
                               f"got {self.brightness}, {self.contrast}")
+        for name in ("brightness_p", "contrast_p", "rotate_p", "scale_p", "elastic_p", "noise_p", "blur_p", "gamma_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"AugmentConfig.{name} must be in [0, 1], got {p}")
+        for name in ("scale", "blur_sigma", "gamma"):
+            lo, hi = getattr(self, name)
+            ok = 0.0 <= lo <= hi if name == "blur_sigma" else 0.0 < lo <= hi
+            if not ok:
+                raise ConfigError(f"AugmentConfig.{name} must be (min, max) with 0 < min <= max, got {(lo, hi)}")
+        if self.elastic_sigma < 0 or self.noise_std < 0 or self.rotate_deg < 0 or self.elastic_grid < 2:
+            raise ConfigError(f"AugmentConfig: need elastic_sigma, noise_std, rotate_deg >= 0 and elastic_grid >= 2, "
+                              f"got {self.elastic_sigma}, {self.noise_std}, {self.rotate_deg}, {self.elastic_grid}")
 
 
 def _as_batch(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -234,8 +283,12 @@ def random_rot90(key: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> 
     return _unbatch(*_random_rot90(keys, image, mask, batched), batched)
 
 
-def _photometric(keys: torch.Tensor, image: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
+def _photometric(keys: torch.Tensor, image: torch.Tensor, brightness: float, contrast: float,
+                 brightness_p: float = 1.0, contrast_p: float = 1.0) -> torch.Tensor:
     u = _draw(keys, lambda k: random.uniform(k, (2,), -1.0, 1.0)).to(image.dtype)  # [B, 2]
+    if brightness_p < 1.0 or contrast_p < 1.0:  # a static choice: p = 1 keeps the draws of older runs
+        on = _draw(keys, lambda k: random.uniform(random.fold_in(k, "p"), (2,))).to(image.device)  # [B, 2]
+        u = u * (on < torch.tensor([brightness_p, contrast_p], device=on.device)).to(u.dtype)
     factor = (1.0 + contrast * u[:, 1])[:, None, None, None]
     delta = (brightness * u[:, 0])[:, None, None, None]
     mean = image.mean(dim=(1, 2, 3), keepdim=True)
@@ -243,7 +296,8 @@ def _photometric(keys: torch.Tensor, image: torch.Tensor, brightness: float, con
 
 
 def augment(key: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig = AugmentConfig()) -> Pair:
-    """Crop, flips, rot90 and photometric jitter as `cfg` says, each from its own named stream.
+    """Crop, flips, rot90, photometric jitter, then the spatial warp (`funcml.seg.deform`) and the
+    intensity transforms (`funcml.seg.intensity`) as `cfg` says, each from its own named stream.
 
     On a batch, example i uses `split(key, B)[i]` for all its draws, so the result equals
     `augment` applied to each example with its key.
@@ -262,8 +316,15 @@ def augment(key: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, cfg: Aug
         image, mask = _random_flip(stream("vflip"), image, mask, cfg.vflip_p, False, True)
     if cfg.rot90:
         image, mask = _random_rot90(stream("rot90"), image, mask, batched)
+    if cfg.rotate_p > 0 or cfg.scale_p > 0 or cfg.elastic_p > 0:
+        image, mask = random_warp(stream("warp"), image, mask, rotate_p=cfg.rotate_p, rotate_deg=cfg.rotate_deg,
+                                  scale_p=cfg.scale_p, scale=cfg.scale, elastic_p=cfg.elastic_p,
+                                  elastic_sigma=cfg.elastic_sigma, elastic_grid=cfg.elastic_grid)
+    if cfg.noise_p > 0 or cfg.blur_p > 0 or cfg.gamma_p > 0:
+        image = random_intensity(stream("intensity"), image, noise_p=cfg.noise_p, noise_std=cfg.noise_std,
+                                 blur_p=cfg.blur_p, blur_sigma=cfg.blur_sigma, gamma_p=cfg.gamma_p, gamma=cfg.gamma)
     if cfg.brightness > 0 or cfg.contrast > 0:
-        image = _photometric(stream("color"), image, cfg.brightness, cfg.contrast)
+        image = _photometric(stream("color"), image, cfg.brightness, cfg.contrast, cfg.brightness_p, cfg.contrast_p)
     return _unbatch(image, mask, batched)
 
 

@@ -199,7 +199,7 @@ def _fitting_font(text: str, width: int):
 
 def overlay_grid(images: torch.Tensor, gts: torch.Tensor | None, preds: torch.Tensor, class_names: Sequence[str], *,
                  max_rows: int = 8, scale: int = 4, pad: int = 4, palette: Sequence[Sequence[int]] | None = None,
-                 ignore_index: int | None = 255) -> Image.Image:
+                 ignore_index: int | None = 255, max_cell: int = 256) -> Image.Image:
     """A grid, one row per image: image | ground truth | prediction (image | prediction without `gts`).
 
     Arguments:
@@ -208,6 +208,9 @@ def overlay_grid(images: torch.Tensor, gts: torch.Tensor | None, preds: torch.Te
         max_rows: at most this many rows (the first images).
         scale: integer NEAREST upscaling of every cell.
         pad: white pixels between and around cells.
+        max_cell: the longer side of a cell is at most this many pixels: larger (or upscaled) images
+            are shrunk to it (image bilinear, masks NEAREST), so a grid of 512x512 slices stays
+            about `k * max_cell` wide.
 
     Layout, with `n = min(N, max_rows)` rows and `k` = 3 (or 2) columns of cells of size
     `(W s, H s)`: width `k W s + (k + 1) pad` (or the legend's width if wider), height
@@ -223,7 +226,12 @@ def overlay_grid(images: torch.Tensor, gts: torch.Tensor | None, preds: torch.Te
         raise ConfigError(f"scale must be an int >= 1, got {scale!r}")
     if dims["n"] == 0:
         raise DataError("overlay_grid: no images to draw")
+    if not isinstance(max_cell, int) or max_cell < 8:
+        raise ConfigError(f"max_cell must be an int >= 8, got {max_cell!r}")
     n, h, w = min(dims["n"], max_rows), dims["h"] * scale, dims["w"] * scale
+    if max(h, w) > max_cell:
+        shrink = max_cell / max(h, w)
+        h, w = max(1, round(h * shrink)), max(1, round(w * shrink))
     titles = ["image", "ground truth", "prediction"] if gts is not None else ["image", "prediction"]
     k = len(titles)
     fonts = [_fitting_font(t, w) for t in titles]
@@ -235,7 +243,9 @@ def overlay_grid(images: torch.Tensor, gts: torch.Tensor | None, preds: torch.Te
     for c, (title, font) in enumerate(zip(titles, fonts)):
         draw.text((pad + c * (w + pad) + w // 2, title_h // 2), title, fill=_TEXT, font=font, anchor="mm")
     for r in range(n):
-        cells = [Image.fromarray(_image_array(images[r], f"images[{r}]"), "RGB")]
+        picture = Image.fromarray(_image_array(images[r], f"images[{r}]"), "RGB")
+        smooth = picture.width > w  # shrinking: bilinear for the picture, masks stay NEAREST
+        cells = [picture.resize((w, h), Image.Resampling.BILINEAR) if smooth else picture]
         if gts is not None:
             cells.append(Image.fromarray(colorize(gts[r], palette, ignore_index=ignore_index).numpy(), "RGB"))
         cells.append(Image.fromarray(colorize(preds[r], palette, ignore_index=ignore_index).numpy(), "RGB"))
@@ -261,8 +271,8 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
 def save_overlay_grid(images: torch.Tensor, gts: torch.Tensor | None, preds: torch.Tensor,
                       class_names: Sequence[str], path: str | os.PathLike, *, max_rows: int = 8, scale: int = 4,
                       pad: int = 4, palette: Sequence[Sequence[int]] | None = None,
-                      ignore_index: int | None = 255) -> Path:
+                      ignore_index: int | None = 255, max_cell: int = 256) -> Path:
     """Write `overlay_grid(...)` (same arguments) as a PNG at `path`, atomically; returns the path."""
     grid = overlay_grid(images, gts, preds, class_names, max_rows=max_rows, scale=scale, pad=pad, palette=palette,
-                        ignore_index=ignore_index)
+                        ignore_index=ignore_index, max_cell=max_cell)
     return save_image_atomic(grid, path)
