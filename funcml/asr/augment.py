@@ -11,8 +11,9 @@ Every function takes `x: [N]` or `[B, N]` float and returns the same shape and d
 per-utterance strengths are floats or `[B]` tensors (one per row); randomness comes only from the
 keyword-only `key` (same key -> same bits), and strength zero is the identity (up to the float
 rounding of an FFT round trip). `speed` is the exception that changes the length. The
-definitions (`X[k] = rfft(x, n=2N)[k]` at frequencies `f_k = k sr / 2N`; filtering is done on
-`2N` points so that the circular wrap falls in the discarded half):
+definitions (`X[k] = rfft(x, n=M)[k]` at frequencies `f_k = k sr / M`, `M` the power of two
+>= 2N, so that the circular wrap of filtering falls in the discarded padding; the noise is
+`funcml.random.fast_normal`, Gaussian to +-4.2 sigma):
 
 - speed perturbation (Ko et al., Interspeech 2015): the waveform is read at `alpha` times its
   rate, `y(t) = x(alpha t)`: duration / alpha, every frequency (pitch and formants) x alpha.
@@ -75,11 +76,18 @@ def _freqs(n_fft: int, sample_rate: int) -> torch.Tensor:
     return torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft
 
 
+def _fft_len(n: int) -> int:
+    """The FFT length used to filter `n` samples: the power of two >= 2n (fast, and the circular wrap
+    of a zero-phase filter falls in the discarded padding)."""
+    return 1 << (2 * n - 1).bit_length()
+
+
 def _filter(x: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-    """Zero-phase filtering of `x: [B, N]` by a real `response: [B or 1, N + 1]` on 2N points."""
+    """Zero-phase filtering of `x: [B, N]` by a real `response: [B or 1, M // 2 + 1]`, `M = _fft_len(N)`."""
     n = x.shape[-1]
-    spec = torch.fft.rfft(x.to(torch.float64), n=2 * n)
-    return torch.fft.irfft(spec * response, n=2 * n)[..., :n]
+    m = _fft_len(n)
+    spec = torch.fft.rfft(x.to(torch.float64), n=m)
+    return torch.fft.irfft(spec * response, n=m)[..., :n]
 
 
 def _check_rate(sample_rate: int) -> None:
@@ -118,14 +126,14 @@ def band_limit(x: torch.Tensor, sample_rate: int, *, low_hz=0.0, high_hz=None) -
     if bool((low < 0).any()) or bool((high <= low).any()) or bool((high > nyq).any()):
         raise RangeError(f"band_limit: need 0 <= low_hz < high_hz <= Nyquist ({nyq} Hz), got low_hz={low_hz}, "
                          f"high_hz={high_hz}")
-    f = _freqs(2 * n, sample_rate)[None, :]
+    f = _freqs(_fft_len(n), sample_rate)[None, :]
     keep = ((f >= low) & (f <= high)).to(torch.float64)
     return _filter(r, keep).to(x.dtype).reshape(x.shape)
 
 
 def _impulse_response(key: torch.Tensor, b: int, length: int, rt60: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """`[B, length]` float64: `h[0] = 1` and a unit-energy exponentially decaying noise tail."""
-    e = random.normal(key, (b, length), dtype=torch.float64)
+    e = random.fast_normal(key, (b, length)).to(torch.float64)
     n = torch.arange(length, dtype=torch.float64)[None, :]
     tail = e * 10.0 ** (-3.0 * n / (rt60 * sample_rate))
     tail[:, 0] = 0.0
@@ -158,7 +166,7 @@ def reverb(x: torch.Tensor, sample_rate: int, *, rt60, wet, key: torch.Tensor,
         raise RangeError(f"reverb: need rt60 > 0 and 0 <= wet <= 1, got rt60={rt60}, wet={wet}")
     length = max(2, int(min(max_seconds, 2.0 * float(rt.max())) * sample_rate))
     h = _impulse_response(key, b, length, rt, sample_rate)
-    m = n + length
+    m = 1 << (n + length - 1).bit_length()                      # a fast FFT length with no wrap into [0, N)
     xd = r.to(torch.float64)
     y = torch.fft.irfft(torch.fft.rfft(xd, n=m) * torch.fft.rfft(h, n=m), n=m)[..., :n]
     p_x = xd.pow(2).mean(-1, keepdim=True)
@@ -181,8 +189,8 @@ def coloured_noise(sample_rate: int, shape, *, beta, key: torch.Tensor) -> torch
     bt = _per_row(beta, b, "beta")
     if bool((bt < 0).any()):
         raise RangeError(f"coloured_noise: beta must be >= 0, got {beta}")
-    white = random.normal(key, (b, n), dtype=torch.float64)
-    f = _freqs(2 * n, sample_rate)[None, :].clamp_min(sample_rate / (2 * n))
+    white = random.fast_normal(key, (b, n)).to(torch.float64)
+    f = _freqs(_fft_len(n), sample_rate)[None, :].clamp_min(sample_rate / _fft_len(n))
     y = _filter(white, f.pow(-bt / 2.0))
     y = y / y.pow(2).mean(-1, keepdim=True).clamp_min(1e-30).sqrt()
     return y.to(torch.float32).reshape(shape)
@@ -203,8 +211,8 @@ def babble_noise(sample_rate: int, shape, *, talkers: int = 4, key: torch.Tensor
     k_src, k_env = random.split(key)
     src = coloured_noise(sample_rate, (b * talkers, n), beta=1.0, key=k_src).to(torch.float64)
     src = band_limit(src, sample_rate, low_hz=min(100.0, sample_rate / 4), high_hz=min(3400.0, sample_rate / 2))
-    z = random.normal(k_env, (b * talkers, n), dtype=torch.float64)
-    f = _freqs(2 * n, sample_rate)[None, :]
+    z = random.fast_normal(k_env, (b * talkers, n)).to(torch.float64)
+    f = _freqs(_fft_len(n), sample_rate)[None, :]
     env = _filter(z, (f <= syllable_hz).to(torch.float64)).abs()
     y = (src * env).reshape(b, talkers, n).sum(1)
     y = y / y.pow(2).mean(-1, keepdim=True).clamp_min(1e-30).sqrt()
@@ -237,7 +245,7 @@ def random_eq(x: torch.Tensor, sample_rate: int, *, max_db, key: torch.Tensor, b
         raise RangeError(f"random_eq: need max_db >= 0, bands >= 1 and 0 < f_lo < Nyquist, got max_db={max_db}, "
                          f"bands={bands}, f_lo={f_lo}")
     a = random.uniform(key, (b, bands), -1.0, 1.0, dtype=torch.float64)                  # [B, J]
-    f = _freqs(2 * n, sample_rate).clamp(f_lo, sample_rate / 2)
+    f = _freqs(_fft_len(n), sample_rate).clamp(f_lo, sample_rate / 2)
     u = torch.log(f / f_lo) / math.log(sample_rate / 2 / f_lo)                             # [K] in [0, 1]
     j = torch.arange(1, bands + 1, dtype=torch.float64)
     curve = torch.cos(math.pi * j[:, None] * u[None, :])                                  # [J, K]

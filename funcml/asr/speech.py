@@ -27,13 +27,20 @@ call holds a module lock, so synthesis is thread-safe but never runs in parallel
 processes (each initializes its own copy) for parallel corpus generation.
 
 Augmentation per utterance, all drawn from the utterance's key: text, voice (the training
-voices for `split="train"`, the held-out voices for `split="test"`), rate (words/min) and
-pitch (0-100), gain `g` dB, and white noise at an SNR `s` dB, scaled so that the SNR is exact
-on the utterance:
+voices for `split="train"`, the held-out voices for `split="test"`), rate `r` (words/min),
+pitch (0-100), intonation range (0-100) and word gap, gain `g` dB, and noise at an SNR `s` dB,
+scaled so that the SNR is exact on the utterance. With the sim-to-real fields of `SpeechConfig`
+(all off by default; see funcml.asr.augment for each effect's equation) the chain is
 
-    x = 10^(g/20) resample(espeak(text)),    y = x + n * sqrt(P_x / (10^(s/10) P_n))
+    e = espeak(text, rate = r / alpha, pitch, intonation, word gap)         formant warp alpha
+    x = speed(resample(e, 22050 -> sr), alpha * s_k)                        speed factor s_k
+    x = 10^(g/20) eq(reverb(x))                                             room and microphone
+    y = band_limit(x + n * sqrt(P_x / (10^(s/10) P_n)), low, high)          noise, then the channel band
 
-with `P` the mean power. Corpora are cached on disk (one `.npz` per corpus, named by a hash of
+with `P` the mean power and `n` white (the default), coloured `1/f^beta`, or babble-like noise.
+Reading the audio `alpha` times faster after speaking it `alpha` times slower scales formants
+and pitch by `alpha` at the drawn tempo (vocal-tract-length warping without a phase vocoder);
+the speed factor then scales tempo, pitch and formants together (Kaldi's speed perturbation). Corpora are cached on disk (one `.npz` per corpus, named by a hash of
 the config, key, size, split and library versions; written atomically; a corrupt file is
 regenerated with a warning).
 """
@@ -98,7 +105,7 @@ _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_RANGE, _ESPEAK_WORDGAP = 1, 3, 4, 7
 _RATE_MIN, _RATE_MAX = 80, 450
 _EE_OK = 0
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 4  # 4: the sim-to-real draws from one vector of uniforms per utterance
 
 _LOCK = threading.RLock()
 
@@ -268,10 +275,14 @@ class _Engine:
         self._voice_files: dict[str, Path] = {}
 
     def _lang_file(self, lang: str) -> Path:
-        matches = [p for p in (self.data / "lang").rglob("*") if p.is_file() and p.name.lower() == lang.lower()]
-        if not matches:
+        if not hasattr(self, "_langs"):  # one walk of the data folder, not one per voice
+            self._langs: dict[str, Path] = {}
+            for p in sorted((self.data / "lang").rglob("*")):
+                if p.is_file():
+                    self._langs.setdefault(p.name.lower(), p)
+        if lang.lower() not in self._langs:
             raise ConfigError(f"voice language {lang!r} not found in {self.data / 'lang'} (e.g. 'en', 'en-us')")
-        return matches[0]
+        return self._langs[lang.lower()]
 
     def voice_file(self, voice: str) -> Path:
         """The private voice file for `lang[+variant]`: language, variant, then `flutter 0`."""
@@ -378,62 +389,56 @@ def _draw_text(k: torch.Tensor, cfg: SpeechConfig) -> str:
     return " ".join(vocab[i] for i in ids)
 
 
-def _augment(k: torch.Tensor, x: torch.Tensor, cfg: SpeechConfig) -> tuple[torch.Tensor, float, float]:
-    """The room and microphone of one utterance `x: [N]` float64 (reverberation, EQ; see SpeechConfig), and
-    its drawn band `(low_hz, high_hz)`. Every draw is made whatever the config; an effect the config
-    switches off is skipped (the identity)."""
-    k_rev, k_rt, k_wet, k_ir, k_eq, k_lo, k_hi = random.split(k, 7)
-    sr = cfg.sample_rate
-    on = float(random.uniform(k_rev, (), dtype=torch.float64) < cfg.reverb_prob)
-    rt60, wet = _draw(k_rt, cfg.rt60_range, 0.0), on * _draw(k_wet, cfg.wet_range, 0.0)
-    hi, lo = _draw(k_hi, cfg.lowpass_hz_range, sr / 2), _draw(k_lo, cfg.highpass_hz_range, 0.0)
+def _between(u: float, lo_hi: tuple[float, float] | None, default: float) -> float:
+    """`lo + u (hi - lo)` for a uniform `u` in [0, 1), or `default` for None."""
+    return default if lo_hi is None else float(lo_hi[0] + u * (lo_hi[1] - lo_hi[0]))
+
+
+def _channel(k: torch.Tensor, u: list[float], x: torch.Tensor, cfg: SpeechConfig) -> torch.Tensor:
+    """The room and microphone of one utterance `x: [N]` float64: reverberation, then EQ (see
+    SpeechConfig); `u` holds its uniform draws. An effect the config switches off is skipped."""
+    k_ir, k_eq = random.split(k)
     if cfg.reverb_prob > 0:
-        x = augment.reverb(x, sr, rt60=rt60, wet=wet, key=k_ir)
+        wet = float(u[0] < cfg.reverb_prob) * _between(u[2], cfg.wet_range, 0.0)
+        x = augment.reverb(x, cfg.sample_rate, rt60=_between(u[1], cfg.rt60_range, 0.0), wet=wet, key=k_ir)
     if cfg.eq_db > 0:
-        x = augment.random_eq(x, sr, max_db=cfg.eq_db, key=k_eq)
-    return x, lo, hi
-
-
-def _draw(k: torch.Tensor, lo_hi: tuple[float, float] | None, default: float) -> float:
-    """`U[lo, hi)` (`lo` when the range is one point), or `default` for None."""
-    if lo_hi is None:
-        return default
-    if lo_hi[0] == lo_hi[1]:
-        return float(lo_hi[0])
-    return float(random.uniform(k, (), *lo_hi, dtype=torch.float64))
+        x = augment.random_eq(x, cfg.sample_rate, max_db=cfg.eq_db, key=k_eq)
+    return x
 
 
 def _make_utterance(k: torch.Tensor, cfg: SpeechConfig, voices: Sequence[str]) -> Utterance:
     k_text, k_voice, k_rate, k_pitch, k_gain, k_snr, k_noise = random.split(k, 7)
-    k_int, k_gap, k_warp, k_speed, k_chan, k_beta, k_babble, k_kind = random.split(random.fold_in(k, "augment"), 8)
+    # the sim-to-real draws: one vector of uniforms (each threefry call costs ~1 ms of overhead)
+    k_u, k_chan, k_babble = random.split(random.fold_in(k, "augment"), 3)
+    u = random.uniform(k_u, (11,), dtype=torch.float64).tolist()
     text = _draw_text(k_text, cfg)
     voice = voices[int(random.randint(k_voice, (), 0, len(voices)))]
     rate = int(random.randint(k_rate, (), cfg.rate_range[0], cfg.rate_range[1] + 1))
     pitch = int(random.randint(k_pitch, (), cfg.pitch_range[0], cfg.pitch_range[1] + 1))
     gain_db = float(random.uniform(k_gain, (), *cfg.gain_db_range, dtype=torch.float64))
-    intonation = int(random.randint(k_int, (), cfg.intonation_range[0], cfg.intonation_range[1] + 1))
-    word_gap = int(random.randint(k_gap, (), cfg.word_gap_range[0], cfg.word_gap_range[1] + 1))
-    warp = _draw(k_warp, cfg.warp_range, 1.0)
-    speed = cfg.speed_factors[int(random.randint(k_speed, (), 0, len(cfg.speed_factors)))]
+    intonation = cfg.intonation_range[0] + int(u[0] * (cfg.intonation_range[1] - cfg.intonation_range[0] + 1))
+    word_gap = cfg.word_gap_range[0] + int(u[1] * (cfg.word_gap_range[1] - cfg.word_gap_range[0] + 1))
+    warp = _between(u[2], cfg.warp_range, 1.0)
+    speed = cfg.speed_factors[int(u[3] * len(cfg.speed_factors))]
     espeak_rate = min(_RATE_MAX, max(_RATE_MIN, round(rate / warp)))
     wave, sr = synthesize(text, voice, espeak_rate, pitch, intonation=intonation, word_gap=word_gap)
     x = resample(wave.to(torch.float64), sr, cfg.sample_rate)
     x = augment.speed(x, warp * speed, cfg.sample_rate) if warp * speed != 1.0 else x
-    x, low_hz, high_hz = _augment(k_chan, x, cfg)
-    x = x * 10.0 ** (gain_db / 20.0)
+    x = _channel(k_chan, u[4:7], x, cfg) * 10.0 ** (gain_db / 20.0)
     snr_db = None
     if cfg.snr_db_range is not None:
         snr_db = float(random.uniform(k_snr, (), *cfg.snr_db_range, dtype=torch.float64))
         if cfg.noise_beta_range == (0.0, 0.0) and cfg.babble_prob == 0.0:
             noise = random.normal(k_noise, x.shape, dtype=torch.float64)                    # white, as before
+        elif u[7] < cfg.babble_prob:  # one noise per utterance, chosen by its key
+            noise = augment.babble_noise(cfg.sample_rate, x.shape, key=k_babble)
         else:
-            beta = _draw(k_beta, cfg.noise_beta_range, 0.0)
-            babble = float(random.uniform(k_kind, (), dtype=torch.float64) < cfg.babble_prob)
-            noise = (1.0 - babble) * augment.coloured_noise(cfg.sample_rate, x.shape, beta=beta, key=k_noise) \
-                + babble * augment.babble_noise(cfg.sample_rate, x.shape, key=k_babble)
+            noise = augment.coloured_noise(cfg.sample_rate, x.shape, beta=_between(u[8], cfg.noise_beta_range, 0.0),
+                                           key=k_noise)
         x = augment.add_noise(x, noise.to(torch.float64), snr_db)
-    if cfg.lowpass_hz_range is not None or cfg.highpass_hz_range is not None:
-        x = augment.band_limit(x, cfg.sample_rate, low_hz=low_hz, high_hz=high_hz)     # the noise too, like a codec
+    if cfg.lowpass_hz_range is not None or cfg.highpass_hz_range is not None:  # the noise too, like a codec
+        x = augment.band_limit(x, cfg.sample_rate, low_hz=_between(u[9], cfg.highpass_hz_range, 0.0),
+                               high_hz=_between(u[10], cfg.lowpass_hz_range, cfg.sample_rate / 2))
     return Utterance(text, x.clamp(-1.0, 1.0).to(torch.float32), cfg.sample_rate, voice, rate, pitch, gain_db, snr_db,
                      warp, speed)
 
