@@ -1,7 +1,8 @@
-"""python experiments/seg_train.py unet-transformer   # train segmentation (presets: unet, unet-transformer, tiny)
+"""python experiments/seg_train.py unet-transformer   # train segmentation (presets: unet, unet-transformer, folder, tiny)
 
     python experiments/seg_train.py unet --steps 2000 --lr 1e-3
-    python experiments/seg_train.py unet-transformer --folder data/cells --data.height 128 --data.width 128
+    python experiments/seg_train.py folder --folder ../shared/data/em-membranes --class-map 0:1,255:0
+    python experiments/seg_train.py unet-transformer --folder data/cells --folder-size 128 128
     python experiments/seg_train.py unet-transformer --resume runs/seg-unet-transformer/20260101-120000-abc12300
     python experiments/seg_train.py --config runs/seg-unet/<run>/config.json --resume runs/seg-unet/<run> --steps 4000
 
@@ -9,6 +10,14 @@ Trains with funcml's one loop (AdamW, warmup + cosine, clipping, checkpoints ran
 val/miou), writes the run directory (config.json, metrics.csv, checkpoints/, plots/*.png,
 eval.json) and prints where it is with the final validation metrics. Mistakes (a missing
 --resume folder, a bad --folder) print one line and exit 2; bad flags print the usage and exit 2.
+
+Folder data (docs/SEG_REAL_DATA.md). Images keep their own size (`--folder-size H W` resizes);
+the training masks are scanned first and their raw values printed with their pixel shares;
+values that do not fit `--model.num-classes` stop the run with an error naming them and the
+`--class-map RAW:CLASS,...` to pass (a 0/255 mask is never read as class 0 + ignore). With
+`--patch H W` training samples patches (`--fg-fraction` of them centred on foreground) and
+validation predicts full images by sliding windows. Channels and `--mean/--std` come from the
+training images unless given, and are saved in the run's config.json.
 """
 
 from __future__ import annotations

@@ -79,10 +79,11 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
 # for each of their public functions and classes. (Docstrings are checked in every module.)
 CONTRACT_MODULES = [
     "funcml.seg.task", "funcml.seg.unet", "funcml.seg.hybrid", "funcml.seg.losses", "funcml.seg.metrics",
-    "funcml.seg.transforms", "funcml.seg.shapes", "funcml.seg.folder", "funcml.seg.viz",
+    "funcml.seg.transforms", "funcml.seg.shapes", "funcml.seg.folder", "funcml.seg.viz", "funcml.seg.masks",
+    "funcml.seg.patches", "funcml.seg.deform", "funcml.seg.intensity", "funcml.seg.sliding",
     "funcml.asr.task", "funcml.asr.paraformer", "funcml.asr.encoder", "funcml.asr.cif", "funcml.asr.decoder",
     "funcml.asr.batching", "funcml.asr.frontend", "funcml.asr.tokenizer", "funcml.asr.toy", "funcml.asr.metrics",
-    "funcml.asr.speech", "funcml.asr.audio", "funcml.asr.viz",
+    "funcml.asr.speech", "funcml.asr.audio", "funcml.asr.viz", "funcml.asr.manifest", "funcml.asr.augment",
     "funcml.random", "funcml.tree", "funcml.checks", "funcml.nn.layers", "funcml.nn.norm", "funcml.nn.attention",
     "funcml.nn.transformer", "funcml.nn.posenc", "funcml.nn.model", "funcml.nn.bridge", "funcml.nn.ensemble",
     "funcml.nn.init", "funcml.nn.reference", "funcml.optim", "funcml.train.step", "funcml.train.state",
