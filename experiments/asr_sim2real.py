@@ -19,6 +19,8 @@ The recipes are cumulative, each adding one lever to the one before it (see docs
              at 5-35 dB, band limits (high-pass 0-300 Hz, low-pass 3-4 kHz)
     mels40   + 40 mel bins from 60 Hz (was 80 from 20 Hz): a spectral envelope that no longer resolves
              the low harmonics of the synthesizer's pitch
+    lifter   + cepstral smoothing: each log-mel frame keeps its first 13 cepstral coefficients
+             (`--frontend.lifter 13`), the envelope without the synthesizer's fine structure
     specaug  + SpecAugment 3 time masks of <= 15 frames, 2 frequency masks of <= 8 of the 40 mel bins
              (was 2 x 10 frames, 2 x 10 of 80 bins)
     more     + 4000 training utterances (was 1500)
@@ -47,7 +49,7 @@ from funcml import config  # noqa: E402
 from funcml.asr import speech, task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 
-RECIPES = ("preset", "word", "short8k", "voices", "channel", "mels40", "specaug", "more")
+RECIPES = ("preset", "word", "short8k", "voices", "channel", "mels40", "lifter", "specaug", "more")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,8 @@ def recipe_config(name: str) -> task.AsrTrainConfig:
                                  highpass_hz_range=(0.0, 300.0))
     if "mels40" in levels:
         fe = dataclasses.replace(fe, n_mels=40, fmin=60.0)
+    if "lifter" in levels:
+        fe = dataclasses.replace(fe, lifter=13)
     if "specaug" in levels:
         cfg = dataclasses.replace(cfg, time_masks=3, max_time=15, freq_masks=2, max_freq=8)
     if "more" in levels:
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir, experiment=f"asr-sim2real-{args.recipe}")
         t0 = time.perf_counter()
-        run, summary = task.train(cfg, progress=sys.stderr.isatty())
+        run, summary = task.train(cfg, progress=True)
         wall = round(time.perf_counter() - t0, 1)
         path = run.path
     real = asr_real.main([str(args.folder), "--run", str(path), "--strings", str(args.strings),

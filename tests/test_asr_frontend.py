@@ -231,3 +231,40 @@ def test_spec_augment_with_zero_masks_is_identity():
     x = random.normal(random.key(7), (30, 10))
     y = F.spec_augment(random.key(0), x, num_time_masks=0, max_time=5, num_freq_masks=0, max_freq=5)
     assert torch.equal(x, y)
+
+
+# ------------------------------------------------------------------ cepstral smoothing (lifter)
+
+
+def test_cepstral_smooth_keeping_every_coefficient_is_the_identity():
+    x = torch.randn(7, 40, dtype=torch.float64)
+    torch.testing.assert_close(F.cepstral_smooth(x, 40), x)
+
+
+def test_cepstral_smooth_matches_a_dct_round_trip_with_high_quefrencies_zeroed():
+    scipy_fft = pytest.importorskip("scipy.fft")
+    x = torch.randn(5, 40, dtype=torch.float64)
+    c = scipy_fft.dct(x.numpy(), type=2, norm="ortho", axis=-1)
+    c[:, 13:] = 0.0
+    want = torch.from_numpy(scipy_fft.idct(c, type=2, norm="ortho", axis=-1))
+    torch.testing.assert_close(F.cepstral_smooth(x, 13), want)
+
+
+def test_cepstral_smooth_is_a_projection_that_removes_a_fast_ripple_and_keeps_the_envelope():
+    m = torch.arange(40, dtype=torch.float64)
+    envelope = torch.cos(math.pi * 2 * (m + 0.5) / 40)              # quefrency 2: kept
+    ripple = 0.5 * torch.cos(math.pi * 30 * (m + 0.5) / 40)         # quefrency 30: removed
+    once = F.cepstral_smooth(envelope + ripple, 13)
+    torch.testing.assert_close(once, envelope)
+    torch.testing.assert_close(F.cepstral_smooth(once, 13), once)
+
+
+def test_lifter_applies_in_features_and_is_checked():
+    wav = torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    plain = F.FrontendConfig(sample_rate=8000, n_mels=40, normalize="none")
+    smooth = F.FrontendConfig(sample_rate=8000, n_mels=40, normalize="none", lifter=13)
+    torch.testing.assert_close(F.features(wav, smooth), F.cepstral_smooth(F.features(wav, plain), 13))
+    with pytest.raises(ConfigError, match="lifter"):
+        F.FrontendConfig(n_mels=40, lifter=41)
+    with pytest.raises(RangeError, match="keep"):
+        F.cepstral_smooth(torch.zeros(3, 40), 0)

@@ -28,6 +28,12 @@ Low frame rate (LFR, Paraformer; Gao et al., "Paraformer", Interspeech 2022, as 
 `ceil(T / n)` frames of `m * F` features. Frame `i` stacks frames `i*n - (m-1)//2 ... i*n -
 (m-1)//2 + m - 1`; indices before 0 repeat the first frame (the left pad of `(m-1)//2` copies)
 and indices past `T - 1` repeat the last frame.
+
+Cepstral smoothing (`lifter = K > 0`; the liftering of MFCC front ends, Juang et al., 1987): with
+the orthonormal DCT-II `D: [M, M]` over the mel axis, `D[q, m] = s_q cos(pi q (m + 1/2) / M)`
+(`s_0 = sqrt(1/M)`, else `sqrt(2/M)`), the log-mel frame `e` becomes `D^T diag(1[q < K]) D e`:
+the same `M` values with the fine spectral structure (pitch harmonics, a synthesizer's
+signature) removed and the envelope (formants, the phonetic content) kept.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from ..errors import ConfigError, RangeError, ShapeError
 
 __all__ = [
     "FrontendConfig", "hz_to_mel", "mel_to_hz", "mel_filterbank", "mel_centers", "log_mel", "lfr", "normalize",
-    "global_stats", "features", "spec_augment", "num_frames",
+    "global_stats", "features", "spec_augment", "num_frames", "cepstral_smooth",
 ]
 
 
@@ -72,6 +78,9 @@ class FrontendConfig:
     use_lfr: bool = False
     normalize: str = "utterance"
     log_floor: float = 1e-10
+    lifter: int = 0
+    """Keep the first `lifter` cepstral coefficients of each log-mel frame (cepstral smoothing, see
+    the module doc); 0 keeps the log-mel frame as it is."""
 
     def __post_init__(self):
         if self.window not in ("hamming", "hann", "none"):
@@ -84,6 +93,8 @@ class FrontendConfig:
             raise ConfigError("hop_ms, lfr_m, lfr_n and n_mels must be positive")
         if not 0 <= self.fmin < (self.fmax or self.sample_rate / 2) <= self.sample_rate / 2:
             raise ConfigError(f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, fmax={self.fmax}")
+        if not 0 <= self.lifter <= self.n_mels:
+            raise ConfigError(f"lifter: expected 0 (off) .. n_mels={self.n_mels} coefficients, got {self.lifter}")
 
     @property
     def win_length(self) -> int:
@@ -257,9 +268,30 @@ def features(waveform: torch.Tensor, cfg: FrontendConfig = FrontendConfig(),
     `normalize(mode=cfg.normalize)`. `waveform: [N]` -> `[T', cfg.feature_dim]` float32."""
     check_shape(waveform, "n", name="waveform")
     x = log_mel(waveform, cfg)
+    if cfg.lifter:
+        x = cepstral_smooth(x, cfg.lifter)
     if cfg.use_lfr:
         x = lfr(x, cfg.lfr_m, cfg.lfr_n)
     return normalize(x, mode=cfg.normalize, stats=stats)
+
+
+def _dct_matrix(m: int) -> torch.Tensor:
+    q = torch.arange(m, dtype=torch.float64)[:, None]
+    i = torch.arange(m, dtype=torch.float64)[None, :]
+    d = torch.cos(math.pi * q * (i + 0.5) / m) * math.sqrt(2.0 / m)
+    d[0] = math.sqrt(1.0 / m)
+    return d                                                                   # [M, M], orthonormal
+
+
+def cepstral_smooth(log_mels: torch.Tensor, keep: int) -> torch.Tensor:
+    """Cepstral smoothing along the last axis (see the module doc): `[..., M] -> [..., M]`,
+    `D^T diag(1[q < keep]) D e` with the orthonormal DCT-II `D`. `keep = M` is the identity."""
+    m = log_mels.shape[-1]
+    if not 1 <= keep <= m:
+        raise RangeError(f"keep: expected 1 .. {m} (the mel bins), got {keep}")
+    d = _dct_matrix(m)[:keep]
+    smooth = (d.T @ d).to(device=log_mels.device, dtype=log_mels.dtype)      # [M, M], symmetric projection
+    return log_mels @ smooth
 
 
 def _spans(k: torch.Tensor, count: int, max_width: int, extent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -347,6 +347,12 @@ def frame_shift_seconds(hop_ms: float, frames_per_step: int, enc: EncoderConfig)
     return hop_ms / 1000.0 * frames_per_step * sub
 
 
+def _join(tokenizer: Any, tokens: list[str]) -> str:
+    """The text of token strings: the tokenizer's `join` (words get a space), else concatenation."""
+    join = getattr(tokenizer, "join", None)
+    return join(tokens) if join is not None else "".join(tokens)
+
+
 def greedy_decode(out: ParaformerOutput, tokenizer: CharTokenizer, *, frame_shift_s: float) -> list[Transcript]:
     """Argmax over the NAR logits of each fired token, specials (`<pad>`, `<eos>`, ...) removed
     with their timestamps; timestamps from `funcml.asr.cif.fire_times`. Batched: one argmax
@@ -363,6 +369,6 @@ def greedy_decode(out: ParaformerOutput, tokenizer: CharTokenizer, *, frame_shif
         keep = [i for i in range(n) if int(ids[b, i]) not in specials]
         tid = [int(ids[b, i]) for i in keep]
         toks = [tokenizer.id_to_token(i) for i in tid]
-        result.append(Transcript("".join(toks), tid, toks, [round(float(starts[b, i]), 3) for i in keep],
+        result.append(Transcript(_join(tokenizer, toks), tid, toks, [round(float(starts[b, i]), 3) for i in keep],
                                  [round(float(ends[b, i]), 3) for i in keep]))
     return result

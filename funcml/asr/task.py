@@ -495,10 +495,7 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
 def decode(out: Any, cfg: AsrTrainConfig, tokenizer: Tokenizer) -> list[Transcript]:
     """`greedy_decode` of a `ParaformerOutput` with this config's frame shift; the text is the
     tokenizer's join of the tokens (characters concatenated, words joined by a space)."""
-    hyps = greedy_decode(out, tokenizer, frame_shift_s=frame_shift(cfg))
-    if tokenizer.unit == "char":
-        return hyps
-    return [h._replace(text=tokenizer.join(h.tokens)) for h in hyps]
+    return greedy_decode(out, tokenizer, frame_shift_s=frame_shift(cfg))
 
 
 def _batches(examples: Sequence[Example], batch_size: int) -> Iterable[list[Example]]:
