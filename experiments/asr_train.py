@@ -58,7 +58,7 @@ def report(summary: dict) -> None:
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     cfg = config.cli(AsrTrainConfig, presets=PRESETS, args=argv, description=__doc__.splitlines()[0])
-    run, summary = train(cfg, progress=sys.stderr.isatty())
+    run, summary = train(cfg, progress=True)
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return summary
     print(f"run directory   {run.path}")

@@ -89,7 +89,7 @@ def _overlay_grid(run_path: Path, cfg: task.SegTrainConfig, n: int) -> Path | No
 
 def _run_seg(cfg: task.SegTrainConfig, overlays_n: int) -> dict:
     t0 = time.perf_counter()
-    run, summary = task.train(cfg, progress=sys.stderr.isatty())
+    run, summary = task.train(cfg, progress=True)
     if not distributed.is_main():  # under torchrun, rank 0 evaluates and reports
         return {"run": str(run.path)}
     overlays = _overlay_grid(run.path, cfg, overlays_n)
@@ -116,7 +116,7 @@ def _pct(x: float) -> str:
 
 def _run_asr(cfg: asr_task.AsrTrainConfig) -> dict:
     t0 = time.perf_counter()
-    run, summary = asr_task.train(cfg, progress=sys.stderr.isatty())
+    run, summary = asr_task.train(cfg, progress=True)
     if not distributed.is_main():
         return {"run": str(run.path)}
     ev = summary["eval_json"]
