@@ -21,6 +21,7 @@ The recipes are cumulative, each adding one lever to the one before it (see docs
              the low harmonics of the synthesizer's pitch
     lifter   + cepstral smoothing: each log-mel frame keeps its first 13 cepstral coefficients
              (`--frontend.lifter 13`), the envelope without the synthesizer's fine structure
+    warp     + a fresh mel-axis warp of U(0.9, 1.1) per utterance and step (`--freq-warp 0.1`)
     specaug  + SpecAugment 3 time masks of <= 15 frames, 2 frequency masks of <= 8 of the 40 mel bins
              (was 2 x 10 frames, 2 x 10 of 80 bins)
     more     + 4000 training utterances (was 1500)
@@ -49,7 +50,7 @@ from funcml import config  # noqa: E402
 from funcml.asr import speech, task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 
-RECIPES = ("preset", "word", "short8k", "voices", "channel", "mels40", "lifter", "specaug", "more")
+RECIPES = ("preset", "word", "short8k", "voices", "channel", "mels40", "lifter", "warp", "specaug", "more")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +103,8 @@ def recipe_config(name: str) -> task.AsrTrainConfig:
         fe = dataclasses.replace(fe, n_mels=40, fmin=60.0)
     if "lifter" in levels:
         fe = dataclasses.replace(fe, lifter=13)
+    if "warp" in levels:
+        cfg = dataclasses.replace(cfg, freq_warp=0.1)
     if "specaug" in levels:
         cfg = dataclasses.replace(cfg, time_masks=3, max_time=15, freq_masks=2, max_freq=8)
     if "more" in levels:

@@ -182,3 +182,36 @@ def test_write_wav_writes_float_and_reads_back(tmp_path):
     audio.write_wav(tmp_path / "f.wav", x, SR, sample_format="float", bits=32)
     y, _ = audio.read_wav(tmp_path / "f.wav")
     assert torch.equal(y, x) and not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------ resampling at any rate, bounded memory
+
+
+def test_direct_resampling_equals_the_polyphase_bank_where_both_apply(monkeypatch):
+    x = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cases = [(x, 44100, 16000), (x[:, :999], 8000, 16000), (x[0], 22050, 8000)]
+    want = [audio.resample(w, a, b) for w, a, b in cases]          # small polyphase banks
+    monkeypatch.setattr(audio, "_MAX_BANK", 0)                     # force the direct path
+    for (w, a, b), expected in zip(cases, want):
+        torch.testing.assert_close(audio.resample(w, a, b), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("orig_sr", [8001, 44101, 96001])
+def test_coprime_rates_resample_a_tone_within_5e_minus_5_of_the_analytic_signal(orig_sr):
+    # 440 Hz sampled at an odd rate -> 16 kHz; the tolerance is the windowed sinc's passband
+    # ripple (zeros=16, rolloff 0.945), away from the zero-padded ends.
+    t = torch.arange(orig_sr // 4, dtype=torch.float64) / orig_sr
+    y = audio.resample(torch.sin(2 * math.pi * 440 * t), orig_sr, 16000)
+    assert len(y) == math.ceil(len(t) * 16000 / orig_sr)
+    ref = torch.sin(2 * math.pi * 440 * torch.arange(len(y), dtype=torch.float64) / 16000)
+    assert (y - ref)[200:-200].abs().max() < 5e-5
+
+
+def test_resampling_memory_does_not_depend_on_the_gcd_of_the_rates(monkeypatch):
+    # The polyphase bank for 96001 -> 16000 would be 16000 x ~96000 float64 (12 GB); the direct
+    # path's largest temporary is a block of _DIRECT_ELEMENTS kernel values.
+    seen = []
+    real_sinc = torch.sinc
+    monkeypatch.setattr(torch, "sinc", lambda d: (seen.append(d.numel()), real_sinc(d))[1])
+    audio.resample(torch.randn(96001 // 2), 96001, 16000)
+    assert seen and max(seen) <= audio._DIRECT_ELEMENTS

@@ -268,3 +268,32 @@ def test_lifter_applies_in_features_and_is_checked():
         F.FrontendConfig(n_mels=40, lifter=41)
     with pytest.raises(RangeError, match="keep"):
         F.cepstral_smooth(torch.zeros(3, 40), 0)
+
+
+# ------------------------------------------------------------------ frequency warping (mel-domain VTLP)
+
+
+def test_warp_frequency_is_a_pure_function_of_the_key_and_zero_warp_is_the_identity():
+    x = torch.randn(3, 20, 40, generator=torch.Generator().manual_seed(0))
+    k = random.key(5)
+    assert torch.equal(F.warp_frequency(k, x, max_warp=0.2), F.warp_frequency(k, x, max_warp=0.2))
+    assert not torch.equal(F.warp_frequency(k, x, max_warp=0.2), F.warp_frequency(random.key(6), x, max_warp=0.2))
+    torch.testing.assert_close(F.warp_frequency(k, x, max_warp=0.0), x)
+
+
+def test_warp_frequency_moves_a_spectral_peak_by_the_drawn_factor():
+    f = torch.arange(40, dtype=torch.float64)
+    x = torch.exp(-0.5 * ((f - 10.0) / 1.5) ** 2).expand(8, 5, 40).clone()    # a formant at bin 10
+    y = F.warp_frequency(random.key(0), x, max_warp=0.2)
+    peaks = (y[:, 0] * f).sum(-1) / y[:, 0].sum(-1)                           # centroid per row
+    assert torch.all(peaks > 10.0 * 0.8 - 0.3) and torch.all(peaks < 10.0 * 1.2 + 0.3)
+    assert peaks.max() - peaks.min() > 0.5                                    # rows drew different factors
+    assert torch.equal(y[:, 0], y[:, 4])                                      # one factor per utterance
+
+
+def test_warp_frequency_refuses_a_bad_factor_and_the_config_refuses_lfr():
+    with pytest.raises(RangeError, match="max_warp"):
+        F.warp_frequency(random.key(0), torch.zeros(4, 40), max_warp=1.0)
+    from funcml.asr import task
+    with pytest.raises(ConfigError, match="freq_warp"):
+        task.AsrTrainConfig(freq_warp=0.1, frontend=F.FrontendConfig(use_lfr=True))

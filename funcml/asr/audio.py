@@ -31,6 +31,10 @@ Nyquist; below 1 it also low-passes against aliasing when downsampling), a Hann 
 `w(u) = (1 + cos(pi u)) / 2`, and half-width `W = zeros / c` input samples. With
 `sr_out / sr_in = L / M` in lowest terms, `t_j - floor(t_j)` takes only `L` values, so the
 kernel is tabulated once per phase (a polyphase filter bank `[L, 2W]`) and gathered.
+When that bank would be large (`L` and `M` coprime and big, e.g. 44,101 Hz -> 16 kHz has
+`L = 16000`, `M = 44101`: a 5.6 GB bank), the same `h(t_j - k)` is evaluated directly for
+blocks of outputs instead: memory `O(block * 2W)`, whatever the two rates; the outputs are
+the same to float64 rounding.
 """
 
 from __future__ import annotations
@@ -318,6 +322,35 @@ def _kernel_bank(up: int, down: int, zeros: int, rolloff: float) -> tuple[torch.
     return cutoff * torch.sinc(cutoff * d) * window, half
 
 
+_MAX_BANK = 1 << 20           # polyphase weights (float64) above this: the direct path (8 MB)
+_DIRECT_ELEMENTS = 1 << 19    # kernel values per block of the direct path (4 MB per float64 temporary)
+
+
+def _resample_direct(waveform: torch.Tensor, up: int, down: int, zeros: int, rolloff: float) -> torch.Tensor:
+    """`resample` by evaluating `h(t_j - k)` for blocks of outputs: `t_j = j down / up` split into
+    `floor` and fraction with integer arithmetic, the 2W taps around it gathered; bounded memory."""
+    cutoff = rolloff * min(1.0, up / down)
+    half = math.ceil(zeros / cutoff)
+    n = waveform.shape[-1]
+    n_out = -(-n * up // down)
+    x = rearrange(waveform.to(torch.float64), "... n -> (...) n")
+    x = torch.nn.functional.pad(x, (half - 1, half + 1))                    # x[k] at column k + half - 1
+    offsets = torch.arange(-half + 1, half + 1, dtype=torch.int64)         # [2W]: k - floor(t_j)
+    out = torch.empty(x.shape[0], n_out, dtype=torch.float64)
+    block = max(64, _DIRECT_ELEMENTS // (2 * half * x.shape[0]))
+    for start in range(0, n_out, block):
+        j = torch.arange(start, min(start + block, n_out), dtype=torch.int64)
+        base = (j * down) // up                                            # floor(t_j)
+        frac = ((j * down) % up).to(torch.float64) / up                    # t_j - floor(t_j)
+        d = frac[:, None] - offsets[None, :].to(torch.float64)             # [J, 2W]: t_j - k
+        window = torch.where(d.abs() < half, 0.5 * (1.0 + torch.cos(math.pi * d / half)), torch.zeros_like(d))
+        h = cutoff * torch.sinc(cutoff * d) * window
+        cols = (base[:, None] + offsets[None, :] + half - 1).clamp(0, x.shape[1] - 1)
+        out[:, start:start + len(j)] = (x[:, cols] * h[None]).sum(-1)
+    y = out.reshape(*waveform.shape[:-1], n_out)
+    return y.to(waveform.dtype if waveform.is_floating_point() else torch.float32)
+
+
 def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int, *, zeros: int = 16,
              rolloff: float = 0.945) -> torch.Tensor:
     """Resample `waveform: [N]` (or `[B, N]`) from `orig_sr` to `new_sr` Hz (see the module doc).
@@ -334,6 +367,9 @@ def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int, *, zeros: int = 
         return waveform.clone()
     g = math.gcd(int(orig_sr), int(new_sr))
     up, down = int(new_sr) // g, int(orig_sr) // g
+    cutoff = rolloff * min(1.0, up / down)
+    if up * (down + 2 * math.ceil(zeros / cutoff)) > _MAX_BANK:             # the bank below is [up, ~down + 2W]
+        return _resample_direct(waveform, up, down, zeros, rolloff)
     bank, half = _kernel_bank(up, down, zeros, rolloff)                # [up, 2W]
     # Output j = q * up + p reads x[q * down + base_p + i - W + 1], i < 2W, with
     # base_p = (p * down) // up: one strided correlation with `up` output channels.

@@ -50,7 +50,7 @@ from ..errors import ConfigError, RangeError, ShapeError
 
 __all__ = [
     "FrontendConfig", "hz_to_mel", "mel_to_hz", "mel_filterbank", "mel_centers", "log_mel", "lfr", "normalize",
-    "global_stats", "features", "spec_augment", "num_frames", "cepstral_smooth",
+    "global_stats", "features", "spec_augment", "num_frames", "cepstral_smooth", "warp_frequency",
 ]
 
 
@@ -292,6 +292,34 @@ def cepstral_smooth(log_mels: torch.Tensor, keep: int) -> torch.Tensor:
     d = _dct_matrix(m)[:keep]
     smooth = (d.T @ d).to(device=log_mels.device, dtype=log_mels.dtype)      # [M, M], symmetric projection
     return log_mels @ smooth
+
+
+def warp_frequency(key: torch.Tensor, features: torch.Tensor, *, max_warp: float) -> torch.Tensor:
+    """Random frequency-axis warping of mel features (vocal-tract-length perturbation in the mel
+    domain; Jaitly & Hinton, 2013), a pure function of `key`.
+
+    Row `b` draws `a_b ~ U(1 - max_warp, 1 + max_warp)` and becomes `y[b, t, f] = x[b, t, f / a_b]`,
+    linearly interpolated between bins and clamped to the last bin: `a > 1` moves the spectral
+    envelope (formants) up, as a shorter vocal tract does. `features: [T, F]` or `[B, T, F]` float
+    (F mel bins, not LFR-stacked); returns a new tensor of the same shape. `max_warp=0` is the identity.
+    """
+    check_shape(features, "... t f", name="features")
+    if not 0.0 <= max_warp < 1.0:
+        raise RangeError(f"max_warp: expected a fraction in [0, 1), got {max_warp}")
+    single = features.dim() == 2
+    x = features[None] if single else features
+    b, _, f = x.shape
+    u = random.uniform(key, (b,), dtype=torch.float64).to(x.device)
+    alpha = 1.0 + max_warp * (2.0 * u - 1.0)                                       # [B]
+    src = torch.arange(f, dtype=torch.float64, device=x.device)[None, :] / alpha[:, None]
+    src = src.clamp(0.0, f - 1)                                                    # [B, F]
+    lo = src.floor().to(torch.int64)
+    hi = (lo + 1).clamp(max=f - 1)
+    w = (src - lo).to(x.dtype)[:, None, :]                                         # [B, 1, F]
+    idx_lo = lo[:, None, :].expand(b, x.shape[1], f)
+    idx_hi = hi[:, None, :].expand(b, x.shape[1], f)
+    y = torch.gather(x, 2, idx_lo) * (1 - w) + torch.gather(x, 2, idx_hi) * w
+    return y[0] if single else y
 
 
 def _spans(k: torch.Tensor, count: int, max_width: int, extent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

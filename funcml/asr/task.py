@@ -71,7 +71,7 @@ from . import audio as audio_lib
 from . import manifest as manifest_lib
 from .batching import length_bucketed_indices
 from .encoder import EncoderConfig
-from .frontend import FrontendConfig, features as frontend_features, spec_augment
+from .frontend import FrontendConfig, features as frontend_features, spec_augment, warp_frequency
 from .metrics import cer, length_accuracy, token_accuracy, wer
 from .paraformer import (LossConfig, ParaformerConfig, Transcript, frame_shift_seconds, greedy_decode,
                          paraformer_loss)
@@ -143,6 +143,9 @@ class AsrTrainConfig:
     max_time: int = 10
     freq_masks: int = 2
     max_freq: int = 10
+    freq_warp: float = 0.0
+    """Training batches: warp each utterance's mel axis by a factor drawn from U(1 - w, 1 + w)
+    (vocal-tract-length perturbation in the mel domain, fresh every step; 0 = off; not with LFR)."""
     steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-3
@@ -182,6 +185,9 @@ class AsrTrainConfig:
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("time_masks", "max_time", "freq_masks", "max_freq"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(0.0 <= self.freq_warp < 1.0, f"freq_warp must be in [0, 1), got {self.freq_warp}")
+        need(self.freq_warp == 0 or (self.data != "toy" and not self.frontend.use_lfr),
+             "freq_warp warps mel bins: it needs log-mel features (audio data, no --frontend.use-lfr)")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
         need(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
@@ -460,6 +466,7 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
         raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the number "
                           f"of processes ({world}); pass --batch-size {world * max(1, cfg.batch_size // world)}")
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
+    warp_key = random.fold_in(aug_key, "freq_warp")
     train_key = _data_key(cfg, "train")
     data = train_examples(cfg, tok) if cfg.data != "toy" else None
     lengths = None
@@ -479,6 +486,9 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
         else:
             key = random.fold_in(distributed.shard_key(train_key), step)
             batch = collate(_toy_examples(cfg, key, cfg.batch_size // world, tok), cfg)
+        if cfg.freq_warp > 0:
+            batch["features"] = warp_frequency(random.fold_in(warp_key, step), batch["features"],
+                                               max_warp=cfg.freq_warp)
         if cfg.spec_augment:
             batch["features"] = spec_augment(random.fold_in(aug_key, step), batch["features"],
                                              num_time_masks=cfg.time_masks, max_time=cfg.max_time,
