@@ -16,7 +16,7 @@ checkpoint (by validation CER) on the test split spoken by held-out voices, and 
 WER, token and length accuracy, real-time factor and a few transcripts.
 
 Every preset field is a flag under `--seg.` or `--asr.` (`--help` lists them all). The
-results of both go to `<runs>/main-summary.json`.
+results of both go to `<runs>/main-summary.json` (`--only` replaces its part and keeps the other's).
 
 Threads. The default is one torch thread: on a small machine shared with other work, OpenMP's
 spinning worker threads make small convolutions many times slower when a core is busy, while
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,28 @@ def _run_asr(cfg: asr_task.AsrTrainConfig) -> dict:
             "test_wer": ev["test"]["wer"], "val_cer": ev["val"]["cer"], "summary": summary}
 
 
+def write_summary(path: Path, result: dict) -> dict:
+    """Merge `result` into the summary file at `path` (atomically) and return what was written.
+
+    The parts run now (`seg`, `asr`) replace their earlier entries; a part not run now (`--only`)
+    keeps the entry of the run that made it, so `--only seg` never drops an earlier ASR result.
+    `seconds` is this invocation's wall time; each part keeps its own `seconds`."""
+    merged: dict = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            merged = {k: v for k, v in old.items() if k in ("seg", "asr") and isinstance(v, dict)}
+        except (OSError, ValueError):
+            print(f"[main] {path} could not be read; writing a new summary", file=sys.stderr)
+    for k, v in result.items():
+        merged[k] = {kk: vv for kk, vv in v.items() if kk != "summary"} if isinstance(v, dict) else v
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    os.replace(tmp, path)
+    return merged
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(MainConfig, args=argv, description=__doc__.splitlines()[0],
@@ -163,10 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not distributed.is_main():
         return result
     root = cfg.runs_dir or (seg_cfg.runs_dir if cfg.only != "asr" else asr_cfg.runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "main-summary.json").write_text(json.dumps(
-        {k: ({kk: vv for kk, vv in v.items() if kk != "summary"} if isinstance(v, dict) else v)
-         for k, v in result.items()}, indent=2) + "\n")
+    write_summary(root / "main-summary.json", result)
     print(f"\n== main job done in {result['seconds']:.1f} s ==")
     if "seg" in result:
         print(f"segmentation    mean IoU {result['seg']['mean_iou']:.4f} on the validation shapes")
