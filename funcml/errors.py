@@ -13,6 +13,7 @@ import sys
 from typing import Callable, TypeVar
 
 __all__ = [
+    "TrainingInterrupted",
     "FuncmlError",
     "ShapeError",
     "DTypeError",
@@ -62,11 +63,17 @@ class PRNGKeyError(FuncmlError):
     """A PRNG key is missing or malformed (e.g. `train=True` with dropout but no key)."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C after saving a checkpoint; the message says where and how to resume.
+    A `KeyboardInterrupt`, so `cli_main` exits 130 (the shell's code for SIGINT), never 0."""
+
+
 F = TypeVar("F", bound=Callable[..., object])
 
 
 def cli_main(fn: F) -> F:
-    """Decorate a CLI entry point: a `FuncmlError` prints `error: ...` and exits 2.
+    """Decorate a CLI entry point: a `FuncmlError` prints `error: ...` and exits 2; Ctrl-C
+    (`KeyboardInterrupt`, `TrainingInterrupted`) prints `interrupted` and exits 130.
 
     Anything else (a bug) keeps its traceback, so that it is reported rather than hidden.
     """
@@ -78,8 +85,8 @@ def cli_main(fn: F) -> F:
         except FuncmlError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
             raise SystemExit(130) from None
 
     return wrapper  # type: ignore[return-value]

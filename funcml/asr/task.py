@@ -62,7 +62,7 @@ import torch
 from .. import checkpoint, random
 from .. import config as config_lib
 from ..checks import check_dtype, check_finite, check_shape
-from ..errors import CheckpointError, ConfigError, DataError, ShapeError
+from ..errors import CheckpointError, ConfigError, DataError, ShapeError, TrainingInterrupted
 from ..nn import model as models
 from ..runs import RunDir, create_run
 from ..tasks import checkpoint_dir, epoch_indices, make_optimizer, open_for_resume, write_curves
@@ -678,6 +678,9 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
                  progress=progress, desc=cfg.experiment)
     summary = dict(result.summary)
     summary["data_seconds"] = round(data_s, 1)
+    if summary["interrupted"]:
+        raise TrainingInterrupted(f"training stopped at step {summary['steps']} with a checkpoint saved; "
+                                  f"continue with --resume {run.path}")
     if manager is None:  # not rank 0
         return run, {**summary, "run": str(run.path)}
     summary["plots"] = [str(p) for p in write_curves(run, [("loss", "train", "loss", "train loss"),
