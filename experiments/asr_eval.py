@@ -57,6 +57,13 @@ class EvalConfig:
     """With --manifest: a transcript with characters / words outside the model's vocabulary is an
     error naming its line, or is dropped, stripped of them, or scored with <unk>."""
 
+    def __post_init__(self) -> None:
+        if self.num_test < 0 or self.batch_size < 1:
+            raise ConfigError(f"--num-test must be >= 0 and --batch-size >= 1, got {self.num_test} and "
+                              f"{self.batch_size}")
+        if self.max_cer is not None and not self.max_cer >= 0:
+            raise ConfigError(f"--max-cer is a CER (0 = no error allowed), got {self.max_cer}")
+
 
 def _out_dir(cfg: EvalConfig) -> Path:
     if cfg.out is not None:

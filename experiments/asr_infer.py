@@ -79,6 +79,12 @@ class InferConfig:
     """With --folder / --manifest: a file that cannot be read stops the run (exit 2), or is skipped and
     listed with its error in the output."""
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 20 <= self.rate <= 500:
+            raise ConfigError(f"--rate is espeak's words per minute, 20-500; got {self.rate}")
+
 
 def load_features(path: Path) -> torch.Tensor:
     """A `[T, F]` float tensor from `.npy` or `.safetensors` (key `features`, or the only tensor)."""

@@ -62,6 +62,12 @@ class MainConfig:
     overlays: int = 8
     """Validation images in the overlay grid (0 = none)."""
 
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.overlays < 0:
+            raise ConfigError(f"--overlays is a number of images (0 = none), got {self.overlays}")
+
 
 def _fmt(x: float) -> str:
     return "   -  " if x != x else f"{x:.4f}"
@@ -169,8 +175,6 @@ def write_summary(path: Path, result: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(MainConfig, args=argv, description=__doc__.splitlines()[0],
                    config=(tyro.conf.AvoidSubcommands,))
-    if cfg.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
     torch.set_num_threads(cfg.threads)
     seg_cfg, asr_cfg = cfg.seg, cfg.asr
     if cfg.runs_dir is not None:

@@ -179,9 +179,9 @@ class AsrTrainConfig:
         need(self.tokenizer in ("char", "word"), f"tokenizer must be 'char' or 'word', got {self.tokenizer!r}")
         need(self.data != "toy" or self.tokenizer == "char",
              "the toy data's tokens are characters: --tokenizer word needs audio data (--data speech or manifest)")
-        for name in ("steps", "eval_every", "warmup_steps", "patience", "num_train"):
+        for name in ("eval_every", "warmup_steps", "patience", "num_train"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "num_val", "num_test", "keep_last", "pad_multiple"):
+        for name in ("steps", "batch_size", "num_val", "num_test", "keep_last", "pad_multiple"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("time_masks", "max_time", "freq_masks", "max_freq"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

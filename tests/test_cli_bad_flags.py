@@ -1,0 +1,45 @@
+"""Bad numeric flags are refused when the command line is parsed: exit 2 and a message naming the
+flag, before any work (no run directory, no output)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_funcml_cli_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+CASES = [
+    ("main", ["--overlays", "-1"], "--overlays"),
+    ("main", ["--threads", "0"], "--threads"),
+    ("main", ["--asr.steps", "0"], "steps must be >= 1"),
+    ("asr_train", ["tiny", "--steps", "0"], "steps must be >= 1"),
+    ("asr_train", ["tiny", "--freq-warp", "1.5"], "freq_warp"),
+    ("asr_eval", ["--run", "RUN", "--max-cer", "-1"], "--max-cer"),
+    ("asr_eval", ["--run", "RUN", "--batch-size", "0"], "--batch-size"),
+    ("asr_infer", ["--run", "RUN", "--batch-size", "0"], "--batch-size"),
+    ("asr_infer", ["--run", "RUN", "--text", "one", "--rate", "0"], "--rate"),
+]
+
+
+@pytest.mark.parametrize("script,argv,needle", CASES, ids=[f"{s}:{' '.join(a[-2:])}" for s, a, _ in CASES])
+def test_a_bad_numeric_flag_exits_2_naming_it(script, argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = _script(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())   # tyro's box, unwrapped
+    assert needle in err
+    assert not any(tmp_path.iterdir())                            # nothing written
