@@ -154,7 +154,7 @@ def test_eval_cli_writes_metrics_and_checks_a_cer_target(toy_run, tmp_path, caps
     saved = json.loads((tmp_path / "metrics_test.json").read_text())
     assert saved["cer"] == m["cer"] and saved["num_utts"] == 8
     with pytest.raises(SystemExit) as e:
-        asr_eval.main(["--run", str(toy_run), "--out", str(tmp_path), "--max-cer", "-1"])
+        asr_eval.main(["--run", str(toy_run), "--out", str(tmp_path), "--max-cer", "0"])
     assert e.value.code == 1
 
 
