@@ -56,28 +56,36 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class FrontendConfig:
-    """Front-end settings (defaults: FunASR's Paraformer front-end, without dither).
-
-    `win_ms` / `hop_ms` give `win = sample_rate * win_ms / 1000` samples (400 at 16 kHz) and
-    `hop` (160); `n_fft >= win`. `fmax=None` means Nyquist. `normalize` is "utterance"
-    (per-utterance mean/variance per feature), "global" (dataset statistics passed as
-    `stats`), or "none". `log_floor` keeps the log finite on silence.
-    """
+    """Front-end settings (defaults: FunASR's Paraformer front end, without dither; see the module doc)."""
 
     sample_rate: int = 16000
+    """Audio is resampled to this rate (Hz) before the front end."""
     n_mels: int = 80
+    """Mel filters (features per 10 ms frame)."""
     win_ms: float = 25.0
+    """Analysis window length in ms (win = sample_rate * win_ms / 1000 samples)."""
     hop_ms: float = 10.0
+    """Frame shift in ms."""
     n_fft: int = 512
+    """FFT size (>= the window in samples)."""
     preemphasis: float = 0.97
+    """Pre-emphasis coefficient a: y[n] = x[n] - a x[n-1] (0 = off)."""
     window: str = "hamming"
+    """The analysis window: "hamming", "hann" or "none"."""
     fmin: float = 20.0
+    """Lowest mel filter edge in Hz."""
     fmax: float | None = None
+    """Highest mel filter edge in Hz (None: Nyquist)."""
     lfr_m: int = 7
+    """LFR: frames stacked."""
     lfr_n: int = 6
+    """LFR: frames advanced (60 ms output frames with 6)."""
     use_lfr: bool = False
+    """Stack frames (Paraformer's low frame rate input); pair with --model.encoder.input-layer linear."""
     normalize: str = "utterance"
+    """Feature normalization: "utterance" (per-utterance mean / variance per feature), "global" (dataset statistics) or "none"."""
     log_floor: float = 1e-10
+    """log(max(E, log_floor)) keeps silence finite."""
     lifter: int = 0
     """Keep the first `lifter` cepstral coefficients of each log-mel frame (cepstral smoothing, see
     the module doc); 0 keeps the log-mel frame as it is."""

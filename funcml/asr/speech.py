@@ -112,32 +112,30 @@ _LOCK = threading.RLock()
 
 @dataclasses.dataclass(frozen=True)
 class SpeechConfig:
-    """How a synthetic speech corpus is drawn.
-
-    Attributes:
-        text_kind: "digits" (spoken digit strings, `digits_len` digits), "words" (`words_len`
-            words from `WORDS`), or "mixed" (either, with equal probability).
-        train_voices / test_voices: espeak voice names; the test set is held out, to measure
-            generalization to unseen speakers.
-        rate_range: speaking rate in words/min, inclusive (espeak accepts 80-450).
-        pitch_range: base pitch, inclusive, on espeak's 0-100 scale (50 = the voice's normal).
-        snr_db_range: additive white-noise SNR in dB, `[low, high)`; `None` for clean audio.
-        gain_db_range: gain in dB, `[low, high)`.
-        sample_rate: output sample rate in Hz (resampled from espeak's 22050 Hz).
-    """
+    """How a synthetic speech corpus is drawn (see funcml.asr.speech)."""
 
     text_kind: str = "digits"
+    """What is spoken: "digits" (digit strings), "words" (words from WORDS) or "mixed" (either, equally likely)."""
     digits_len: tuple[int, int] = (3, 6)
+    """Digits per utterance, (low, high) inclusive."""
     words_len: tuple[int, int] = (1, 4)
+    """Words per utterance for text_kind words, (low, high) inclusive."""
     train_voices: tuple[str, ...] = (
         "en+m1", "en+m2", "en+m3", "en+f1", "en+f2", "en-us+m1", "en-us+m3", "en-us+f1", "en-us+f4",
     )
+    """espeak-ng voices of the training and validation splits."""
     test_voices: tuple[str, ...] = ("en+m4", "en+f3", "en-us+m6", "en-us+f5")
+    """espeak-ng voices of the test split, held out: generalization to unseen speakers."""
     rate_range: tuple[int, int] = (130, 200)
+    """Speaking rate in words/min, inclusive (espeak accepts 80-450)."""
     pitch_range: tuple[int, int] = (35, 65)
+    """Base pitch on espeak's 0-100 scale, inclusive (50 = the voice's normal)."""
     snr_db_range: tuple[float, float] | None = (15.0, 35.0)
+    """Additive noise SNR in dB, [low, high); None for clean audio."""
     gain_db_range: tuple[float, float] = (-6.0, 0.0)
+    """Gain in dB, [low, high)."""
     sample_rate: int = 16000
+    """Output sample rate in Hz (resampled from espeak's 22050 Hz)."""
     word_gap_range: tuple[int, int] = (0, 0)
     """Extra pause between words in units of 10 ms (espeak's espeakWORDGAP), inclusive; (0, 0): none."""
     intonation_range: tuple[int, int] = (50, 50)

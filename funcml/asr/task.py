@@ -88,28 +88,16 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class AsrTrainConfig:
-    """Train a Paraformer (see funcml.asr.task).
-
-    model: the Paraformer (encoder kind, sizes, CIF, decoder); vocab_size and encoder.input_dim
-        are filled in from the data by `resolve`.
-    loss: CE / quantity / CTC weights, label smoothing, glancing ratio.
-    data: "speech" (espeak-ng synthesized utterances) or "toy" (synthetic features).
-    speech, toy, frontend: the two data sources and the log-mel front end.
-    num_train, num_val, num_test: utterances per split (speech; toy uses num_val / num_test).
-    cache_dir: where synthesized corpora are cached (None: synthesize every time).
-    spec_augment: SpecAugment training batches (time_masks x max_time frames, freq_masks x max_freq bins).
-    steps, batch_size, lr, weight_decay, warmup_steps, grad_clip: AdamW, warmup + cosine decay;
-        batch_size is the global batch (a multiple of the number of processes under torchrun).
-    precision, compile: the train step's autocast dtype and torch.compile switch.
-    pad_multiple: features are padded to a multiple of this many frames.
-    eval_every: validate (and checkpoint) every this many steps, and at the end.
-    seed: init, dropout, glancing and SpecAugment; data_seed: the corpora.
-    runs_dir, experiment, resume, patience, keep_last: as in funcml.seg.task.
-    """
+    """Train a Paraformer on synthesized speech, toy features or a manifest of recordings (see funcml.asr.task)."""
 
     model: ParaformerConfig = ParaformerConfig()
+    """The Paraformer (encoder kind and sizes, CIF, decoder); vocab_size and encoder.input_dim are
+    filled in from the data by `resolve`."""
     loss: LossConfig = LossConfig()
+    """CE / quantity / CTC weights, label smoothing, glancing ratio."""
     data: Literal["speech", "toy", "manifest"] = "speech"
+    """Where the audio comes from: "speech" (espeak-ng synthesized utterances), "toy" (synthetic features) or "manifest"
+    (your recordings: --train-manifest, --val-manifest)."""
     tokenizer: Literal["char", "word"] = "char"
     """Token unit: "char" (one token per character, the space included) or "word" (one token per
     whitespace-separated word; decoded words are joined by one space). Toy data is always "char"."""
@@ -132,37 +120,66 @@ class AsrTrainConfig:
     """Fine-tune: start from the params of this run's best checkpoint (or this checkpoint dir), with a
     new optimizer; the run's model, frontend and tokenizer are used."""
     speech: SpeechConfig = SpeechConfig()
+    """The synthesized corpus (data=speech, and --mix-speech): texts, voices, rate, pitch, augmentations."""
     toy: ToyConfig = ToyConfig()
+    """The toy features (data=toy)."""
     frontend: FrontendConfig = FrontendConfig()
+    """The log-mel front end (sample rate, mel bins, LFR, normalization, cepstral smoothing)."""
     num_train: int = 2000
+    """Training utterances synthesized (data=speech)."""
     num_val: int = 100
+    """Validation utterances (speech: the training voices; toy: one fixed batch)."""
     num_test: int = 200
+    """Test utterances (speech: the held-out voices; toy: one fixed batch)."""
     cache_dir: Path | None = Path(".cache/funcml-speech")
+    """Where synthesized corpora and manifest features are cached (None: compute every time)."""
     spec_augment: bool = True
+    """SpecAugment training batches (time_masks x max_time frames, freq_masks x max_freq bins)."""
     time_masks: int = 2
+    """SpecAugment: time masks per utterance."""
     max_time: int = 10
+    """SpecAugment: the longest time mask, in frames."""
     freq_masks: int = 2
+    """SpecAugment: frequency masks per utterance."""
     max_freq: int = 10
+    """SpecAugment: the widest frequency mask, in feature bins."""
     freq_warp: float = 0.0
     """Training batches: warp each utterance's mel axis by a factor drawn from U(1 - w, 1 + w)
     (vocal-tract-length perturbation in the mel domain, fresh every step; 0 = off; not with LFR)."""
     steps: int = 2000
+    """Optimizer steps (>= 1)."""
     batch_size: int = 16
+    """Utterances per step: the global batch (a multiple of the number of processes under torchrun)."""
     lr: float = 1e-3
+    """Peak AdamW learning rate (warmup, then cosine decay to 0)."""
     weight_decay: float = 1e-2
+    """AdamW decoupled weight decay."""
     warmup_steps: int = 100
+    """Linear warmup steps."""
     grad_clip: float = 5.0
+    """Clip the global gradient norm to this (0 = off)."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """The train step's autocast dtype."""
     compile: bool = False
+    """torch.compile the train step (pays off for long runs with fixed shapes)."""
     pad_multiple: int = 16
+    """Batches are padded to a multiple of this many frames (fewer distinct shapes)."""
     eval_every: int = 200
+    """Validate (and checkpoint) every this many steps, and at the end."""
     seed: int = 0
+    """Init, dropout, glancing, SpecAugment and frequency warps."""
     data_seed: int = 0
+    """The corpora and the order of the training examples."""
     runs_dir: Path = Path("runs")
+    """Runs are written under <runs_dir>/<experiment>/<time>-<id>/."""
     experiment: str = "asr"
+    """The run's folder name under runs_dir."""
     resume: Path | None = None
+    """Continue this run directory from its latest verified checkpoint."""
     patience: int = 0
+    """Stop after this many evaluations without a better val CER (0 = never)."""
     keep_last: int = 2
+    """Checkpoints kept besides the best."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
