@@ -1,11 +1,12 @@
 """python experiments/asr_sim2real.py FSDD_DIR --recipe voices   # the sim-to-real ablation, one recipe a call
 
-    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe word --runs-dir /tmp/runs_c
-    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe channel --steps 600 --table /tmp/c/table.jsonl
-    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe channel --print-flags   # the flags only
+    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe word --runs-dir runs
+    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe channel --steps 600 --table runs/sim2real.jsonl
+    python experiments/asr_sim2real.py ../shared/data/fsdd-dev --recipe warp --print-flags   # the flags only
 
-Trains the main job's ASR preset (`funcml.asr.task.PRESETS["speech"]`, synthetic espeak-ng data
-only) changed by one named recipe, then scores the run on real recordings with
+Trains the speech preset (`funcml.asr.task.PRESETS["speech"]`, synthetic espeak-ng data only)
+changed by one named recipe (`funcml.asr.task.sim2real_config`; the main job's `sim2real` preset
+is the `channel` recipe), then scores the run on real recordings with
 benchmarks/asr_real.py (singles and joined 3-digit strings, per speaker) and appends one row
 (recipe, steps, ms/step, wall seconds, held-out espeak CER/WER, real CER/WER) to `--table`.
 The recipes are cumulative, each adding one lever to the one before it (see docs/SIM2REAL.md):
@@ -26,8 +27,8 @@ The recipes are cumulative, each adding one lever to the one before it (see docs
              (was 2 x 10 frames, 2 x 10 of 80 bins)
     more     + 4000 training utterances (was 1500)
 
-`--print-flags` prints the recipe as `experiments/main.py --asr.*` flags (what the main job would
-run) and exits.
+`--print-flags` prints the recipe as `experiments/main.py --asr.*` flags (the main job with that
+recipe instead of its own) and exits.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import asr_real  # noqa: E402
 from funcml import config  # noqa: E402
-from funcml.asr import speech, task  # noqa: E402
+from funcml.asr import task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 
-RECIPES = ("preset", "word", "short8k", "voices", "channel", "mels40", "lifter", "warp", "specaug", "more")
+RECIPES = task.SIM2REAL_RECIPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,35 +82,7 @@ class Sim2RealConfig:
             raise ConfigError(f"--recipe: expected one of {', '.join(RECIPES)}, got {self.recipe!r}")
 
 
-def recipe_config(name: str) -> task.AsrTrainConfig:
-    """The speech preset with the levers of recipe `name` and of every recipe before it."""
-    cfg = task.PRESETS["speech"][1]
-    levels = RECIPES[: RECIPES.index(name) + 1]
-    sp, fe = cfg.speech, cfg.frontend
-    if "word" in levels:
-        cfg = dataclasses.replace(cfg, tokenizer="word")
-    if "short8k" in levels:
-        sp = dataclasses.replace(sp, digits_len=(1, 3), sample_rate=8000)
-        fe = dataclasses.replace(fe, sample_rate=8000)
-    if "voices" in levels:
-        sp = dataclasses.replace(sp, train_voices=speech.WIDE_TRAIN_VOICES, rate_range=(100, 260),
-                                 pitch_range=(10, 90), intonation_range=(10, 90), word_gap_range=(0, 20))
-    if "channel" in levels:
-        sp = dataclasses.replace(sp, warp_range=(0.85, 1.2), speed_factors=(0.9, 1.0, 1.1), reverb_prob=0.5,
-                                 rt60_range=(0.1, 0.6), wet_range=(0.2, 0.8), eq_db=8.0, noise_beta_range=(0.0, 2.0),
-                                 babble_prob=0.3, snr_db_range=(5.0, 35.0), lowpass_hz_range=(3000.0, 4000.0),
-                                 highpass_hz_range=(0.0, 300.0))
-    if "mels40" in levels:
-        fe = dataclasses.replace(fe, n_mels=40, fmin=60.0)
-    if "lifter" in levels:
-        fe = dataclasses.replace(fe, lifter=13)
-    if "warp" in levels:
-        cfg = dataclasses.replace(cfg, freq_warp=0.1)
-    if "specaug" in levels:
-        cfg = dataclasses.replace(cfg, time_masks=3, max_time=15, freq_masks=2, max_freq=8)
-    if "more" in levels:
-        cfg = dataclasses.replace(cfg, num_train=4000)
-    return dataclasses.replace(cfg, speech=sp, frontend=fe)
+recipe_config = task.sim2real_config
 
 
 def heldout_checks(run: Path) -> dict[str, dict[str, float]]:
@@ -126,13 +99,15 @@ def heldout_checks(run: Path) -> dict[str, dict[str, float]]:
 
 
 def main_flags(cfg: task.AsrTrainConfig) -> list[str]:
-    """`cfg` as `--asr.*` flags of experiments/main.py: every field that differs from the preset."""
-    base = config.to_dict(task.PRESETS["speech"][1])
+    """`cfg` as `--asr.*` flags of experiments/main.py: every field that differs from its default (the sim2real preset)."""
+    base = config.to_dict(task.PRESETS["sim2real"][1])
     new = config.to_dict(cfg)
     flags: list[str] = []
 
     def walk(a: dict, b: dict, prefix: str) -> None:
         for k, v in b.items():
+            if not prefix and k == "experiment":
+                continue
             if isinstance(v, dict):
                 walk(a.get(k) or {}, v, f"{prefix}{k}.")
             elif a.get(k) != v:

@@ -10,10 +10,12 @@ bottleneck on 32x32 synthetic shapes), evaluates the best checkpoint on the fixe
 split, prints per-class IoU / Dice, mean IoU and pixel accuracy, and writes an image / ground
 truth / prediction overlay grid into the run's plots/ beside the training curves.
 
-ASR: trains `funcml.asr.task.PRESETS["speech"]` (a SAN-M Paraformer on digit strings
-synthesized offline with espeak-ng; the corpus is cached under `.cache/`), evaluates the best
-checkpoint (by validation CER) on the test split spoken by held-out voices, and prints CER,
-WER, token and length accuracy, real-time factor and a few transcripts.
+ASR: trains `funcml.asr.task.PRESETS["sim2real"]` (a SAN-M Paraformer with word tokens on 1-3
+digit strings synthesized offline with espeak-ng at 8 kHz, 704 voices, room / microphone / noise
+augmentation, so that it also hears real people: docs/SIM2REAL.md; the corpus is cached under
+`.cache/`), evaluates the best checkpoint (by validation CER) on the test split spoken by
+held-out voices, and prints CER, WER, token and length accuracy, real-time factor and a few
+transcripts. `python benchmarks/asr_real.py DIR --run RUN` scores it on real recordings.
 
 Every preset field is a flag under `--seg.` or `--asr.` (`--help` lists them all). The
 results of both go to `<runs>/main-summary.json` (`--only` replaces its part and keeps the other's).
@@ -51,8 +53,8 @@ class MainConfig:
 
     seg: task.SegTrainConfig = task.PRESETS["unet-transformer"][1]
     """Segmentation (the `unet-transformer` preset of funcml.seg.task)."""
-    asr: asr_task.AsrTrainConfig = asr_task.PRESETS["speech"][1]
-    """ASR (the `speech` preset of funcml.asr.task)."""
+    asr: asr_task.AsrTrainConfig = asr_task.PRESETS["sim2real"][1]
+    """ASR (the `sim2real` preset of funcml.asr.task)."""
     only: Literal["all", "seg", "asr"] = "all"
     """Run both applications, or one."""
     runs_dir: Path | None = None

@@ -265,3 +265,19 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_the_resume_command(tmp_pat
     assert f"interrupted: training stopped at step 2 with a checkpoint saved; continue with --resume {run}" in err
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")] == ["step_000000002"]
     assert not (run / "eval.json").exists()
+
+
+def test_sim2real_recipes_are_cumulative_and_the_main_job_preset_is_the_channel_recipe():
+    speech_cfg = task.PRESETS["speech"][1]
+    assert task.sim2real_config("preset") == speech_cfg
+    word = task.sim2real_config("word")
+    assert word.tokenizer == "word" and word.speech == speech_cfg.speech
+    warp = task.sim2real_config("warp")
+    assert (warp.tokenizer, warp.speech.sample_rate, warp.frontend.sample_rate) == ("word", 8000, 8000)
+    assert warp.speech.reverb_prob == 0.5 and warp.frontend.n_mels == 40 and warp.frontend.lifter == 13
+    assert warp.freq_warp == 0.1 and warp.time_masks == speech_cfg.time_masks        # specaug comes after warp
+    main_cfg = task.PRESETS["sim2real"][1]
+    assert main_cfg == dataclasses.replace(task.sim2real_config("channel"), experiment="asr-sim2real")
+    assert set(main_cfg.speech.test_voices).isdisjoint(main_cfg.speech.train_voices)
+    with pytest.raises(ConfigError, match="recipe"):
+        task.sim2real_config("nope")
