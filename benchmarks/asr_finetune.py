@@ -88,6 +88,7 @@ class FinetuneBenchConfig:
     train_flags: str = ""
     """More experiments/asr_train.py flags for every fold, written with '=': --train-flags="--max-freq 27"."""
     seed: int = 0
+    """The --seed of every fold's asr_train.py run (init, dropout, glancing, SpecAugment keys)."""
     threads: int = 1
     """torch threads (1 on the shared machine)."""
     device: str = "cpu"
@@ -148,7 +149,7 @@ def _zero_shot(cfg: FinetuneBenchConfig, test: Path) -> dict[str, Any]:
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(FinetuneBenchConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(FinetuneBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if cfg.init_from is None and not cfg.scratch_only:
         raise ConfigError("give --init-from RUN (the run to fine-tune), or --scratch-only for the from-scratch runs")
     _, info = start(cfg.device, cfg.threads)

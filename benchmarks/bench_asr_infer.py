@@ -55,6 +55,7 @@ class AsrInferBenchConfig:
     num_utts: int = 32
     """Utterances (held-out voices) decoded per variant and repeat."""
     batch_sizes: tuple[int, ...] = (1, 8, 32)
+    """Batch sizes timed (utterances per forward); each is one eager and one compiled variant."""
     compile: bool = True
     """Also time the compiled forward."""
     buckets: tuple[int, ...] = (128, 256, 384, 512)
@@ -65,8 +66,11 @@ class AsrInferBenchConfig:
     tiny: bool = False
     """A one-layer d=16 model (for tests)."""
     cache_dir: Path | None = Path(".cache/funcml-speech")
+    """Where the synthesized utterances are cached (keyed by content); None: synthesize, write nothing."""
     threads: int = 1
+    """torch intra-op threads (0: torch's default; 1 on the shared 2-core machine)."""
     device: str = "cpu"
+    """Torch device: "cpu", "cuda" or "cuda:N" (an unavailable CUDA device is an error)."""
     out: Path | None = None
     """The JSON file to write (default: a fresh `benchmarks/results/bench_asr_infer-<time>.json`, so the committed
     `bench_asr_infer.json` is replaced only when named here)."""
@@ -93,7 +97,7 @@ def _pad(feats: list[torch.Tensor], frames: int) -> dict[str, torch.Tensor]:
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(AsrInferBenchConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(AsrInferBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if cfg.num_utts < 1 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1 or cfg.repeat < 1:
         raise ConfigError(f"--num-utts, --batch-sizes and --repeat must be positive, got {cfg.num_utts}, "
                           f"{cfg.batch_sizes}, {cfg.repeat}")

@@ -287,23 +287,28 @@ def compare(inp: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class CIFBenchConfig:
-    """Linear-time CIF vs the dense form and the per-frame loop (see the module docstring).
-
-    batch_size, dim, lengths: B, D and the T swept. alpha_min, alpha_max: the range of the weights.
-    warmup, repeat: untimed and timed calls per variant. seed: the inputs' key.
-    device, threads, out: as everywhere.
-    """
+    """Linear-time CIF vs the dense form and the per-frame loop (see the module docstring)."""
 
     batch_size: int = 8
+    """B: sequences per batch."""
     dim: int = 256
+    """D: the hidden size of the encoder frames summed into token embeddings."""
     lengths: tuple[int, ...] = (250, 500, 1000, 2000)
+    """The frame counts T swept (one row each)."""
     alpha_min: float = 0.05
+    """Lower end of the uniform range of the per-frame weights alpha (0 <= alpha_min <= alpha_max)."""
     alpha_max: float = 0.45
+    """Upper end of that range (< 1); the mean weight sets how many tokens fire (about T * mean alpha)."""
     warmup: int = 2
+    """Untimed calls of each variant before timing."""
     repeat: int = 7
+    """Timed rounds (one call of each variant per round, order rotating); the median is reported."""
     seed: int = 0
+    """Key of the random inputs (folded with T, so each length has its own)."""
     device: str = "cpu"
+    """Torch device: "cpu", "cuda" or "cuda:N" (an unavailable CUDA device is an error)."""
     threads: int = 0
+    """torch intra-op threads (0: torch's default; 1 on the shared 2-core machine)."""
     out: Path | None = None
     """The JSON file to write (default: a fresh `benchmarks/results/bench_cif-<time>.json`, so the committed
     `bench_cif.json` is replaced only when named here)."""
@@ -311,7 +316,7 @@ class CIFBenchConfig:
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(CIFBenchConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(CIFBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if not 0 <= cfg.alpha_min <= cfg.alpha_max < 1.0:
         raise ConfigError(f"need 0 <= alpha_min <= alpha_max < 1, got {cfg.alpha_min}, {cfg.alpha_max}")
     if not cfg.lengths or min(cfg.lengths) < 1 or cfg.batch_size < 1 or cfg.dim < 1:

@@ -96,24 +96,29 @@ class Ensemble:
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleBenchConfig:
-    """Vmapped ensemble step vs sequential steps (see the module docstring).
-
-    sizes: the ensemble sizes N. task: "unet" or "unet-transformer". batch_size, image_size:
-    the batch every member trains on. scale: "main" (the main job's model) or "tiny".
-    check_steps: steps of both before timing, to compare the members' parameters.
-    warmup, repeat: untimed and timed steps per variant. device, threads, out: as everywhere.
-    """
+    """Vmapped ensemble step vs sequential steps (see the module docstring)."""
 
     sizes: tuple[int, ...] = (1, 4, 8)
+    """The ensemble sizes N timed (members trained per step)."""
     task: Literal["unet", "unet-transformer"] = "unet"
+    """The segmentation preset every member is a copy of."""
     batch_size: int = 16
+    """Images per step (every member trains on the same batch)."""
     image_size: int = 32
+    """Side S of the square synthetic shapes images (pixels)."""
     scale: Literal["main", "tiny"] = "main"
+    """Model size: "main", the main job's preset model; "tiny", a smoke-test model (depth 2, base width 4,
+    1 transformer layer with 2 heads for unet-transformer)."""
     check_steps: int = 2
+    """Steps of both ways before timing, to compare the members' losses and params (0: no check)."""
     warmup: int = 2
+    """Untimed calls of each variant before timing."""
     repeat: int = 7
+    """Timed rounds (one call of each variant per round, order rotating); the median is reported."""
     device: str = "cpu"
+    """Torch device: "cpu", "cuda" or "cuda:N" (an unavailable CUDA device is an error)."""
     threads: int = 0
+    """torch intra-op threads (0: torch's default; 1 on the shared 2-core machine)."""
     out: Path | None = None
     """The JSON file to write (default: a fresh `benchmarks/results/bench_ensemble-<time>.json`, so the committed
     `bench_ensemble.json` is replaced only when named here)."""
@@ -121,7 +126,7 @@ class EnsembleBenchConfig:
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(EnsembleBenchConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(EnsembleBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if not cfg.sizes or min(cfg.sizes) < 1:
         raise ConfigError(f"--sizes needs positive ensemble sizes, got {cfg.sizes}")
     device, info = start(cfg.device, cfg.threads)

@@ -49,11 +49,17 @@ class OptimBenchConfig:
     scale: Literal["main", "tiny"] = "main"
     """The U-Net whose params are updated: the main job's (483k params) or a tiny one."""
     lr: float = 1e-3
+    """AdamW learning rate of every variant."""
     weight_decay: float = 0.01
+    """AdamW weight decay (on leaves with ndim >= 2 only)."""
     warmup: int = 3
+    """Untimed calls of each variant before timing."""
     repeat: int = 30
+    """Timed rounds (one call of each variant per round, order rotating); the median is reported."""
     device: str = "cpu"
+    """Torch device: "cpu", "cuda" or "cuda:N" (an unavailable CUDA device is an error)."""
     threads: int = 1
+    """torch intra-op threads (0: torch's default; 1, the default, on the shared machine)."""
     out: Path | None = None
     """The JSON file to write (default: a fresh `benchmarks/results/bench_optim-<time>.json`, so the committed
     `bench_optim.json` is replaced only when named here)."""
@@ -79,7 +85,7 @@ def _torch_step(params: list[torch.Tensor], grads: list[torch.Tensor], decay: li
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(OptimBenchConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(OptimBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     device, info = start(cfg.device, cfg.threads)
 
     setup, _ = seg_setup("unet", TaskSpec(2, 16, "fp32", False, device, cfg.scale))

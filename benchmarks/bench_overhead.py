@@ -86,23 +86,26 @@ class ModuleTrainer:
 
 @dataclasses.dataclass(frozen=True)
 class OverheadConfig:
-    """funcml step vs nn.Module step (see the module docstring).
-
-    batch_size, image_size: the batch. scale: "main" (the main job's U-Net) or "tiny".
-    compile: also time funcml's compiled step (a one-off compile of minutes on 2 CPU cores).
-    check_steps: steps run on both sides before timing, to compare their trajectories.
-    warmup, repeat: untimed and timed steps per variant. device, threads, out: as everywhere.
-    """
+    """funcml step vs nn.Module step (see the module docstring)."""
 
     batch_size: int = 16
+    """Images per step."""
     image_size: int = 32
+    """Side S of the square synthetic shapes images (pixels)."""
     scale: Literal["main", "tiny"] = "main"
+    """Model size: "main", the main job's U-Net; "tiny", a smoke-test one (depth 2, base width 4)."""
     compile: bool = True
+    """Also time funcml's compiled step (a one-off compile of minutes on 2 CPU cores)."""
     check_steps: int = 3
+    """Steps run on both sides from the same weights before timing, to compare their trajectories."""
     warmup: int = 3
+    """Untimed steps of each variant before its peak-memory pass and the timing."""
     repeat: int = 15
+    """Timed rounds (one call of each variant per round, order rotating); the median is reported."""
     device: str = "cpu"
+    """Torch device: "cpu", "cuda" or "cuda:N" (an unavailable CUDA device is an error)."""
     threads: int = 0
+    """torch intra-op threads (0: torch's default; 1 on the shared 2-core machine)."""
     out: Path | None = None
     """The JSON file to write (default: a fresh `benchmarks/results/bench_overhead-<time>.json`, so the committed
     `bench_overhead.json` is replaced only when named here)."""
@@ -114,7 +117,7 @@ def _max_diff(a: Any, b: Any) -> float:
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(OverheadConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(OverheadConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     device, info = start(cfg.device, cfg.threads)
 
     spec = TaskSpec(cfg.batch_size, cfg.image_size, "fp32", False, device, cfg.scale)

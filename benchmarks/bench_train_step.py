@@ -69,21 +69,22 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """What a task builder is asked for.
-
-    batch_size: examples per step. size: the input size (image side for segmentation,
-    frames for a sequence task). precision: "fp32" or "bf16". compile: compile the step.
-    device: where everything lives. scale: "main" (the model of the main job's preset) or
-    "tiny" (a smoke-test model). seed: init / step keys.
-    """
+    """What a task builder is asked for."""
 
     batch_size: int
+    """Examples per step."""
     size: int
+    """The input size: image side for segmentation, frames for a sequence task."""
     precision: Precision
+    """Precision: "fp32", or "bf16" (autocast; params stay fp32)."""
     compile: bool
+    """Compile the step with funcml.compiler.compile."""
     device: torch.device
+    """Where params, state and the batch live."""
     scale: Literal["main", "tiny"] = "main"
+    """Model size: "main", the model of the main job's preset; "tiny", a smoke-test model."""
     seed: int = 0
+    """Key of the init and of the step's randomness."""
 
 
 @dataclasses.dataclass
@@ -272,39 +273,48 @@ def profile_step(setup: StepSetup, steps: int, top: int = 15) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainBenchConfig:
-    """Train-step sweep (see the module docstring).
-
-    tasks: names in TASKS. batch_sizes, image_sizes: the eager sweep. precisions: "fp32", "bf16".
-    compile: also time the compiled step, at compile_batch_sizes x compile_image_sizes.
-    compile_precisions: the precisions compiled (each is one more compile).
-    scale: "main" (the presets' models) or "tiny" (smoke test).
-    warmup, repeat: untimed and timed steps per variant. memory_steps: steps of the peak-memory pass.
-    matmul_size: n of the `torch.mm` peak. profile_steps: torch.profiler over that many steps of
-    profile_task at profile_batch x profile_size, eager fp32 (0: off).
-    plot: write a PNG beside the JSON. device: "cpu" or "cuda". threads: torch threads (0: default).
-    out: the JSON file.
-    """
+    """Train-step sweep (see the module docstring)."""
 
     tasks: tuple[str, ...] = ("unet", "unet-transformer")
+    """Names in TASKS: unet, unet-transformer, paraformer."""
     batch_sizes: tuple[int, ...] = (4, 16)
+    """Batch sizes B of the eager sweep."""
     image_sizes: tuple[int, ...] = (32, 64)
+    """Sizes S of the eager sweep: image side (pixels), or frames for paraformer."""
     precisions: tuple[Precision, ...] = ("fp32", "bf16")
+    """Precisions of the eager sweep: "fp32", "bf16"."""
     compile: bool = True
+    """Also time the compiled step, at --compile-batch-sizes x --compile-image-sizes."""
     compile_batch_sizes: tuple[int, ...] = (16,)
+    """Batch sizes of the compiled variants (each one is a compile of minutes on 2 cores)."""
     compile_image_sizes: tuple[int, ...] = (32,)
+    """Sizes of the compiled variants."""
     compile_precisions: tuple[Precision, ...] = ("fp32",)
+    """Precisions compiled (each is one more compile)."""
     scale: Literal["main", "tiny"] = "main"
+    """Model size: "main", the presets' models; "tiny", smoke-test models."""
     warmup: int = 3
+    """Untimed steps of each variant before its peak-memory pass."""
     repeat: int = 10
+    """Timed rounds (one call of each variant per round, order rotating); the median is reported."""
     memory_steps: int = 2
+    """Steps of each variant's peak-memory pass."""
     matmul_size: int = 2048
+    """n of the n x n torch.mm whose rate is the machine's peak (fp32 and bf16)."""
     profile_steps: int = 0
+    """torch.profiler over this many steps of --profile-task, eager fp32 (0: off)."""
     profile_task: str = "unet-transformer"
+    """The task profiled (a name in TASKS)."""
     profile_batch: int = 16
+    """Batch size of the profiled step."""
     profile_size: int = 32
+    """Size (image side or frames) of the profiled step."""
     plot: bool = False
+    """Also write a PNG of the sweep beside the JSON (plot_sweep.py)."""
     device: str = "cpu"
+    """Torch device: "cpu", "cuda" or "cuda:N" (an unavailable CUDA device is an error)."""
     threads: int = 0
+    """torch intra-op threads (0: torch's default; 1 on the shared 2-core machine)."""
     out: Path | None = None
     """The JSON file to write (default: a fresh `benchmarks/results/bench_train_step-<time>.json`, so the committed
     `bench_train_step.json` is replaced only when named here)."""
@@ -409,7 +419,7 @@ _COLUMNS = {"task": "task", "batch": "B", "size": "S", "precision": "precision",
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(TrainBenchConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(TrainBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     _check(cfg)
     device, info = start(cfg.device, cfg.threads)
     rows, peak = _measure(cfg, device)

@@ -39,12 +39,15 @@ Model = Literal["unet-transformer", "mlp"]
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     models: tuple[Model, ...] = ("unet-transformer", "mlp")
+    """Models timed: "unet-transformer" (the main job's seg model, compute-bound), "mlp" (8-32-32-1, overhead-bound)."""
     steps: int = 30
     """Timed steps per layout."""
     warmup: int = 3
+    """Untimed steps before the timed ones, in every layout."""
     batch_size: int = 16
     """The global batch (each of the 2 ranks gets half)."""
     out: Path = ROOT / "benchmarks" / "results" / "dist_bench.json"
+    """The JSON file to write."""
     worker: str = ""
     """Internal: run one timing in this process (`<model>:<json path>`)."""
 
@@ -163,4 +166,4 @@ def main(cfg: BenchConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(BenchConfig)))
+    sys.exit(main(tyro.cli(BenchConfig, description="\n\n".join(__doc__.split("\n\n")[:2]))))

@@ -30,15 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclasses.dataclass(frozen=True)
 class TargetConfig:
     min_miou: float = 0.85
+    """Target: segmentation mean IoU at least this (0..1)."""
     max_cer: float = 0.10
+    """Target: ASR CER on the held-out voices at most this (a fraction: 0.10 is 10%)."""
     max_seconds: float = 600.0
     """The whole main job (both applications, data synthesis included)."""
     max_asr_seconds: float = 360.0
+    """Target: the ASR part alone within this many seconds."""
     check: bool = True
     """Exit 1 when a target is missed."""
     main_args: str = ""
     """Extra flags for experiments/main.py, as one string: `--main-args="--seg.steps 5"`."""
     out: Path = ROOT / "benchmarks" / "results" / "main_target.json"
+    """The JSON file to write."""
 
 
 def main(cfg: TargetConfig) -> int:
@@ -75,4 +79,4 @@ def main(cfg: TargetConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(TargetConfig)))
+    sys.exit(main(tyro.cli(TargetConfig, description="\n\n".join(__doc__.split("\n\n")[:2]))))

@@ -71,15 +71,17 @@ def plot_sweep(result: dict[str, Any], out: str | Path) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class PlotConfig:
-    """json: a bench_train_step result. out: the PNG (default: the JSON's name with .png)."""
+    """Plot a bench_train_step result."""
 
     json: Path = RESULTS_DIR / "bench_train_step.json"
+    """A bench_train_step.py result JSON."""
     out: Path | None = None
+    """The PNG to write (default: the JSON's path with .png)."""
 
 
 @cli_main
 def main(args: list[str] | None = None) -> Path:
-    cfg = tyro.cli(PlotConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(PlotConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if not cfg.json.is_file():
         raise DataError(f"--json {cfg.json} does not exist; run benchmarks/bench_train_step.py first")
     path = plot_sweep(json.loads(cfg.json.read_text()), cfg.out or cfg.json.with_suffix(".png"))
