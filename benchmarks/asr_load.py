@@ -289,7 +289,7 @@ def _interrupt(signum, frame) -> None:
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(LoadConfig, args=argv, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(LoadConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     work = Path(tempfile.mkdtemp(prefix="asr-load-"))
     proc = None
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too

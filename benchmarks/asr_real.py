@@ -187,7 +187,7 @@ def _rows(name: str, s: dict) -> list[dict]:
 
 @cli_main
 def main(args: list[str] | None = None) -> dict[str, Any]:
-    cfg = tyro.cli(RealBenchConfig, args=args, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(RealBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
     _, info = start(cfg.device, cfg.threads)
     if cfg.device != "cpu":
         raise ConfigError("asr_real decodes on the CPU (--device cpu)")

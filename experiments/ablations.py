@@ -277,7 +277,7 @@ def _run_group(name: str, cfg: AblationsConfig, done: set[str]) -> Path:
 
 @cli_main
 def main(argv: list[str] | None = None) -> list[Path]:
-    cfg = tyro.cli(AblationsConfig, args=argv, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(AblationsConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if cfg.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
     names = _selected(cfg.group)

@@ -74,7 +74,7 @@ def _out_dir(cfg: EvalConfig) -> Path:
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(EvalConfig, args=argv, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(EvalConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if cfg.batch_size < 1 or cfg.num_test < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --num-test >= 0, got {cfg.batch_size}, {cfg.num_test}")
     train_cfg, params, tok = task.load_model(cfg.run)

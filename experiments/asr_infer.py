@@ -202,7 +202,7 @@ def transcribe_many(cfg: "InferConfig", train_cfg, params, tok) -> dict:
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(InferConfig, args=argv, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(InferConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     given = [name for name in ("wav", "features", "text", "folder", "manifest") if getattr(cfg, name) is not None]
     if len(given) != 1:
         raise ConfigError(f"give exactly one input: --wav, --features, --text, --folder or --manifest "

@@ -65,7 +65,7 @@ class ServeConfig:
 
 def build(argv: list[str] | None = None):
     """Parse the flags and load the model: `(cfg, app)`, without serving."""
-    cfg = tyro.cli(ServeConfig, args=argv, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(ServeConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     app = create_app(cfg.run, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                      max_body_bytes=cfg.max_body_bytes, max_audio_seconds=cfg.max_audio_seconds)
     return cfg, app

@@ -121,7 +121,7 @@ def main_flags(cfg: task.AsrTrainConfig) -> list[str]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = tyro.cli(Sim2RealConfig, args=argv, description=__doc__.splitlines()[0])
+    args = tyro.cli(Sim2RealConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     cfg = recipe_config(args.recipe)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps, eval_every=max(1, min(cfg.eval_every, args.steps)))

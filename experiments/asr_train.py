@@ -1,14 +1,15 @@
-"""python experiments/asr_train.py speech   # train a Paraformer (presets: speech, toy, tiny)
+"""python experiments/asr_train.py sim2real   # train a Paraformer (presets: sim2real, speech, toy, tiny, manifest)
 
+    python experiments/asr_train.py sim2real --steps 2000          # the main job's ASR, longer
     python experiments/asr_train.py speech --steps 2000 --model.encoder.block conformer
     python experiments/asr_train.py speech --frontend.use-lfr --model.encoder.input-layer linear   # LFR input
     python experiments/asr_train.py speech --model.ctc --loss.ctc-weight 0.3 --loss.glance-ratio 0
     python experiments/asr_train.py toy --toy.noise 0.6
     python experiments/asr_train.py speech --resume runs/asr-speech/20260101-120000-abc12300
     python experiments/asr_train.py speech --tokenizer word          # one token per word
-    python experiments/asr_train.py manifest --train-manifest data/train.jsonl --val-manifest data/val.jsonl \
-        --test-manifest data/test.jsonl                              # your own recordings (or Kaldi data dirs)
+    python experiments/asr_train.py manifest --train-manifest train.jsonl --val-manifest val.jsonl   # your recordings
     python experiments/asr_train.py manifest --train-manifest ... --val-manifest ... --init-from RUN   # fine-tune
+    python experiments/asr_train.py --config runs/asr-speech/<run>/config.json --resume runs/asr-speech/<run>
 
 Trains with funcml's one loop (AdamW, warmup + cosine, clipping, checkpoints ranked by
 val/cer), writes the run directory (config.json, tokenizer.json, metrics.csv, checkpoints/,
@@ -57,7 +58,7 @@ def report(summary: dict) -> None:
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config.cli(AsrTrainConfig, presets=PRESETS, args=argv, description=__doc__.splitlines()[0])
+    cfg = config.cli(AsrTrainConfig, presets=PRESETS, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     run, summary = train(cfg, progress=True)
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return summary

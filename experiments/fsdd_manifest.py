@@ -79,7 +79,7 @@ def fsdd_rows(cfg: FsddConfig) -> list[dict]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(FsddConfig, args=argv, description=__doc__.splitlines()[0])
+    cfg = tyro.cli(FsddConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     rows = fsdd_rows(cfg)
     path = manifest.write_jsonl(cfg.out, rows)
     counts = Counter(r["speaker"] for r in rows)

@@ -175,7 +175,7 @@ def write_summary(path: Path, result: dict) -> dict:
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(MainConfig, args=argv, description=__doc__.splitlines()[0],
+    cfg = tyro.cli(MainConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]),
                    config=(tyro.conf.AvoidSubcommands,))
     torch.set_num_threads(cfg.threads)
     seg_cfg, asr_cfg = cfg.seg, cfg.asr
