@@ -13,7 +13,10 @@ OGG / MP3 with the optional package soundfile), `--text` a sentence synthesized 
 vocabulary's characters only), or `--features` a `[T, F]` matrix in `.npy` or `.safetensors`
 (the tensor named `features`, or the only tensor) already in the model's feature space.
 Prints the text and one line per token `start-end  token` in seconds (from CIF's firing
-frames), or a JSON object with `--json`. Mistakes (a missing file, a non-WAV file, empty
+frames), or a JSON object with `--json`. Audio of any length: longer than `--segment-seconds`
+(6 s) it is cut at pauses and transcribed segment by segment (funcml.asr.longform), timestamps
+in the original timeline; silence gives empty text; a segment that fills the model's token
+budget is reported on stderr (`truncated_segments` in the JSON), never cut silently. Mistakes (a missing file, a non-WAV file, empty
 audio, a wrong feature dimension, an unknown character) print one line `error: ...`, exit 2.
 
 Many files: `--folder` (every .wav/.flac/.ogg/.mp3 under it, recursively) or `--manifest` (a
@@ -41,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
-from funcml.asr import audio, manifest, speech, task  # noqa: E402
+from funcml.asr import audio, longform, manifest, speech, task  # noqa: E402
 from funcml.asr.metrics import cer, wer  # noqa: E402
 from funcml.asr.viz import save_cif_plot  # noqa: E402
 from funcml.errors import ConfigError, DataError, cli_main  # noqa: E402
@@ -75,6 +78,9 @@ class InferConfig:
     """With --folder / --manifest: the JSONL to write (default: transcripts.jsonl in the current folder)."""
     batch_size: int = 16
     """With --folder / --manifest: utterances per forward pass."""
+    segment_seconds: float = 6.0
+    """--wav / --text audio longer than this is transcribed in segments cut at pauses (funcml.asr.longform),
+    with timestamps in the original timeline; silence gives empty text."""
     on_error: Literal["stop", "skip"] = "stop"
     """With --folder / --manifest: a file that cannot be read stops the run (exit 2), or is skipped and
     listed with its error in the output."""
@@ -82,6 +88,8 @@ class InferConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.segment_seconds >= 0.5:
+            raise ConfigError(f"--segment-seconds must be >= 0.5, got {self.segment_seconds}")
         if not 20 <= self.rate <= 500:
             raise ConfigError(f"--rate is espeak's words per minute, 20-500; got {self.rate}")
 
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.features is not None:
         feats = load_features(cfg.features)
         (hyp,), out = task.transcribe_features(params, train_cfg, tok, [feats])
-        seconds = feats.shape[0] * 0.01
+        raw, seconds = hyp, feats.shape[0] * 0.01
     else:
         if train_cfg.data == "toy":
             raise ConfigError(f"{cfg.run} was trained on toy features, not audio; give it --features")
@@ -223,15 +231,29 @@ def main(argv: list[str] | None = None) -> dict:
             wav, sr = speech.synthesize(cfg.text.lower(), voice=cfg.voice, rate=cfg.rate)
         else:
             wav, sr = audio.read_audio(cfg.wav)
-        hyp, feats, out = task.transcribe_waveform(params, train_cfg, tok, wav, sr)
         seconds = wav.numel() / sr
+        if cfg.plot is not None and seconds > cfg.segment_seconds:
+            raise ConfigError(f"--plot draws one segment: the audio lasts {seconds:.1f} s, more than "
+                              f"--segment-seconds {cfg.segment_seconds:g}")
+        hyp, info = longform.transcribe_long(params, train_cfg, tok, wav, sr, max_seconds=cfg.segment_seconds)
+        feats = out = None
+        if cfg.plot is not None:        # the model's view of the whole clip: features, CIF weights and fires
+            raw, feats, out = task.transcribe_waveform(params, train_cfg, tok, wav, sr)
     compute = time.perf_counter() - t0
     result = {"text": hyp.text, "tokens": hyp.tokens, "timestamps": [[s, e] for s, e in zip(hyp.starts, hyp.ends)],
               "audio_seconds": round(seconds, 3), "rtf": round(compute / seconds, 4) if seconds > 0 else None}
-    if cfg.plot is not None:
+    if cfg.features is None:
+        result["segments"] = len(info["segments"])
+        if info["truncated"]:
+            result["truncated_segments"] = [[info["segments"][i]["start"], info["segments"][i]["end"]]
+                                            for i in info["truncated"]]
+            print(f"warning: {len(info['truncated'])} segment(s) filled the model's token budget "
+                  f"({train_cfg.model.max_tokens}) and may be cut: {result['truncated_segments']} s; lower "
+                  "--segment-seconds", file=sys.stderr)
+    if cfg.plot is not None and feats is not None:
         shift = train_cfg.frontend.hop_ms / 1000 * (train_cfg.frontend.lfr_n if train_cfg.frontend.use_lfr else 1)
-        save_cif_plot(feats, out.alpha[0, : int(out.enc_lengths[0])], out.fire_positions[0], hyp.tokens, cfg.plot,
-                      feature_shift_s=shift, frame_shift_s=task.frame_shift(train_cfg), title=repr(hyp.text))
+        save_cif_plot(feats, out.alpha[0, : int(out.enc_lengths[0])], out.fire_positions[0], raw.tokens, cfg.plot,
+                      feature_shift_s=shift, frame_shift_s=task.frame_shift(train_cfg), title=repr(raw.text))
         result["plot"] = str(cfg.plot)
     if cfg.json:
         print(json.dumps(result))

@@ -84,6 +84,7 @@ CONTRACT_MODULES = [
     "funcml.asr.task", "funcml.asr.paraformer", "funcml.asr.encoder", "funcml.asr.cif", "funcml.asr.decoder",
     "funcml.asr.batching", "funcml.asr.frontend", "funcml.asr.tokenizer", "funcml.asr.toy", "funcml.asr.metrics",
     "funcml.asr.speech", "funcml.asr.audio", "funcml.asr.viz", "funcml.asr.manifest", "funcml.asr.augment",
+    "funcml.asr.longform",
     "funcml.random", "funcml.tree", "funcml.checks", "funcml.nn.layers", "funcml.nn.norm", "funcml.nn.attention",
     "funcml.nn.transformer", "funcml.nn.posenc", "funcml.nn.model", "funcml.nn.bridge", "funcml.nn.ensemble",
     "funcml.nn.init", "funcml.nn.reference", "funcml.optim", "funcml.train.step", "funcml.train.state",
