@@ -489,3 +489,8 @@ def test_load_script_percentile_interpolates_between_order_statistics():
     assert asr_load._percentile(xs, 0) == 1.0 and asr_load._percentile(xs, 100) == 4.0
     assert asr_load._percentile(xs, 50) == 2.5
     assert asr_load._percentile(xs, 99) == pytest.approx(3.97)
+
+
+def test_silence_gets_empty_text(speech_client):
+    r = speech_client.post("/v1/transcribe", content=_wav_bytes(np.zeros(16000)), headers=_W)
+    assert r.status_code == 200 and r.json()["text"] == "" and r.json()["tokens"] == []

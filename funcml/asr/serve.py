@@ -86,6 +86,8 @@ from . import task
 from .encoder import encoder_lengths
 from .frontend import features as frontend_features
 from .frontend import num_frames
+from .longform import is_silent
+from .paraformer import Transcript
 
 __all__ = ["MicroBatcher", "create_app", "ACCESS_LOGGER", "WAV_TYPES"]
 
@@ -371,6 +373,7 @@ class _Item:
     features: torch.Tensor   # [T, F] float32, validated
     audio_s: float
     frontend_s: float = 0.0
+    silent: bool = False     # a WAV with no frame above -50 dBFS: empty text (the model would invent words)
 
 
 def _transcribe_batch(model: _Model, items: list[_Item]) -> list[dict[str, Any]]:
@@ -378,6 +381,7 @@ def _transcribe_batch(model: _Model, items: list[_Item]) -> list[dict[str, Any]]
     hyps, _ = task.transcribe_features(model.params, model.cfg, model.tokenizer, [it.features for it in items])
     model_s = time.perf_counter() - t0
     total = sum(it.audio_s for it in items)
+    hyps = [Transcript("", [], [], [], []) if it.silent else h for h, it in zip(hyps, items)]
     return [{"text": h.text, "tokens": h.tokens, "timestamps": [[s, e] for s, e in zip(h.starts, h.ends)],
              "rtf": round(it.frontend_s / it.audio_s + model_s / total, 5), "audio_seconds": round(it.audio_s, 3),
              "batch_size": len(items)} for h, it in zip(hyps, items)]
@@ -545,7 +549,7 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
             if feats.shape[0] < model.min_frames:
                 raise _Reject(422, "too_short", f"the audio gives {feats.shape[0]} feature frames; the encoder needs "
                                                 f"at least {model.min_frames}")
-            item = _Item(feats, waveform.numel() / sr, frontend_s)
+            item = _Item(feats, waveform.numel() / sr, frontend_s, silent=is_silent(waveform, sr))
         result = await batcher.submit(item)
         request.state.batch_size, request.state.audio_seconds = result["batch_size"], result["audio_seconds"]
         return result
