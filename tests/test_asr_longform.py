@@ -119,3 +119,14 @@ def test_asr_infer_transcribes_a_long_wav_in_segments(speech_run, tmp_path, caps
     assert result["segments"] == 12 and result["audio_seconds"] == pytest.approx(len(x) / SR, abs=1e-3)
     assert all(0 <= s <= e <= result["audio_seconds"] for s, e in result["timestamps"])
     assert '"segments": 12' in capsys.readouterr().out
+
+
+def test_the_longform_benchmark_scores_one_recording_against_its_parts(speech_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import asr_longform
+
+    out = tmp_path / "longform.json"
+    result = asr_longform.main(["--run", str(speech_run), "--minutes", "0.1", "--out", str(out)])
+    assert out.is_file() and result["utterances"] >= 2 and result["audio_minutes"] >= 0.1
+    assert result["long_form"]["segments"] >= 1 and result["peak_rss_mb"] > 0
+    assert result["per_utterance"]["cer"] >= 0 and result["long_form"]["cer"] >= 0
