@@ -281,3 +281,9 @@ def test_sim2real_recipes_are_cumulative_and_the_main_job_preset_is_the_channel_
     assert set(main_cfg.speech.test_voices).isdisjoint(main_cfg.speech.train_voices)
     with pytest.raises(ConfigError, match="recipe"):
         task.sim2real_config("nope")
+
+
+def test_a_speech_run_saves_cif_figures_of_validation_utterances(speech_run):
+    figures = sorted((speech_run / "plots").glob("cif_*.png"))
+    assert [p.name for p in figures] == ["cif_0.png", "cif_1.png", "cif_2.png"]
+    assert all(p.stat().st_size > 5000 for p in figures)

@@ -81,7 +81,8 @@ from .toy import ToyConfig, toy_batch, toy_tokenizer
 
 __all__ = ["AsrTrainConfig", "PRESETS", "SIM2REAL_RECIPES", "sim2real_config", "Example", "resolve", "tokenizer_for", "with_init", "train_examples",
            "val_examples", "test_examples", "manifest_examples", "collate", "evaluate", "train", "load_model",
-           "transcribe", "transcribe_features", "transcribe_waveform", "decode", "frame_shift", "feature_dim"]
+           "transcribe", "transcribe_features", "transcribe_waveform", "decode", "frame_shift", "feature_dim",
+           "save_cif_figures"]
 
 PyTree = Any
 
@@ -763,8 +764,28 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
                                   "manifest": f"manifest {cfg.test_manifest}"}[cfg.data]}
         run.write_json("eval.json", metrics)
         summary["eval_json"] = metrics
+        if cfg.data != "toy":
+            summary["plots"] += [str(p) for p in save_cif_figures(params, cfg, tok, val[:3], run.path / "plots")]
     summary["run"] = str(run.path)
     return run, summary
+
+
+def save_cif_figures(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, examples: Sequence[Example],
+                     folder: Path) -> list[Path]:
+    """`folder/cif_<i>.png` for each example: its features with the CIF weights and firing frames
+    of the model and the decoded tokens (funcml.asr.viz.save_cif_plot), titled with reference and
+    hypothesis."""
+    from .viz import save_cif_plot
+
+    paths = []
+    shift = cfg.frontend.hop_ms / 1000 * (cfg.frontend.lfr_n if cfg.frontend.use_lfr else 1)
+    for i, ex in enumerate(examples):
+        (hyp,), out = transcribe_features(params, cfg, tokenizer, [ex.features])
+        n = int(out.enc_lengths[0])
+        paths.append(save_cif_plot(ex.features, out.alpha[0, :n], out.fire_positions[0], hyp.tokens,
+                                   folder / f"cif_{i}.png", feature_shift_s=shift, frame_shift_s=frame_shift(cfg),
+                                   title=f"ref {ex.text!r}   hyp {hyp.text!r}"))
+    return paths
 
 
 # --------------------------------------------------------------------------- loading
