@@ -53,6 +53,10 @@ class ServeConfig:
     """Largest request body in bytes (413 above)."""
     max_audio_seconds: float = 30.0
     """Longest audio, or the same duration of feature frames (413 above)."""
+    body_timeout_s: float = 30.0
+    """A request body that sends nothing for this many seconds is answered 408 and dropped."""
+    max_inflight_bodies: int = 256
+    """Request bodies received at once; one more is answered 503 (stalled clients hold no more)."""
     threads: int = 1
     """torch intra-op threads of the inference thread."""
 
@@ -67,7 +71,8 @@ def build(argv: list[str] | None = None):
     """Parse the flags and load the model: `(cfg, app)`, without serving."""
     cfg = tyro.cli(ServeConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     app = create_app(cfg.run, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                     max_body_bytes=cfg.max_body_bytes, max_audio_seconds=cfg.max_audio_seconds)
+                     max_body_bytes=cfg.max_body_bytes, max_audio_seconds=cfg.max_audio_seconds,
+                     body_timeout_s=cfg.body_timeout_s, max_inflight_bodies=cfg.max_inflight_bodies)
     return cfg, app
 
 

@@ -494,3 +494,58 @@ def test_load_script_percentile_interpolates_between_order_statistics():
 def test_silence_gets_empty_text(speech_client):
     r = speech_client.post("/v1/transcribe", content=_wav_bytes(np.zeros(16000)), headers=_W)
     assert r.status_code == 200 and r.json()["text"] == "" and r.json()["tokens"] == []
+
+
+# ------------------------------------------------------------------ disconnecting, stalled and excess clients
+
+
+async def _asgi_call(app, receive) -> tuple[int, dict, list]:
+    """POST /v1/transcribe straight through the ASGI interface with a custom `receive`:
+    `(status, JSON body, the sent messages)`."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/transcribe", "raw_path": b"/v1/transcribe", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 80)}
+    sent: list[dict] = []
+
+    async def send(msg):
+        sent.append(msg)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")), sent
+
+
+def test_a_client_that_disconnects_mid_body_is_logged_as_499_without_a_traceback(toy_run, caplog):
+    app = create_app(toy_run)
+    messages = iter([{"type": "http.request", "body": b'{"features": [[0.1', "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(_asgi_call(app, receive))
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert [(a["status"], a["error"]) for a in access] == [(499, "client_disconnected")]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_body_that_stalls_gets_408_and_excess_bodies_get_503(toy_run):
+    app = create_app(toy_run, body_timeout_s=0.2, max_inflight_bodies=1)
+
+    async def stalled():
+        await asyncio.sleep(3600)
+
+    status, body, _ = asyncio.run(_asgi_call(app, stalled))
+    assert status == 408 and body["error"] == "body_timeout"
+
+    async def slow():
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def two_at_once():
+        return await asyncio.gather(_asgi_call(app, slow), _asgi_call(app, slow))
+
+    results = sorted(asyncio.run(two_at_once()), key=lambda r: r[0])
+    assert results[-1][0] == 503 and results[-1][1]["error"] == "busy" and results[0][0] != 503

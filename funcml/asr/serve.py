@@ -38,7 +38,7 @@ Errors. Every bad request gets a 4xx and `{"error": CODE, "message": TEXT}`; the
 keeps running and the next request is served:
 
     400 malformed_json, malformed_multipart
-    404 not_found; 405 method_not_allowed
+    404 not_found; 405 method_not_allowed; 408 body_timeout (no body bytes for body_timeout_s)
     413 body_too_large (> max_body_bytes), too_long (> max_audio_seconds, or max_frames frames)
     415 unsupported_media_type (not JSON, multipart/form-data or audio/wav)
     422 missing_features, bad_shape (not [T, F], ragged, F != the model's), bad_dtype (not numbers),
@@ -46,9 +46,13 @@ keeps running and the next request is served:
         missing_file, empty_audio, bad_wav (not a PCM / float WAV, compressed, truncated, damaged),
         bad_sample_width (not 8/16/24/32-bit PCM or 32/64-bit float),
         bad_sample_rate, audio_not_supported (a toy-feature model), bad_input (any other funcml error)
+    499 client_disconnected (logged only: the client is gone); 503 busy (> max_inflight_bodies)
 
 A bug (not a bad request) answers 500 `internal_error` in the same JSON form and is logged
-with its traceback; the service keeps serving.
+with its traceback; the service keeps serving. A client that disconnects while sending its
+body is logged as 499 `client_disconnected` (no traceback, not a 500); a body that sends
+nothing for `body_timeout_s` gets 408 `body_timeout`; beyond `max_inflight_bodies` bodies being
+received at once a request gets 503 `busy` at once.
 
 Access log: one JSON line per request on the logger `funcml.asr.serve.access` (INFO):
 `{"time", "client", "method", "path", "status", "latency_ms", "bytes_in", "error"}`, where
@@ -77,6 +81,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from .. import checkpoint, tree
 from ..errors import ConfigError, FuncmlError
@@ -237,14 +242,29 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or streamed)."""
+class _ClientGone(Exception):
+    """The client closed the connection before its body arrived: logged as 499, not as a bug."""
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or streamed), with
+    408 when no bytes arrive for `timeout_s` seconds, and `_ClientGone` when the client leaves."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _Reject(413, "body_too_large", f"the body has {int(declared)} bytes; the limit is {limit} "
                                              "(--max-body-bytes)")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise _Reject(408, "body_timeout", f"no body bytes arrived for {timeout_s:g} s (--body-timeout-s); "
+                                               f"{size} bytes received") from None
+        except ClientDisconnect:
+            raise _ClientGone(f"the client disconnected after {size} bytes of the body") from None
         size += len(chunk)
         if size > limit:
             raise _Reject(413, "body_too_large", f"the body exceeds the limit of {limit} bytes (--max-body-bytes)")
@@ -446,7 +466,8 @@ class _AccessLog:
 
 
 def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float = 5.0,
-               max_body_bytes: int = 8 * 2**20, max_audio_seconds: float = 30.0) -> FastAPI:
+               max_body_bytes: int = 8 * 2**20, max_audio_seconds: float = 30.0, body_timeout_s: float = 30.0,
+               max_inflight_bodies: int = 256) -> FastAPI:
     """The FastAPI app serving the Paraformer of `run_path` (see the module doc).
 
     Arguments:
@@ -456,6 +477,9 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
         max_body_bytes: the largest request body (413 above).
         max_audio_seconds: the longest audio (413 above); for feature input, at most
             `max_audio_seconds / feature_shift` frames.
+        body_timeout_s: a body that sends nothing for this long is answered 408 and dropped.
+        max_inflight_bodies: bodies being received at once; one more is answered 503 at once
+            (stalled clients cannot hold the service's memory).
 
     Raises: `DataError` / `CheckpointError` for a missing or bad run (at start, not per
     request); `ConfigError` for a limit out of range.
@@ -464,7 +488,11 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
         raise ConfigError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
     if not (max_audio_seconds > 0 and math.isfinite(max_audio_seconds)):
         raise ConfigError(f"max_audio_seconds must be a finite number > 0, got {max_audio_seconds}")
+    if not (body_timeout_s > 0 and math.isfinite(body_timeout_s)) or max_inflight_bodies < 1:
+        raise ConfigError(f"body_timeout_s must be a finite number > 0 and max_inflight_bodies >= 1, got "
+                          f"{body_timeout_s} and {max_inflight_bodies}")
     model = _load(run_path)
+    inflight = [0]
     batcher: MicroBatcher[_Item, dict] = MicroBatcher(lambda items: _transcribe_batch(model, items),
                                                       max_batch=max_batch, max_wait_ms=max_wait_ms)
     max_frames = int(max_audio_seconds / model.feature_shift_s + 1e-9)
@@ -485,6 +513,10 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
     @app.exception_handler(_Reject)
     async def _on_reject(request: Request, e: _Reject):
         return problem(request, e.status, e.code, e.message)
+
+    @app.exception_handler(_ClientGone)
+    async def _on_client_gone(request: Request, e: _ClientGone):   # nobody to answer; logged, no traceback
+        return problem(request, 499, "client_disconnected", str(e))
 
     @app.exception_handler(FuncmlError)
     async def _on_funcml_error(request: Request, e: FuncmlError):
@@ -528,7 +560,14 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
             got = f"Content-Type {kind!r}" if kind else "no Content-Type"
             raise _Reject(415, "unsupported_media_type", f"{got}; send application/json ({{\"features\": [[...]]}}), "
                                                          "multipart/form-data (a WAV in the field 'file') or audio/wav")
-        body = await _read_body(request, max_body_bytes)
+        if inflight[0] >= max_inflight_bodies:
+            raise _Reject(503, "busy", f"{inflight[0]} request bodies are being received (--max-inflight-bodies); "
+                                       "retry later")
+        inflight[0] += 1
+        try:
+            body = await _read_body(request, max_body_bytes, body_timeout_s)
+        finally:
+            inflight[0] -= 1
         if kind == "application/json":
             parse = functools.partial(_features_from_json, body, feature_dim=model.feature_dim,
                                       min_frames=model.min_frames, max_frames=max_frames)
