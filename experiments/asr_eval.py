@@ -33,6 +33,7 @@ import tyro  # noqa: E402
 
 from funcml.asr import task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
+from funcml.runs import output_dir  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     m.update(split=split, run=str(cfg.run), data=train_cfg.data,
              **({"manifest": str(cfg.manifest)} if cfg.manifest is not None else {}))
     out = _out_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     path = out / (f"metrics_{cfg.split}.json" if cfg.manifest is None else f"metrics_{cfg.manifest.stem}.json")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
+from funcml.runs import output_dir
 from funcml.summary import find_runs, markdown_table, summarize_runs, write_plots, write_summary
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                         "env.json or metrics.jsonl (see funcml.runs.create_run)")
     mode = {**{m: "max" for m in cfg.maximize}, **{m: "min" for m in cfg.minimize}}
     rows = summarize_runs(paths, metrics=cfg.metrics or None, mode=mode)
-    out = cfg.out if cfg.out is not None else cfg.runs[0] / "summary"
+    out = output_dir(cfg.out if cfg.out is not None else cfg.runs[0] / "summary")
     plots = write_plots(rows, out, mode=mode) if cfg.plots else []
     command = shlex.join(["python", "experiments/summarize.py", *args])
     csv_path, md_path = write_summary(rows, out, command=command, mode=mode, plots=plots)

@@ -31,7 +31,7 @@ from . import config as config_lib
 from .errors import DataError
 from .repro import env_info
 
-__all__ = ["RunDir", "create_run", "open_run", "read_metrics"]
+__all__ = ["RunDir", "create_run", "open_run", "read_metrics", "output_dir"]
 
 _counter = itertools.count()
 
@@ -134,6 +134,17 @@ def read_metrics(run_path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create the output folder `path` (and its parents) and return it; a `DataError` naming `flag`
+    when it, or a parent, is a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise DataError(f"{flag} {path}: {p} is a file, not a folder; pass a folder (it is created if missing)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def create_run(root: str | os.PathLike, experiment: str, config: Any = None) -> RunDir:

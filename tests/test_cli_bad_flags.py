@@ -43,3 +43,13 @@ def test_a_bad_numeric_flag_exits_2_naming_it(script, argv, needle, tmp_path, ca
     err = " ".join(capsys.readouterr().err.replace("│", " ").split())   # tyro's box, unwrapped
     assert needle in err
     assert not any(tmp_path.iterdir())                            # nothing written
+
+
+def test_output_dir_names_the_flag_and_the_file_in_the_way(tmp_path):
+    from funcml.errors import DataError
+    from funcml.runs import output_dir
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(DataError, match=r"--out .*/f/sub: .*/f is a file, not a folder"):
+        output_dir(tmp_path / "f" / "sub")
+    assert output_dir(tmp_path / "a" / "b").is_dir()
