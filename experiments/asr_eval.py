@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tyro  # noqa: E402
 
+from funcml import checkpoint  # noqa: E402
 from funcml.asr import task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 from funcml.runs import output_dir  # noqa: E402
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(EvalConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if cfg.batch_size < 1 or cfg.num_test < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --num-test >= 0, got {cfg.batch_size}, {cfg.num_test}")
-    train_cfg, params, tok = task.load_model(cfg.run)
+    ckpt = task.checkpoint_of(cfg.run)
+    print(f"[asr] checkpoint {ckpt} (step {checkpoint.load_meta(ckpt)['step']})", file=sys.stderr)
+    train_cfg, params, tok = task.load_model(ckpt)
     if cfg.num_test:
         field = "num_test" if cfg.split == "test" else "num_val"
         train_cfg = dataclasses.replace(train_cfg, **{field: cfg.num_test})

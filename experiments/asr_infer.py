@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
+from funcml import checkpoint  # noqa: E402
 from funcml.asr import audio, longform, manifest, speech, task  # noqa: E402
 from funcml.asr.metrics import cer, wer  # noqa: E402
 from funcml.asr.viz import save_cif_plot  # noqa: E402
@@ -215,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
     if len(given) != 1:
         raise ConfigError(f"give exactly one input: --wav, --features, --text, --folder or --manifest "
                           f"(got {given or 'none'})")
-    train_cfg, params, tok = task.load_model(cfg.run)
+    ckpt = task.checkpoint_of(cfg.run)
+    print(f"[asr] checkpoint {ckpt} (step {checkpoint.load_meta(ckpt)['step']})", file=sys.stderr)
+    train_cfg, params, tok = task.load_model(ckpt)
     if cfg.folder is not None or cfg.manifest is not None:
         return transcribe_many(cfg, train_cfg, params, tok)
     t0 = time.perf_counter()

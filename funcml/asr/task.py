@@ -82,7 +82,7 @@ from .toy import ToyConfig, toy_batch, toy_tokenizer
 __all__ = ["AsrTrainConfig", "PRESETS", "SIM2REAL_RECIPES", "sim2real_config", "Example", "resolve", "tokenizer_for", "with_init", "train_examples",
            "val_examples", "test_examples", "manifest_examples", "collate", "evaluate", "train", "load_model",
            "transcribe", "transcribe_features", "transcribe_waveform", "decode", "frame_shift", "feature_dim",
-           "save_cif_figures"]
+           "save_cif_figures", "checkpoint_of"]
 
 PyTree = Any
 
@@ -791,11 +791,17 @@ def save_cif_figures(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, 
 # --------------------------------------------------------------------------- loading
 
 
+def checkpoint_of(path: str | Path) -> Path:
+    """The checkpoint `load_model(path)` reads: a run directory's best verified checkpoint by
+    val/cer (else its latest verified one), or `path` itself when it is a checkpoint directory."""
+    return checkpoint_dir(Path(path), best_metric="val/cer", mode="min", trainer="asr_train")
+
+
 def load_model(path: str | Path) -> tuple[AsrTrainConfig, PyTree, Tokenizer]:
     """Load `(train_cfg, params, tokenizer)` from a run directory (its best checkpoint by
     val/cer, else its latest) or from one checkpoint directory (`step_*`). Names, shapes and
     dtypes are checked against a fresh model of the saved config."""
-    ckpt = checkpoint_dir(Path(path), best_metric="val/cer", mode="min", trainer="asr_train")
+    ckpt = checkpoint_of(path)
     meta = checkpoint.load_meta(ckpt)
     if not meta.get("config"):
         raise CheckpointError(f"{ckpt}: meta.json holds no config; it was not written by funcml.asr training")
