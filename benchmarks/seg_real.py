@@ -1,8 +1,9 @@
 """python benchmarks/seg_real.py ../shared/data/em-membranes   # EM membranes: train on 15 slices, score 5 at full size
 
-    python benchmarks/seg_real.py DIR                         # the `folder` preset, 500 steps (about 6 minutes)
+    python benchmarks/seg_real.py DIR                         # the `folder` preset (about 6 minutes on 2 cores)
     python benchmarks/seg_real.py DIR --steps 20 --out /tmp/smoke.json   # a smoke run
-    python benchmarks/seg_real.py DIR --set augment.elastic-p=0 --set fg-fraction=0   # an ablation
+    python benchmarks/seg_real.py DIR --ablation patches      # one row of the recipe ablation (see ABLATION)
+    python benchmarks/seg_real.py DIR --set augment.elastic-p=0 --set fg-fraction=0   # any other override
 
 The real-data check of `funcml.seg` (issue 17). The split is fixed: the slices `em00`..`em14`
 (sorted file stems, the first 15) are the training set, `em15`..`em19` the held-out test set
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -44,9 +45,37 @@ from funcml import config  # noqa: E402
 from funcml.errors import ConfigError, DataError, cli_main  # noqa: E402
 from funcml.seg import task  # noqa: E402
 from funcml.seg.metrics import confusion_matrix  # noqa: E402
-from funcml.seg.sliding import SlidingWindowConfig  # noqa: E402
+from funcml.seg.transforms import AugmentConfig  # noqa: E402
 
 TEST_STEMS = ("em15", "em16", "em17", "em18", "em19")
+
+ABLATION = {
+    "whole-images": "class map fixed: whole 512x512 slices at native resolution (batch 1), flips and rot90 only",
+    "patches": "+ random 128x128 patches (the preset's batch), flips and rot90 only",
+    "fg-sampling": "+ the preset's share of patches centred on membrane pixels",
+    "elastic": "+ elastic deformation (the preset's elastic_p, sigma, grid)",
+    "recipe": "+ rotation, scaling and intensity transforms: the `folder` preset as it is",
+}
+"""The cumulative rows of the ablation (`--ablation ROW`); sliding windows and TTA are the
+prediction rows of every run."""
+
+
+def ablation_config(cfg: task.SegTrainConfig, row: str) -> task.SegTrainConfig:
+    """The preset `cfg` with the components after `row` of `ABLATION` turned off."""
+    if row not in ABLATION:
+        raise ConfigError(f"--ablation {row!r}: choose one of {list(ABLATION)}")
+    rank = list(ABLATION).index(row)
+    if rank >= list(ABLATION).index("recipe"):
+        return cfg
+    aug = cfg.augment
+    light = AugmentConfig(hflip_p=aug.hflip_p, vflip_p=aug.vflip_p, rot90=aug.rot90)
+    if rank >= list(ABLATION).index("elastic"):
+        light = dataclasses.replace(light, elastic_p=aug.elastic_p, elastic_sigma=aug.elastic_sigma,
+                                    elastic_grid=aug.elastic_grid)
+    fg = cfg.fg_fraction if rank >= list(ABLATION).index("fg-sampling") else 0.0
+    if row == "whole-images":
+        return dataclasses.replace(cfg, patch=None, batch_size=1, fg_fraction=0.0, augment=light)
+    return dataclasses.replace(cfg, fg_fraction=fg, augment=light)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +84,18 @@ class SegRealConfig:
 
     folder: tyro.conf.Positional[Path]
     """The EM folder (images/emNN.png, masks/emNN.png with 0 = membrane, 255 = cell)."""
-    steps: int = 500
-    """Training steps (the preset's 500 take about 6 minutes on one thread of an idle 2-core machine)."""
+    steps: int | None = None
+    """Training steps (None: the preset's, sized for 6 minutes on 2 idle cores)."""
     test_stems: tuple[str, ...] = TEST_STEMS
     """The held-out slices (file stems); every other file is trained on."""
     class_map: str = "0:1,255:0"
     """Raw mask value -> class id (membrane = class 1)."""
+    ablation: Literal["whole-images", "patches", "fg-sampling", "elastic", "recipe"] = "recipe"
+    """One row of the recipe ablation (each adds one component to the row before it; see ABLATION)."""
     set: tuple[str, ...] = ()
     """Preset overrides as `field=value` in the CLI's spelling, e.g. `augment.elastic-p=0` (an ablation)."""
-    threads: int = 1
-    """torch threads."""
+    threads: int = 2
+    """torch threads (the target is 2 cores; pass 1 on a shared machine)."""
     seed: int = 0
     """Model / augmentation seed."""
     out: Path | None = None
@@ -112,12 +143,13 @@ def main(cfg: SegRealConfig) -> dict[str, Any]:
         raise DataError(f"{cfg.folder} does not exist; pass the EM folder (e.g. ../shared/data/em-membranes)")
     device, info = start("cpu", cfg.threads)
     base = task.PRESETS["folder"][1]
+    steps = base.steps if cfg.steps is None else cfg.steps
     tmp = tempfile.TemporaryDirectory() if cfg.runs_dir is None else None
     runs_dir = Path(tmp.name) if tmp is not None else cfg.runs_dir
     train_cfg = dataclasses.replace(base, folder=cfg.folder, class_map=cfg.class_map, val_stems=cfg.test_stems,
-                                    steps=cfg.steps, eval_every=max(1, cfg.steps), seed=cfg.seed,
+                                    steps=steps, eval_every=max(1, steps), seed=cfg.seed,
                                     runs_dir=runs_dir, experiment="seg-real")
-    train_cfg, override_args = _overrides(train_cfg, cfg.set)
+    train_cfg, override_args = _overrides(ablation_config(train_cfg, cfg.ablation), cfg.set)
     try:
         t0 = time.perf_counter()
         run, summary = task.train(train_cfg, progress=sys.stderr.isatty())
@@ -126,12 +158,13 @@ def main(cfg: SegRealConfig) -> dict[str, Any]:
         folder = task._Folder(saved)
         pairs, n_train = folder.val_pairs(), len(folder.train_idx)
         sw = saved.sliding
+        win = saved.patch or base.patch  # the whole-images row predicts with the preset's window too
         rows = [
             {"prediction": "whole image", **_score(params, state, model_cfg, saved, pairs, window=None, sliding=sw)},
-            {"prediction": f"sliding window {saved.patch[0]}x{saved.patch[1]}, overlap {sw.overlap}",
-             **_score(params, state, model_cfg, saved, pairs, window=saved.patch, sliding=sw)},
+            {"prediction": f"sliding window {win[0]}x{win[1]}, overlap {sw.overlap}",
+             **_score(params, state, model_cfg, saved, pairs, window=win, sliding=sw)},
             {"prediction": "sliding window + flip TTA",
-             **_score(params, state, model_cfg, saved, pairs, window=saved.patch,
+             **_score(params, state, model_cfg, saved, pairs, window=win,
                       sliding=dataclasses.replace(sw, tta=True))},
         ]
     finally:
@@ -139,11 +172,14 @@ def main(cfg: SegRealConfig) -> dict[str, Any]:
             tmp.cleanup()
     train_info = {"steps": summary["steps"], "train_wall_s": round(wall, 1), "loop_seconds": summary["seconds"],
                   "ms_per_step_median": summary["step_ms_median"], "batch_size": saved.batch_size,
-                  "patch": list(saved.patch), "overrides": list(cfg.set)}
+                  "patch": list(saved.patch) if saved.patch else None, "ablation": cfg.ablation,
+                  "overrides": list(cfg.set)}
     print(f"\nEM membranes: trained on {n_train} slices, scored on {len(pairs)} "
           f"({', '.join(cfg.test_stems)}) at full resolution")
-    print(f"training: {train_info['steps']} steps x batch {saved.batch_size} of {saved.patch[0]}x{saved.patch[1]} "
-          f"patches, {wall:.1f} s wall ({summary['step_ms_median']} ms/step median), overrides {list(cfg.set)}\n")
+    size = f"{saved.patch[0]}x{saved.patch[1]} patches" if saved.patch else "whole images"
+    print(f"ablation row {cfg.ablation!r}: {ABLATION[cfg.ablation]}")
+    print(f"training: {train_info['steps']} steps x batch {saved.batch_size} of {size}, {wall:.1f} s wall "
+          f"({summary['step_ms_median']} ms/step median), overrides {list(cfg.set)}\n")
     print(markdown_table(rows, {"prediction": "prediction", "membrane_iou": "membrane IoU",
                                 "membrane_dice": "membrane Dice", "pixel_error": "pixel error",
                                 "seconds": "predict s"}))
