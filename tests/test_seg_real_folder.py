@@ -101,3 +101,25 @@ def test_em_benchmark_runs_end_to_end_on_the_real_folder(real_data, tmp_path):
     assert [r["prediction"].split()[0] for r in payload["results"]] == ["whole", "sliding", "sliding"]
     for row in payload["results"]:
         assert 0.0 <= row["membrane_iou"] <= 1.0 and 0.0 <= row["pixel_error"] <= 1.0
+
+
+def test_em_ablation_rows_add_one_component_each():
+    bench = _load("seg_real_bench_rows", ROOT / "benchmarks" / "seg_real.py")
+    preset = PRESETS["folder"][1]
+    rows = {name: bench.ablation_config(preset, name) for name in bench.ABLATION}
+    assert rows["recipe"] == preset
+    whole, patches, fg, elastic = rows["whole-images"], rows["patches"], rows["fg-sampling"], rows["elastic"]
+    assert whole.patch is None and whole.batch_size == 1 and whole.fg_fraction == 0.0
+    assert patches.patch == preset.patch and patches.batch_size == preset.batch_size and patches.fg_fraction == 0.0
+    assert fg.fg_fraction == preset.fg_fraction and fg.augment == patches.augment
+    assert fg.augment.elastic_p == 0.0 and fg.augment.rotate_p == 0.0 and fg.augment.gamma_p == 0.0
+    assert elastic.augment.elastic_p == preset.augment.elastic_p > 0 and elastic.augment.rotate_p == 0.0
+    assert elastic.augment.noise_p == 0.0 and preset.augment.rotate_p > 0 and preset.augment.noise_p > 0
+
+
+def test_em_ablation_row_names_are_checked():
+    from funcml.errors import ConfigError
+
+    bench = _load("seg_real_bench_rows2", ROOT / "benchmarks" / "seg_real.py")
+    with pytest.raises(ConfigError, match="whole-images"):
+        bench.ablation_config(PRESETS["folder"][1], "dropout")
