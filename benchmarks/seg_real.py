@@ -154,7 +154,7 @@ def main(cfg: SegRealConfig) -> dict[str, Any]:
     train_cfg, override_args = _overrides(ablation_config(train_cfg, cfg.ablation), cfg.set)
     try:
         t0 = time.perf_counter()
-        run, summary = task.train(train_cfg, progress=sys.stderr.isatty())
+        run, summary = task.train(train_cfg, progress=True)
         wall = time.perf_counter() - t0
         saved, model_cfg, params, state = task.load_model(run.path)
         folder = task._Folder(saved)

@@ -40,7 +40,7 @@ def _fmt(x: float) -> str:
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     cfg = config.cli(SegTrainConfig, presets=PRESETS, args=argv, description=__doc__.splitlines()[0])
-    run, summary = train(cfg, progress=sys.stderr.isatty())
+    run, summary = train(cfg, progress=True)
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return summary
     ev = summary.get("eval_json") or {}

@@ -34,15 +34,7 @@ NOT_CLI = {
 }
 
 # Documented by the segmentation work; remove from PENDING when done.
-PENDING = {
-    "funcml.seg.task.SegTrainConfig",
-    "funcml.seg.transforms.AugmentConfig",
-    "funcml.seg.shapes.ShapesConfig",
-    "funcml.seg.hybrid.UNetTransformerConfig",
-    "funcml.seg.unet.UNetConfig",
-    "funcml.seg.sliding.SlidingWindowConfig",
-    "benchmarks.seg_real.SegRealConfig",
-}
+PENDING: set[str] = set()
 
 
 def _load(path: Path) -> ModuleType:

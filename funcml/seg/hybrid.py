@@ -53,29 +53,24 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class UNetTransformerConfig(UNetConfig):
-    """A U-Net (every `UNetConfig` field, same meaning) with a transformer at the bottleneck.
-
-    num_layers: L pre-norm transformer encoder blocks (0: none, only the positional encoding).
-    num_heads: attention heads, a divisor of `d_model`.
-    d_model: the token width D (default: the bottleneck width `base_width * 2^depth`; another
-        value adds dense projections `C -> D` and `D -> C` around the transformer).
-    d_ff: the FFN hidden width (default `4 * d_model`).
-    transformer_dropout: the rate inside the transformer blocks in train mode (attention
-        weights, FFN activation, each residual branch); `dropout` stays the U-Net's
-        bottleneck dropout, applied before the tokens are made.
-    posenc: "sinusoidal" (`funcml.nn.posenc.sinusoidal_2d`, D divisible by 4) or "learned".
-    max_tokens: positions of the learned table (`h * w` of the bottleneck grid must fit).
-    impl: attention implementation, "sdpa" (fast) or "math".
-    """
+    """A U-Net (every UNetConfig field, same meaning) with a transformer at the bottleneck."""
 
     num_layers: int = 2
+    """Pre-norm transformer encoder blocks at the bottleneck (0: none, only the positional encoding)."""
     num_heads: int = 4
+    """Attention heads, a divisor of d_model."""
     d_model: int | None = None
+    """Token width D (None: the bottleneck width base_width * 2^depth; another value adds C -> D -> C projections)."""
     d_ff: int | None = None
+    """FFN hidden width (None: 4 * d_model)."""
     transformer_dropout: float = 0.0
+    """Dropout inside the transformer blocks in train mode (attention weights, FFN, residual branches)."""
     posenc: str = "sinusoidal"
+    """Either "sinusoidal" (2-D sinusoids, D divisible by 4) or "learned"."""
     max_tokens: int = 256
+    """Positions of the learned table (h * w of the bottleneck grid must fit)."""
     impl: str = "sdpa"
+    """Attention implementation: "sdpa" (fast) or "math" (the equations)."""
 
     def __post_init__(self):
         super().__post_init__()

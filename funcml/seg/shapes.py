@@ -67,48 +67,44 @@ _SQRT3 = math.sqrt(3.0)
 
 @dataclasses.dataclass(frozen=True)
 class ShapesConfig:
-    """The shapes distribution. Sizes are fractions of `min(height, width)`.
-
-    height, width, channels: image size; channels 1 (grey) or 3 (RGB).
-    classes: the shape kinds drawn, from `SHAPE_KINDS`; class id `i + 1` is `classes[i]`.
-    mode: "multiclass" (len(classes) + 1 classes) or "binary" (shape vs background).
-    objects: (min, max) objects per image, inclusive, uniform.
-    size: (min, max) half-extent `a` of an object (radius of a circle, half side of a square,
-        circumradius of a triangle), uniform.
-    aspect: (min, max) of `b / a` for ellipses and rectangles, uniform.
-    class_weights: relative frequency of each kind (class imbalance); None = uniform.
-    rotate: draw a uniform angle per object; False = axis-aligned.
-    overlap_prob: probability that object m >= 1 is centred on the edge of object m - 1, so
-        that it partly occludes it.
-    occlusion_prob: probability per image that a background-coloured square patch hides about
-        a quarter of one object (the mask is background there too).
-    min_contrast: floor on the largest per-channel difference between an object's colour and
-        the base background colour (in [0, 0.5]).
-    gradient: maximal amplitude of the background's linear gradient (across the image).
-    texture: amplitude of the background's value-noise texture.
-    texture_cells: cells per side of the texture's coarse grid.
-    noise_std: standard deviation of the additive Gaussian pixel noise.
-    blur_sigma: standard deviation (pixels) of the Gaussian blur; 0 = none.
-    """
+    """The synthetic shapes distribution (see funcml.seg.shapes); sizes are fractions of min(height, width)."""
 
     height: int = 64
+    """Image height in pixels."""
     width: int = 64
+    """Image width in pixels."""
     channels: int = 3
+    """1 (grey) or 3 (RGB)."""
     classes: tuple[str, ...] = ("circle", "square", "triangle", "ellipse")
+    """Shape kinds drawn, from SHAPE_KINDS; class id i + 1 is classes[i]."""
     mode: Literal["multiclass", "binary"] = "multiclass"
+    """Either "multiclass" (len(classes) + 1 classes) or "binary" (shape vs background)."""
     objects: tuple[int, int] = (1, 4)
+    """(min, max) objects per image, inclusive, uniform."""
     size: tuple[float, float] = (0.08, 0.2)
+    """(min, max) half-extent of an object (circle radius, half side, triangle circumradius), uniform."""
     aspect: tuple[float, float] = (0.45, 0.75)
+    """(min, max) of b / a for ellipses and rectangles, uniform."""
     class_weights: tuple[float, ...] | None = None
+    """Relative frequency of each kind (class imbalance); None = uniform."""
     rotate: bool = True
+    """Draw a uniform angle per object; False = axis-aligned."""
     overlap_prob: float = 0.3
+    """Probability that an object is centred on the edge of the previous one (partial occlusion)."""
     occlusion_prob: float = 0.2
+    """Probability per image of a background-coloured square hiding about a quarter of one object."""
     min_contrast: float = 0.3
+    """Floor on the largest per-channel difference between object and background colour, in [0, 0.5]."""
     gradient: float = 0.2
+    """Largest amplitude of the background's linear gradient."""
     texture: float = 0.1
+    """Amplitude of the background's value-noise texture."""
     texture_cells: int = 4
+    """Cells per side of the texture's coarse grid."""
     noise_std: float = 0.03
+    """Standard deviation of the additive Gaussian pixel noise."""
     blur_sigma: float = 0.5
+    """Standard deviation (pixels) of the Gaussian blur; 0 = none."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:

@@ -21,7 +21,7 @@ Data. On the built-in shapes, the batch of step t is a pure function of the data
 so a run resumed at step k sees exactly the batches of the uninterrupted run. The validation
 split is `shapes_batch(split_key(data_key, "val"), val_size, cfg.data)`, fixed by `data_seed`
 (independent of the model's `seed`). With `folder=...` the examples come from a
-`FolderDataset` (resized to `data.height x data.width`): a fraction `val_fraction` of them,
+`FolderDataset` (at native size, or `folder_size`): a fraction `val_fraction` of them,
 chosen by a permutation from the data key, is held out for validation, and the training
 batches walk through epoch-wise permutations of the rest (`fold_in(data_key, epoch)`).
 
@@ -76,59 +76,60 @@ ModelConfig = Union[Annotated[UNetConfig, subcommand("unet")],
 
 @dataclasses.dataclass(frozen=True)
 class SegTrainConfig:
-    """Train a U-Net or U-Net+Transformer for semantic segmentation (see funcml.seg.task).
-
-    model: the network (subcommand `model:unet` or `model:unet-transformer`).
-    data: the synthetic shapes distribution (image size; also the size folder images are resized to).
-    folder: train on a FolderDataset (root/images, root/masks) instead of shapes; the
-        validation split is then a held-out `val_fraction` of it.
-    steps: total optimizer steps (a resumed run continues up to it).
-    batch_size, lr, weight_decay, warmup_steps, grad_clip: the global batch (split over the
-        processes under torchrun: a multiple of their number); AdamW with linear warmup to `lr`
-        then cosine decay to 0 at `steps`; weight decay on weights with ndim >= 2; global-norm
-        clipping at `grad_clip` (0 = off).
-    precision: "fp32" or "bf16" (autocast in the train step; master weights stay fp32).
-    compile: compile the train step (inductor: a one-off cost of minutes on a small CPU).
-    ce_weight, dice_weight: the loss `ce_weight * CE + dice_weight * soft Dice`.
-    eval_every: validate (and checkpoint) every this many steps; also at the end.
-    val_size: images in the shapes validation split.
-    seed: model init, dropout and augmentation. data_seed: the data (the validation split).
-    runs_dir, experiment: the run goes to `runs_dir/experiment/<time>-<id>/`.
-    resume: a run directory to continue (same model and data; the run's own folder is reused).
-    patience: early stop after this many evals without a better val/miou (0 = off).
-    augment: random crop / flips / rot90 / elastic, affine and intensity transforms of training batches.
-    mean, std: per-channel normalization of images in [0, 1]; None: 0.5 / 0.25 on shapes, measured
-        on the training images of a folder (and saved in the run's config.json).
-    val_fraction: the held-out fraction of a folder dataset.
-    keep_last: checkpoints kept besides the best one.
-    """
+    """Train a U-Net or U-Net+Transformer for semantic segmentation on shapes or a folder of images (see funcml.seg.task)."""
 
     model: ModelConfig = UNetTransformerConfig()
+    """The network (subcommand model:unet or model:unet-transformer)."""
     data: ShapesConfig = ShapesConfig()
+    """The synthetic shapes distribution (unused with --folder)."""
     folder: Path | None = None
+    """Train on a folder of images/ + masks/ with matching stems instead of shapes (docs/SEG_REAL_DATA.md)."""
     steps: int = 1000
+    """Total optimizer steps (a resumed run continues up to it)."""
     batch_size: int = 16
+    """The global batch (a multiple of the number of processes under torchrun)."""
     lr: float = 3e-3
+    """Peak AdamW learning rate (linear warmup, then cosine decay to 0 at `steps`)."""
     weight_decay: float = 1e-4
+    """AdamW decoupled weight decay on weights with ndim >= 2."""
     warmup_steps: int = 50
+    """Linear warmup steps."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """Autocast dtype of the train step (master weights stay fp32)."""
     compile: bool = False
+    """torch.compile the train step (inductor: a one-off cost of minutes on a small CPU)."""
     ce_weight: float = 1.0
+    """Weight of the cross-entropy term of the loss."""
     dice_weight: float = 1.0
+    """Weight of the soft Dice term of the loss."""
     eval_every: int = 100
+    """Validate (and checkpoint) every this many steps, and at the end."""
     val_size: int = 256
+    """Images in the shapes validation split."""
     seed: int = 0
+    """Model init, dropout and augmentation."""
     data_seed: int = 0
+    """The data: the shapes validation split, the folder's train/val split, patch sampling."""
     runs_dir: Path = Path("runs")
+    """Runs are written under <runs_dir>/<experiment>/<time>-<id>/."""
     experiment: str = "seg"
+    """The run's folder name under runs_dir."""
     resume: Path | None = None
+    """Continue this run directory from its latest verified checkpoint (same model and data)."""
     patience: int = 0
+    """Stop after this many evaluations without a better val/miou (0 = never)."""
     augment: AugmentConfig = AugmentConfig(hflip_p=0.5)
+    """Random crop / flips / rot90 / photometric, and the real-image warps and intensity transforms."""
     mean: tuple[float, ...] | None = None
+    """Per-channel normalization mean of images in [0, 1] (None: 0.5 on shapes, measured on a folder's training images)."""
     std: tuple[float, ...] | None = None
+    """Per-channel normalization std (None: 0.25 on shapes, measured on a folder's training images)."""
     val_fraction: float = 0.2
+    """The held-out fraction of a folder dataset (unless --val-stems)."""
     keep_last: int = 2
+    """Checkpoints kept besides the best."""
     class_map: str = ""
     """Folder masks: raw mask value -> class id, e.g. `0:1,255:0` (empty: the raw values are the class ids)."""
     ignore_index: int = 255

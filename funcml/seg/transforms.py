@@ -48,28 +48,20 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """What `augment` does, in this order.
-
-    crop: (h, w) of a random crop, or None for no crop.
-    hflip_p, vflip_p: probabilities of a horizontal / vertical flip.
-    rot90: rotate by a uniform multiple of 90 degrees (a batch must then be square).
-    brightness: add a uniform delta in [-brightness, brightness] to the image.
-    contrast: scale the image about its mean by a uniform factor in [1 - contrast, 1 + contrast].
-    Photometric changes touch only the image, which is then clamped to [0, 1] (augment before
-    `normalize`).
-
-    Then, for real images (all off by default; each drawn per example with its probability):
-    one spatial resampling (`funcml.seg.deform`: rotation, scaling, elastic deformation; image
-    bilinear, mask nearest) and the intensity transforms of `funcml.seg.intensity` (noise, blur,
-    gamma).
-    """
+    """Training-batch augmentation, in this order: crop, flips, rot90, photometric, then the real-image warps and intensity transforms (see funcml.seg.transforms)."""
 
     crop: tuple[int, int] | None = None
+    """(h, w) of a random crop, or None for no crop."""
     hflip_p: float = 0.5
+    """Probability of a horizontal flip."""
     vflip_p: float = 0.0
+    """Probability of a vertical flip."""
     rot90: bool = False
+    """Rotate by a uniform multiple of 90 degrees (a batch must then be square)."""
     brightness: float = 0.0
+    """Add a uniform delta in [-brightness, brightness] to the image (then clamped to [0, 1])."""
     contrast: float = 0.0
+    """Scale the image about its mean by a uniform factor in [1 - contrast, 1 + contrast]."""
     brightness_p: float = 1.0
     """Probability of the brightness shift (when brightness > 0)."""
     contrast_p: float = 1.0

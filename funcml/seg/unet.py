@@ -88,36 +88,32 @@ def _check_rate(cls: str, field: str, value: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
-    """A U-Net for `num_classes`-way per-pixel classification.
-
-    in_channels: C of the input images. num_classes: K, the logits' channels.
-    depth: number of encoder stages (poolings); H and W must be multiples of `2^depth`.
-    base_width: channels of the first stage; stage `i` has `base_width * 2^i`, the
-        bottleneck `base_width * 2^depth`.
-    norm: "batch" (running statistics in the state), "group" (`groups` groups), "instance"
-        or "none". groups: GroupNorm groups, a divisor of `base_width`.
-    activation: a name accepted by `funcml.nn.layers.activation`.
-    upsample: "transpose" (transposed conv 2x2, stride 2) or "bilinear" (1x1 conv + bilinear x2).
-    dropout: rate of the dropout on the bottleneck features in train mode (needs a key).
-    pad_mode: "pad" (pad to a multiple of `2^depth`, crop the logits back) or "reject".
-    pad_fill: how "pad" fills: "reflect" (mirror) or "zeros".
-    channels_last: compute in torch's channels_last memory format (a layout, not a shape:
-        every tensor is still indexed `[B, C, H, W]`, the logits included). On CPU it made a
-        train step of the default config 10-15% faster (eager and compiled).
-    """
+    """A U-Net for `num_classes`-way per-pixel classification (see funcml.seg.unet)."""
 
     in_channels: int = 3
+    """C of the input images."""
     num_classes: int = 5
+    """K, the logits' channels."""
     depth: int = 3
+    """Encoder stages (poolings); H and W are padded to (or must be) multiples of 2^depth."""
     base_width: int = 16
+    """Channels of the first stage; stage i has base_width * 2^i, the bottleneck base_width * 2^depth."""
     norm: str = "batch"
+    """One of "batch" (running statistics in the state), "group" (`groups` groups), "instance" or "none"."""
     groups: int = 8
+    """GroupNorm groups, a divisor of base_width."""
     activation: str = "relu"
+    """A name accepted by funcml.nn.layers.activation (relu, gelu, silu, ...)."""
     upsample: str = "transpose"
+    """Either "transpose" (transposed conv 2x2, stride 2) or "bilinear" (1x1 conv + bilinear x2)."""
     dropout: float = 0.0
+    """Dropout rate on the bottleneck features in train mode (needs a key)."""
     pad_mode: str = "pad"
+    """Either "pad" (pad to a multiple of 2^depth, crop the logits back) or "reject"."""
     pad_fill: str = "reflect"
+    """How "pad" fills: "reflect" (mirror) or "zeros"."""
     channels_last: bool = True
+    """Compute in channels_last memory format (a layout, not a shape: tensors stay [B, C, H, W])."""
 
     def __post_init__(self):
         name = type(self).__name__
