@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.seg import task
-from funcml.seg.folder import IMAGE_SUFFIXES, list_images, open_image, save_mask_png
+from funcml.seg.folder import IMAGE_SUFFIXES, list_images, open_image, read_image, save_mask_png
 from funcml.seg.masks import format_class_map, parse_class_map
 from funcml.seg.viz import overlay, save_image_atomic, save_overlay_grid
 
@@ -105,13 +105,6 @@ def _list_inputs(path: Path) -> list[Path]:
         print(f"warning: skipping {len(skipped)} non-image file(s) in {path}: {', '.join(skipped[:3])}{more}",
               file=sys.stderr)
     return list_images(path)
-
-
-def _read_image(path: Path, channels: int) -> torch.Tensor:
-    """`[C, H, W]` float32 in [0, 1]."""
-    im = open_image(path).convert("RGB" if channels == 3 else "L")
-    pixels = np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, channels)
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
 
 
 def _read_mask(path: Path, size: tuple[int, int], num_classes: int, ignore_index: int,
@@ -182,7 +175,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
     class_map = parse_class_map(train_cfg.class_map if cfg.class_map is None else cfg.class_map)
     names = list(task.class_names(train_cfg))
 
-    images = [_read_image(p, channels) for p in paths]
+    images = [read_image(p, channels) for p in paths]
     gts = ([_read_mask(cfg.masks / f"{p.stem}.png", tuple(x.shape[-2:]), k, ignore_index, class_map)
             for p, x in zip(paths, images)] if cfg.masks is not None else None)
     if train_cfg.patch is not None:  # full resolution, sliding windows; the grid at a shrunk common size

@@ -11,7 +11,7 @@ from PIL import Image
 
 from funcml import random
 from funcml.errors import DataError
-from funcml.seg.folder import FolderDataset, save_mask_png, write_example_folder
+from funcml.seg.folder import FolderDataset, read_image, save_mask_png, write_example_folder
 from funcml.seg.shapes import ShapesConfig, shapes_batch
 
 CFG = ShapesConfig(height=24, width=20)
@@ -79,6 +79,53 @@ def test_class_map_translates_raw_values(tmp_path):
 
 
 # --- errors name the file ------------------------------------------------------------------------------
+
+
+# --- bit depths ------------------------------------------------------------------------------------
+
+def test_16bit_grey_images_are_scaled_by_65535_not_clipped(tmp_path):
+    """Pillow's 8-bit conversion clips a 16-bit image (nearly all white): read_image scales it instead."""
+    values = (np.arange(20 * 16, dtype=np.uint16) * 200).reshape(20, 16)  # up to 63800
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    grey = read_image(path, 1)
+    assert grey.shape == (1, 20, 16) and grey.dtype == torch.float32
+    torch.testing.assert_close(grey[0], torch.from_numpy(values.astype(np.float32) / 65535.0))
+    rgb = read_image(path, 3)
+    assert rgb.shape == (3, 20, 16) and torch.equal(rgb[0], rgb[2]) and torch.equal(rgb[1], grey[0])
+
+
+def test_8bit_images_are_divided_by_255(tmp_path):
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3) * 4
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    torch.testing.assert_close(read_image(tmp_path / "a.png", 3),
+                               torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1))
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "g.png")
+    torch.testing.assert_close(read_image(tmp_path / "g.png", 1)[0], torch.from_numpy(pixels[..., 0] / 255.0).float())
+
+
+def test_float_images_in_unit_range_are_kept_and_others_refused(tmp_path):
+    ok = np.linspace(0.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(ok, mode="F").save(tmp_path / "ok.tiff")
+    torch.testing.assert_close(read_image(tmp_path / "ok.tiff", 1)[0], torch.from_numpy(ok))
+    Image.fromarray(ok * 300.0, mode="F").save(tmp_path / "bad.tiff")
+    with pytest.raises(DataError, match=r"bad.tiff.*\[0, 1\].*\[0, 300\]"):
+        read_image(tmp_path / "bad.tiff", 1)
+
+
+def test_folder_dataset_reads_16bit_images_at_their_depth(tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    values = np.full((6, 8), 30000, dtype=np.uint16)
+    Image.fromarray(values).save(root / "images" / "a.png")
+    _write(root, "b", np.full((6, 8), 128, dtype=np.uint8), None)
+    for stem in ("a", "b"):
+        Image.fromarray(np.zeros((6, 8), dtype=np.uint8)).save(root / "masks" / f"{stem}.png")
+    ds = FolderDataset(root, num_classes=2, channels=1)
+    image, _ = ds[0]
+    assert abs(float(image.mean()) - 30000 / 65535) < 1e-6  # not 1.0 (clipped) and not 30000/255
+
 
 def test_missing_root_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="nowhere does not exist"):

@@ -28,7 +28,7 @@ from ..errors import DataError
 from .shapes import ShapesConfig, shapes_batch
 from .transforms import resize
 
-__all__ = ["FolderDataset", "list_images", "open_image", "save_mask_png", "write_example_folder", "DEFAULT_PALETTE",
+__all__ = ["FolderDataset", "list_images", "open_image", "read_image", "save_mask_png", "write_example_folder", "DEFAULT_PALETTE",
            "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -48,6 +48,41 @@ def open_image(path: Path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e}); "
                         "replace or remove the corrupt file") from None
+
+
+_BITS_16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_image(path: Path, channels: int) -> torch.Tensor:
+    """An image file as `[C, H, W]` float32 in [0, 1], C = `channels` (1 grey, 3 RGB).
+
+    8-bit files (grey, palette, RGB, RGBA, ...) are converted by Pillow and divided by 255.
+    16-bit grey files (modes "I;16*" and "I", as microscopes and scanners write them) are
+    divided by 65535: Pillow's own 8-bit conversion clips them, which turns a typical
+    16-bit image white. Float files ("F") must already lie in [0, 1]. A 3-channel read of a
+    grey file repeats the grey. Raises DataError naming the file for an unreadable file, an
+    integer image above 65535 or a float image outside [0, 1].
+    """
+    if channels not in (1, 3):
+        raise DataError(f"{path}: channels must be 1 (grey) or 3 (RGB), got {channels}")
+    im = open_image(path)
+    if im.mode in _BITS_16 or im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            lo, hi = float(values.min()), float(values.max())
+            if lo < 0.0 or hi > 1.0 or not np.isfinite(values).all():
+                raise DataError(f"{path}: a float image must hold values in [0, 1], this one spans [{lo:g}, {hi:g}]; "
+                                "rescale it (or save it as 8- or 16-bit)")
+        else:
+            if values.min() < 0 or values.max() > 65535:
+                raise DataError(f"{path}: a {im.mode} image with values in [{values.min():g}, {values.max():g}]; "
+                                "only 8-bit and 16-bit (0..65535) integer images are read")
+            values = values / 65535.0
+        grey = torch.from_numpy(values.astype(np.float32))[None]
+        return grey.expand(channels, -1, -1).contiguous()
+    im = im.convert("RGB" if channels == 3 else "L")
+    pixels = np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, channels)
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
 
 
 def list_images(directory: Path) -> list[Path]:
@@ -156,10 +191,10 @@ class FolderDataset:
             raise IndexError(f"index {i} out of range for {len(self)} examples")
         image_path = self._images[i]
         mask_path = self.mask_dir / f"{image_path.stem}.png"
-        im = open_image(image_path).convert("RGB" if self.channels == 3 else "L")
+        image = read_image(image_path, self.channels)
         values = self._mask_values(mask_path)
-        if values.shape != (im.height, im.width):
-            raise DataError(f"{image_path} is {im.width}x{im.height} but its mask {mask_path} is "
+        if values.shape != tuple(image.shape[1:]):
+            raise DataError(f"{image_path} is {image.shape[2]}x{image.shape[1]} but its mask {mask_path} is "
                             f"{values.shape[1]}x{values.shape[0]} (width x height); they must match")
         bad = (values != self.ignore_index) & ((values < 0) | (values >= self.num_classes))
         if bad.any():
@@ -167,8 +202,6 @@ class FolderDataset:
             raise DataError(f"{mask_path}: class id {int(values[ys[0], xs[0]])} at (row {ys[0]}, col {xs[0]}) is "
                             f"outside [0, {self.num_classes}) (ignore_index={self.ignore_index}); "
                             f"bad values {np.unique(values[bad]).tolist()}; fix num_classes or pass class_map")
-        pixels = np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, self.channels)
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
         mask = torch.from_numpy(values.copy())
         if self.image_size is not None:
             image, mask = resize(image, mask, self.image_size)
