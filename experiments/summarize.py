@@ -9,7 +9,7 @@ writes `summary.csv` (every column), `summary.md` (a readable table, the command
 `curves_<metric>.png` and `compare_<metric>.png` to `--out` (default `<first root>/summary`),
 and prints the table. A root may be one run, an experiment folder or the whole runs/ tree;
 runs still in progress or crashed get a row with status "running/incomplete". See
-`funcml.summary` for the columns and how "best" is chosen.
+`funcml.report.summary` for the columns and how "best" is chosen.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.runs import output_dir
-from funcml.summary import find_runs, markdown_table, summarize_runs, write_plots, write_summary
+from funcml.report.summary import find_runs, markdown_table, summarize_runs, write_plots, write_summary
 
 
 @dataclasses.dataclass(frozen=True)

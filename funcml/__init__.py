@@ -16,7 +16,7 @@ explicit keys; configs are frozen dataclasses; training steps are pure and compi
 Start with `help(funcml.random)` and `help(funcml.tree)`.
 """
 
-from . import checkpoint, checks, compiler, config, errors, nn, optim, random, repro, runs, summary, train, tree
+from . import checkpoint, checks, compiler, config, errors, nn, optim, random, repro, runs, train, tree
 from .checks import check_dtype, check_finite, check_range, check_shape
 from .errors import (CheckpointError, ConfigError, DataError, DTypeError, FuncmlError, NonFiniteError,
                      PRNGKeyError, RangeError, ShapeError)
@@ -24,7 +24,7 @@ from .errors import (CheckpointError, ConfigError, DataError, DTypeError, Funcml
 __version__ = "0.1.0"
 
 __all__ = [
-    "checkpoint", "checks", "compiler", "config", "errors", "nn", "optim", "random", "repro", "runs", "summary", "train", "tree",
+    "checkpoint", "checks", "compiler", "config", "errors", "nn", "optim", "random", "repro", "runs", "train", "tree",
     "check_shape", "check_dtype", "check_range", "check_finite",
     "FuncmlError", "ShapeError", "DTypeError", "RangeError", "ConfigError", "DataError",
     "CheckpointError", "NonFiniteError", "PRNGKeyError",

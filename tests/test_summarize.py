@@ -14,7 +14,7 @@ from PIL import Image
 
 from funcml.errors import DataError
 from funcml.runs import create_run
-from funcml.summary import (INCOMPLETE, find_runs, markdown_table, metric_mode, summarize_runs, write_plots,
+from funcml.report.summary import (INCOMPLETE, find_runs, markdown_table, metric_mode, summarize_runs, write_plots,
                             write_summary)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from .config import TYPE_TAG
-from .errors import ConfigError, DataError
+from ..config import TYPE_TAG
+from ..errors import ConfigError, DataError
 
 __all__ = ["find_runs", "summarize_runs", "metric_mode", "markdown_table", "write_summary", "write_plots",
            "INCOMPLETE"]
