@@ -4,6 +4,7 @@
     python benchmarks/asr_load.py --requests 2000 --concurrency 1 8 32
     python benchmarks/asr_load.py --run runs/asr-speech/<time>-<id> --payload wav
     python benchmarks/asr_load.py --max-wait-ms 0        # batching without waiting for a batch to fill
+    python benchmarks/asr_load.py --concurrency 32 --stalled 500 --disconnecting 500   # hostile clients too
 
 Without `--run` it first trains the `tiny` preset on a few synthesized utterances (3 steps,
 into a temporary directory, deleted at the end): the figures measure the service (HTTP,
@@ -16,6 +17,12 @@ through `--utterances` payloads: log-mel features of synthesized digit strings a
 then runs in the server). It reports requests/s, latency percentiles (client-side, from
 send to parsed reply), errors (non-200 replies and transport failures) and the mean batch
 size the server reported; the server is stopped at the end, also on errors and Ctrl-C.
+
+With `--stalled N` / `--disconnecting M`, during the last level N extra clients each open a
+connection, announce a body and send a few bytes of it, then go silent (the server must
+answer 408 after `--body-timeout-s`), and M more send part of a body and close the
+connection (the server must log 499); the report adds every 5xx in the server's access log
+and the server's resident memory before, at its peak during, and 2 s after that level.
 
 The client shares the machine with the server: on a small machine its own CPU time lowers
 every figure, and more so at high concurrency.
@@ -75,6 +82,14 @@ class LoadConfig:
     """A request slower than this counts as an error."""
     startup_timeout_s: float = 120.0
     """Give up if /healthz does not answer within this."""
+    stalled: int = 0
+    """Clients that start a body during the last level and then go silent."""
+    disconnecting: int = 0
+    """Clients that send part of a body during the last level and then close the connection."""
+    body_timeout_s: float = 5.0
+    """The server's --body-timeout-s (how long a stalled client holds a connection)."""
+    max_inflight_bodies: int | None = None
+    """The server's --max-inflight-bodies (None: the server's default)."""
     out: Path | None = None
     """The JSON file to write (default: a fresh `benchmarks/results/asr_load-<time>.json`, so the committed
     `asr_load.json` is replaced only when named here)."""
@@ -83,6 +98,12 @@ class LoadConfig:
             raise ConfigError("--requests and --utterances must be >= 1, --warmup >= 0")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ConfigError(f"--concurrency needs levels >= 1, got {self.concurrency}")
+        if self.stalled < 0 or self.disconnecting < 0:
+            raise ConfigError(f"--stalled and --disconnecting are client counts >= 0, got {self.stalled} and "
+                              f"{self.disconnecting}")
+        if not self.body_timeout_s > 0 or (self.max_inflight_bodies is not None and self.max_inflight_bodies < 1):
+            raise ConfigError(f"--body-timeout-s must be > 0 and --max-inflight-bodies >= 1, got "
+                              f"{self.body_timeout_s} and {self.max_inflight_bodies}")
 
 
 # --------------------------------------------------------------------------- model and payloads
@@ -146,7 +167,9 @@ def _free_port() -> int:
 
 def _start_server(cfg: LoadConfig, run: Path, port: int, log_dir: Path) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "experiments" / "asr_serve.py"), "--run", str(run), "--port", str(port),
-           "--max-batch", str(cfg.max_batch), "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads)]
+           "--max-batch", str(cfg.max_batch), "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads),
+           "--body-timeout-s", str(cfg.body_timeout_s),
+           *(["--max-inflight-bodies", str(cfg.max_inflight_bodies)] if cfg.max_inflight_bodies else [])]
     return subprocess.Popen(cmd, stdout=open(log_dir / "access.jsonl", "wb"), stderr=open(log_dir / "server.err", "wb"),
                             start_new_session=True)
 
@@ -240,6 +263,39 @@ async def _level(base: str, payloads: list[tuple[bytes, str]], concurrency: int,
             "status_counts": {str(s): sum(r[1] == s for r in results) for s in sorted({r[1] for r in results})}}
 
 
+async def _hostile(port: int, *, stall: bool, wait_s: float) -> int | None:
+    """One hostile client on a raw socket: it announces a 64 kB WAV body and sends 1 kB of it, then
+    either goes silent and reads the reply (the status, None when the server closes without one), or
+    closes the connection after a short pause (returns None)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return -1
+    try:
+        writer.write(b"POST /v1/transcribe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
+                     b"Content-Length: 65536\r\n\r\n" + b"RIFF" + bytes(1020))
+        await writer.drain()
+        if not stall:
+            await asyncio.sleep(0.05)
+            return None
+        line = await asyncio.wait_for(reader.readline(), timeout=wait_s)
+        return int(line.split()[1]) if line.startswith(b"HTTP/") else None
+    except (OSError, asyncio.TimeoutError, ValueError, IndexError):
+        return -1
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def _cpu_seconds(pid: int | None = None) -> float:
     """CPU seconds (user + system) used so far by this process, or by process `pid` (Linux /proc)."""
     if pid is None:
@@ -263,12 +319,45 @@ def _access_records(path: Path) -> list[dict[str, Any]]:
 async def _load(cfg: LoadConfig, base: str, payloads: list[tuple[bytes, str]], server_pid: int, access: Path
                 ) -> list[dict[str, Any]]:
     rows = []
-    for c in cfg.concurrency:
+    port = int(base.rsplit(":", 1)[1])
+    for li, c in enumerate(cfg.concurrency):
         client0, server0 = _cpu_seconds(), _cpu_seconds(server_pid)
         seen = len(_access_records(access))
-        row = await _level(base, payloads, c, cfg.requests, cfg.warmup, cfg.request_timeout_s)
+        hostile = li == len(cfg.concurrency) - 1 and (cfg.stalled or cfg.disconnecting)
+        if not hostile:
+            row = await _level(base, payloads, c, cfg.requests, cfg.warmup, cfg.request_timeout_s)
+        else:
+            rss_before, peak = _rss_mb(server_pid), [0.0]
+            stop = asyncio.Event()
+
+            async def watch() -> None:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], _rss_mb(server_pid))
+                    await asyncio.sleep(0.2)
+
+            watcher = asyncio.create_task(watch())
+            wait_s = cfg.body_timeout_s + 30.0
+            bad = [_hostile(port, stall=True, wait_s=wait_s) for _ in range(cfg.stalled)]
+            bad += [_hostile(port, stall=False, wait_s=wait_s) for _ in range(cfg.disconnecting)]
+            row, *statuses = await asyncio.gather(
+                _level(base, payloads, c, cfg.requests, cfg.warmup, cfg.request_timeout_s), *bad)
+            stop.set()
+            await watcher
+            await asyncio.sleep(2.0)
+            rss_after = _rss_mb(server_pid)
+            stalled_statuses = statuses[:cfg.stalled]
+            row.update({"stalled": cfg.stalled, "disconnecting": cfg.disconnecting,
+                        "stalled_replies": {str(s): stalled_statuses.count(s) for s in sorted(
+                            set(stalled_statuses), key=lambda v: -2 if v is None else v)},
+                        "server_rss_mb_before": round(rss_before, 1), "server_rss_mb_peak": round(peak[0], 1),
+                        "server_rss_mb_after": round(rss_after, 1),
+                        "rss_after_over_before": round(rss_after / rss_before, 3)})
         await asyncio.sleep(0.2)  # let the last log lines reach the file
-        timed = [r["latency_ms"] for r in _access_records(access)[seen + cfg.warmup:] if r["path"] == "/v1/transcribe"]
+        records = _access_records(access)[seen:]
+        row["server_5xx"] = sum(int(r.get("status") or 0) >= 500 for r in records)
+        row["server_status_counts"] = {str(k): sum(r.get("status") == k for r in records)
+                                       for k in sorted({r.get("status") for r in records}, key=lambda v: v or 0)}
+        timed = [r["latency_ms"] for r in records[cfg.warmup:] if r["path"] == "/v1/transcribe" and r.get("status") == 200]
         row["server_p50_ms"] = round(_percentile(timed, 50), 2)
         row["server_p99_ms"] = round(_percentile(timed, 99), 2)
         # CPU per timed request, warm-up included in both: where the machine's time went
@@ -277,8 +366,14 @@ async def _load(cfg: LoadConfig, base: str, payloads: list[tuple[bytes, str]], s
         row["server_cpu_ms"] = round((_cpu_seconds(server_pid) - server0) / n * 1000.0, 2)
         print(f"  concurrency {c:3d}: {row['rps']:8.1f} req/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
               f"{row['errors']} errors, mean batch {row['mean_batch']}, server-side p50 {row['server_p50_ms']} ms "
-              f"p99 {row['server_p99_ms']} ms, CPU ms/req server {row['server_cpu_ms']} client {row['client_cpu_ms']}",
+              f"p99 {row['server_p99_ms']} ms, CPU ms/req server {row['server_cpu_ms']} client {row['client_cpu_ms']}; "
+              f"server log {row['server_status_counts']}",
               file=sys.stderr, flush=True)
+        if "stalled" in row:
+            print(f"  hostile clients: {row['stalled']} stalled (replies {row['stalled_replies']}), "
+                  f"{row['disconnecting']} disconnecting; server RSS {row['server_rss_mb_before']} MB before, "
+                  f"{row['server_rss_mb_peak']} MB peak, {row['server_rss_mb_after']} MB 2 s after "
+                  f"({row['rss_after_over_before']}x)", file=sys.stderr, flush=True)
         rows.append(row)
     return rows
 
@@ -328,7 +423,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown_table(rows, {"concurrency": "concurrency", "requests": "requests", "errors": "errors",
                                 "rps": "req/s", "p50_ms": "p50 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms",
                                 "mean_batch": "mean batch", "server_cpu_ms": "server CPU ms/req",
-                                "client_cpu_ms": "client CPU ms/req"}))
+                                "client_cpu_ms": "client CPU ms/req", "server_5xx": "server 5xx"}))
+    for row in rows:
+        if "stalled" in row:
+            print(f"hostile clients during concurrency {row['concurrency']}: {row['stalled']} stalled (replies "
+                  f"{row['stalled_replies']}), {row['disconnecting']} disconnecting; server log "
+                  f"{row['server_status_counts']}; server RSS {row['server_rss_mb_before']} MB before, "
+                  f"{row['server_rss_mb_peak']} MB peak, {row['server_rss_mb_after']} MB 2 s after "
+                  f"({row['rss_after_over_before']}x)")
     if speedup is not None:
         print(f"throughput at concurrency 8 / 1: {speedup:.2f}x")
     print(f"results written to {path}")

@@ -55,8 +55,10 @@ class ServeConfig:
     """Longest audio, or the same duration of feature frames (413 above)."""
     body_timeout_s: float = 30.0
     """A request body that sends nothing for this many seconds is answered 408 and dropped."""
-    max_inflight_bodies: int = 256
-    """Request bodies received at once; one more is answered 503 (stalled clients hold no more)."""
+    max_inflight_bodies: int = 4096
+    """Request bodies received at once; one more is answered 503."""
+    max_inflight_bytes: int = 256 * 2**20
+    """Body bytes held by the bodies being received (plus a new one's declared length); beyond it 503 (bounds memory)."""
     threads: int = 1
     """torch intra-op threads of the inference thread."""
 
@@ -72,7 +74,8 @@ def build(argv: list[str] | None = None):
     cfg = tyro.cli(ServeConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     app = create_app(cfg.run, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                      max_body_bytes=cfg.max_body_bytes, max_audio_seconds=cfg.max_audio_seconds,
-                     body_timeout_s=cfg.body_timeout_s, max_inflight_bodies=cfg.max_inflight_bodies)
+                     body_timeout_s=cfg.body_timeout_s, max_inflight_bodies=cfg.max_inflight_bodies,
+                     max_inflight_bytes=cfg.max_inflight_bytes)
     return cfg, app
 
 

@@ -499,12 +499,15 @@ def test_silence_gets_empty_text(speech_client):
 # ------------------------------------------------------------------ disconnecting, stalled and excess clients
 
 
-async def _asgi_call(app, receive) -> tuple[int, dict, list]:
+async def _asgi_call(app, receive, content_length: int | None = None) -> tuple[int, dict, list]:
     """POST /v1/transcribe straight through the ASGI interface with a custom `receive`:
     `(status, JSON body, the sent messages)`."""
+    headers = [(b"content-type", b"application/json")]
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/v1/transcribe", "raw_path": b"/v1/transcribe", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 5000),
+             "headers": headers, "client": ("127.0.0.1", 5000),
              "server": ("127.0.0.1", 80)}
     sent: list[dict] = []
 
@@ -549,3 +552,48 @@ def test_a_body_that_stalls_gets_408_and_excess_bodies_get_503(toy_run):
 
     results = sorted(asyncio.run(two_at_once()), key=lambda r: r[0])
     assert results[-1][0] == 503 and results[-1][1]["error"] == "busy" and results[0][0] != 503
+
+
+def test_stalled_clients_hold_only_their_bytes_and_the_byte_budget_sheds_large_bodies(toy_run):
+    """Many stalled uploads that sent little do not lock a small request out; a body whose declared
+    length would take the bytes being received past max_inflight_bytes gets 503 at once."""
+    app = create_app(toy_run, body_timeout_s=0.5, max_body_bytes=1000, max_inflight_bytes=1000)
+
+    def stalling(first: bytes):
+        sent = [False]
+
+        async def receive():
+            if not sent[0]:
+                sent[0] = True
+                return {"type": "http.request", "body": first, "more_body": True}
+            await asyncio.sleep(3600)
+        return receive
+
+    async def small():
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def scenario():
+        stalled = [_asgi_call(app, stalling(b"{" * 10), content_length=900) for _ in range(20)]
+        big = _asgi_call(app, stalling(b"{" * 700), content_length=800)
+        return await asyncio.gather(*stalled, big)
+
+    async def then_over_budget():
+        holder = asyncio.ensure_future(_asgi_call(app, stalling(b"{" * 900), content_length=900))
+        await asyncio.sleep(0.1)
+        over = await _asgi_call(app, small, content_length=200)
+        under = await _asgi_call(app, small, content_length=50)
+        return (await holder), over, under
+
+    results = asyncio.run(scenario())
+    assert [r[0] for r in results] == [408] * 21  # none refused: 20 x 10 + 700 bytes fit the budget
+    held, over, under = asyncio.run(then_over_budget())
+    assert held[0] == 408
+    assert over[0] == 503 and over[1]["error"] == "busy" and "--max-inflight-bytes" in over[1]["message"]
+    assert under[0] == 422  # past the budget check: "{}" has no features
+
+
+def test_a_byte_budget_smaller_than_one_body_is_refused(toy_run):
+    with pytest.raises(ConfigError, match="max_inflight_bytes"):
+        create_app(toy_run, max_body_bytes=1000, max_inflight_bytes=999)
+

@@ -46,13 +46,17 @@ keeps running and the next request is served:
         missing_file, empty_audio, bad_wav (not a PCM / float WAV, compressed, truncated, damaged),
         bad_sample_width (not 8/16/24/32-bit PCM or 32/64-bit float),
         bad_sample_rate, audio_not_supported (a toy-feature model), bad_input (any other funcml error)
-    499 client_disconnected (logged only: the client is gone); 503 busy (> max_inflight_bodies)
+    499 client_disconnected (logged only: the client is gone);
+    503 busy (> max_inflight_bodies bodies, or > max_inflight_bytes body bytes, being received)
 
 A bug (not a bad request) answers 500 `internal_error` in the same JSON form and is logged
 with its traceback; the service keeps serving. A client that disconnects while sending its
 body is logged as 499 `client_disconnected` (no traceback, not a 500); a body that sends
-nothing for `body_timeout_s` gets 408 `body_timeout`; beyond `max_inflight_bodies` bodies being
-received at once a request gets 503 `busy` at once.
+nothing for `body_timeout_s` gets 408 `body_timeout`; a request that would take the bodies being
+received beyond `max_inflight_bodies` bodies or `max_inflight_bytes` bytes (those received so far
+plus its declared length) gets 503 `busy` at once. The byte budget is what bounds memory: a
+stalled client holds only the bytes it sent, so hundreds of them do not lock legitimate clients
+out (measured in benchmarks/asr_load.py --stalled/--disconnecting).
 
 Access log: one JSON line per request on the logger `funcml.asr.serve.access` (INFO):
 `{"time", "client", "method", "path", "status", "latency_ms", "bytes_in", "error"}`, where
@@ -246,9 +250,12 @@ class _ClientGone(Exception):
     """The client closed the connection before its body arrived: logged as 499, not as a bug."""
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float = 30.0,
+                     counter: tuple[list[int], list[int]] | None = None) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or streamed), with
-    408 when no bytes arrive for `timeout_s` seconds, and `_ClientGone` when the client leaves."""
+    408 when no bytes arrive for `timeout_s` seconds, and `_ClientGone` when the client leaves.
+    `counter = (totals, mine)`: each chunk's length is added to `totals[1]` and `mine[0]` as it
+    arrives (the caller subtracts `mine[0]` when the body is done)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _Reject(413, "body_too_large", f"the body has {int(declared)} bytes; the limit is {limit} "
@@ -266,6 +273,9 @@ async def _read_body(request: Request, limit: int, timeout_s: float = 30.0) -> b
         except ClientDisconnect:
             raise _ClientGone(f"the client disconnected after {size} bytes of the body") from None
         size += len(chunk)
+        if counter is not None:
+            counter[0][1] += len(chunk)
+            counter[1][0] += len(chunk)
         if size > limit:
             raise _Reject(413, "body_too_large", f"the body exceeds the limit of {limit} bytes (--max-body-bytes)")
         chunks.append(chunk)
@@ -467,7 +477,7 @@ class _AccessLog:
 
 def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float = 5.0,
                max_body_bytes: int = 8 * 2**20, max_audio_seconds: float = 30.0, body_timeout_s: float = 30.0,
-               max_inflight_bodies: int = 256) -> FastAPI:
+               max_inflight_bodies: int = 4096, max_inflight_bytes: int = 256 * 2**20) -> FastAPI:
     """The FastAPI app serving the Paraformer of `run_path` (see the module doc).
 
     Arguments:
@@ -478,8 +488,10 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
         max_audio_seconds: the longest audio (413 above); for feature input, at most
             `max_audio_seconds / feature_shift` frames.
         body_timeout_s: a body that sends nothing for this long is answered 408 and dropped.
-        max_inflight_bodies: bodies being received at once; one more is answered 503 at once
-            (stalled clients cannot hold the service's memory).
+        max_inflight_bodies: bodies being received at once; one more is answered 503 at once.
+        max_inflight_bytes: body bytes held by the bodies being received (received so far, plus
+            the declared length of a new one); a request beyond it is answered 503 at once.
+            Bounds the memory of slow uploads without locking clients out behind stalled ones.
 
     Raises: `DataError` / `CheckpointError` for a missing or bad run (at start, not per
     request); `ConfigError` for a limit out of range.
@@ -491,8 +503,11 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
     if not (body_timeout_s > 0 and math.isfinite(body_timeout_s)) or max_inflight_bodies < 1:
         raise ConfigError(f"body_timeout_s must be a finite number > 0 and max_inflight_bodies >= 1, got "
                           f"{body_timeout_s} and {max_inflight_bodies}")
+    if max_inflight_bytes < max_body_bytes:
+        raise ConfigError(f"max_inflight_bytes ({max_inflight_bytes}) must be at least max_body_bytes "
+                          f"({max_body_bytes}), or no largest body could ever be received")
     model = _load(run_path)
-    inflight = [0]
+    inflight = [0, 0]  # bodies being received, their bytes received so far
     batcher: MicroBatcher[_Item, dict] = MicroBatcher(lambda items: _transcribe_batch(model, items),
                                                       max_batch=max_batch, max_wait_ms=max_wait_ms)
     max_frames = int(max_audio_seconds / model.feature_shift_s + 1e-9)
@@ -560,14 +575,21 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
             got = f"Content-Type {kind!r}" if kind else "no Content-Type"
             raise _Reject(415, "unsupported_media_type", f"{got}; send application/json ({{\"features\": [[...]]}}), "
                                                          "multipart/form-data (a WAV in the field 'file') or audio/wav")
+        declared = request.headers.get("content-length", "")
+        declared_bytes = min(int(declared), max_body_bytes) if declared.isdigit() else 0
         if inflight[0] >= max_inflight_bodies:
             raise _Reject(503, "busy", f"{inflight[0]} request bodies are being received (--max-inflight-bodies); "
                                        "retry later")
+        if inflight[1] + declared_bytes > max_inflight_bytes:
+            raise _Reject(503, "busy", f"{inflight[1]} body bytes are being received and this body declares "
+                                       f"{declared_bytes} (--max-inflight-bytes {max_inflight_bytes}); retry later")
         inflight[0] += 1
+        received = [0]
         try:
-            body = await _read_body(request, max_body_bytes, body_timeout_s)
+            body = await _read_body(request, max_body_bytes, body_timeout_s, counter=(inflight, received))
         finally:
             inflight[0] -= 1
+            inflight[1] -= received[0]
         if kind == "application/json":
             parse = functools.partial(_features_from_json, body, feature_dim=model.feature_dim,
                                       min_frames=model.min_frames, max_frames=max_frames)
