@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from funcml import config
 from funcml.errors import ConfigError, DataError, cli_main
+from funcml.runs import output_dir
 from funcml.seg import task
 from funcml.seg.folder import IMAGE_SUFFIXES, list_images, open_image, read_image, save_mask_png
 from funcml.seg.masks import format_class_map, parse_class_map
@@ -81,6 +82,14 @@ class InferConfig:
     """Sliding windows (patch-trained runs): overlap fraction; default: the run's (0.5)."""
     tta: bool = False
     """Sliding windows: also predict mirrored windows and average (flip test-time augmentation, 4x compute)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.batch_size < 1 or self.max_rows < 1:
+            raise ConfigError(f"--batch-size and --max-rows must be >= 1, got {self.batch_size} and {self.max_rows}")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"--overlap must be in [0, 1), got {self.overlap}")
 
 
 def _default_out(run: Path) -> Path:
@@ -152,13 +161,10 @@ def _resize_ids(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def main(args: Sequence[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if args is None else list(args)
     cfg = config.cli(InferConfig, args=argv, prog="experiments/seg_infer.py")
-    if not 0.0 <= cfg.alpha <= 1.0:
-        raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
-    if cfg.batch_size < 1 or cfg.max_rows < 1:
-        raise ConfigError(f"--batch-size and --max-rows must be >= 1, got {cfg.batch_size} and {cfg.max_rows}")
     if not cfg.run.exists():
         raise DataError(f"--run {cfg.run} does not exist; pass a run directory (e.g. runs/seg/20260101-120000-"
                         "abc12300) or one of its checkpoints/ directories")
+    out = output_dir(cfg.out if cfg.out is not None else _default_out(cfg.run), create=False)  # before the work
     paths = _list_inputs(cfg.input)
     if cfg.masks is not None:
         if not cfg.masks.is_dir():
@@ -199,8 +205,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
         pred_small = torch.cat(preds)  # [N, h, w] int64
         full = [None] * len(images)
 
-    out = cfg.out if cfg.out is not None else _default_out(cfg.run)
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     written = []
     for path, image, p, p_full in zip(paths, images, pred_small, full):
         mask = p_full if p_full is not None else _resize_ids(p, tuple(image.shape[-2:]))  # the image's own size

@@ -136,14 +136,16 @@ def read_metrics(run_path: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+def output_dir(path: str | os.PathLike, flag: str = "--out", *, create: bool = True) -> Path:
     """Create the output folder `path` (and its parents) and return it; a `DataError` naming `flag`
-    when it, or a parent, is a file."""
+    when it, or a parent, is a file. `create=False` only checks (a command checks its --out
+    before the work and creates it when it writes)."""
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
             raise DataError(f"{flag} {path}: {p} is a file, not a folder; pass a folder (it is created if missing)")
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -30,6 +30,9 @@ CASES = [
     ("asr_eval", ["--run", "RUN", "--batch-size", "0"], "--batch-size"),
     ("asr_infer", ["--run", "RUN", "--batch-size", "0"], "--batch-size"),
     ("asr_infer", ["--run", "RUN", "--text", "one", "--rate", "0"], "--rate"),
+    ("seg_infer", ["--run", "RUN", "--input", "x.png", "--alpha", "1.5"], "--alpha"),
+    ("seg_infer", ["--run", "RUN", "--input", "x.png", "--batch-size", "0"], "--batch-size"),
+    ("seg_infer", ["--run", "RUN", "--input", "x.png", "--overlap", "1"], "--overlap"),
 ]
 
 
@@ -53,3 +56,18 @@ def test_output_dir_names_the_flag_and_the_file_in_the_way(tmp_path):
     with pytest.raises(DataError, match=r"--out .*/f/sub: .*/f is a file, not a folder"):
         output_dir(tmp_path / "f" / "sub")
     assert output_dir(tmp_path / "a" / "b").is_dir()
+
+
+def test_seg_infer_refuses_an_out_that_is_a_file_before_predicting(tmp_path, capsys, monkeypatch):
+    """--out pointing at a file stops at once (exit 2, naming it), not with a traceback after the work."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "taken").write_text("keep me")
+    module = _script("seg_infer")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--run", "run", "--input", "nothing.png", "--out", "taken/pred"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out taken/pred" in err and "is a file" in err
+    assert (tmp_path / "taken").read_text() == "keep me"
+
