@@ -8,6 +8,8 @@
         summary.json    final figures, written by the loop at the end
         checkpoints/    funcml.checkpoint.CheckpointManager's root
         plots/          PNG figures
+        tensorboard/    optional: the same scalars and figures as TensorBoard event files
+                        (`RunDir.enable_tensorboard`; the CSV/JSONL stay the source of truth)
 
 The id is random per process plus a counter, so two runs started in the same second (even
 in the same process) never share a folder; creation uses `mkdir(exist_ok=False)`.
@@ -23,12 +25,12 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from . import config as config_lib
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .repro import env_info
 
 __all__ = ["RunDir", "create_run", "open_run", "read_metrics", "output_dir"]
@@ -53,6 +55,45 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
         self._csv_fields: list[str] | None = None
+        self._tb = None
+
+    def enable_tensorboard(self) -> Path:
+        """Mirror every later `log` row (and `log_figures`) into TensorBoard event files under
+        `<run>/tensorboard/`; returns that folder. Needs the optional package tensorboard
+        (`pip install 'funcml[tensorboard]'`): a `ConfigError` saying so without it."""
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs the optional package tensorboard: "
+                                  "pip install 'funcml[tensorboard]' (or leave out --tensorboard; "
+                                  "metrics.csv / metrics.jsonl are always written)") from None
+            self._tb = SummaryWriter(log_dir=str(self.path / "tensorboard"))
+        return self.path / "tensorboard"
+
+    def log_figures(self, step: int, paths: Sequence[str | os.PathLike] | None = None) -> list[str]:
+        """Add PNG figures (default: every `plots/*.png`) to TensorBoard as images at `step`, tagged
+        `plots/<file stem>`; a no-op without `enable_tensorboard`. Returns the tags written."""
+        if self._tb is None:
+            return []
+        import numpy as np
+        from PIL import Image
+
+        tags = []
+        for path in sorted(self.plots.glob("*.png")) if paths is None else [Path(p) for p in paths]:
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("RGB"))
+            tag = f"plots/{path.stem}"
+            self._tb.add_image(tag, pixels, int(step), dataformats="HWC")
+            tags.append(tag)
+        self._tb.flush()
+        return tags
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any (the CSV/JSONL files need no closing)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -64,6 +105,10 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
         self._append_csv(row)
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "split", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k if "/" in k else f"{split}/{k}", v, int(step))
         return row
 
     def drop_rows_after(self, step: int) -> int:
