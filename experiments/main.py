@@ -1,12 +1,13 @@
 """python3 dev.py main   # the README's main job: segmentation and ASR, each trained, evaluated and reported
 
-    python experiments/main.py                                   # both presets (7.4 minutes on 2 CPU cores, measured)
+    python experiments/main.py                                   # both presets (under 10 minutes on 2 CPU cores)
     python experiments/main.py --only seg                        # one application
     python experiments/main.py --seg.steps 20 --asr.steps 20 --runs-dir /tmp/runs   # a quick smoke run
     python experiments/main.py --threads 2                       # torch threads (default 1, see below)
 
 Segmentation: trains `funcml.seg.task.PRESETS["unet-transformer"]` (U-Net with a transformer
-bottleneck on 32x32 synthetic shapes), evaluates the best checkpoint on the fixed validation
+bottleneck on hard 32x32 synthetic shapes: 1-3 objects, rotated, overlapping, an occluding
+patch, imbalanced kinds), evaluates the best checkpoint on the fixed validation
 split, prints per-class IoU / Dice, mean IoU and pixel accuracy, and writes an image / ground
 truth / prediction overlay grid into the run's plots/ beside the training curves.
 
