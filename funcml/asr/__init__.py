@@ -9,7 +9,8 @@ conformer or SAN-M blocks), `cif` (vectorized continuous integrate-and-fire), `d
 (non-autoregressive decoder, glancing sampler), `paraformer` (the model, its loss, greedy
 decoding with timestamps), `metrics` (edit distance, CER, WER, token and length accuracy),
 `viz` (spectrogram + CIF figure). `task` trains, evaluates and loads models
-(`experiments/asr_train.py`, `asr_eval.py`, `asr_infer.py`).
+(`experiments/asr_train.py`, `asr_eval.py`, `asr_infer.py`); `Recognizer.load(run)(waveform, sample_rate)`
+(`recognizer`) transcribes with a trained run in one call.
 """
 
 from . import (audio, augment, batching, cif, decoder, encoder, frontend, manifest, metrics, paraformer, speech,
@@ -25,5 +26,6 @@ from .paraformer import (LossConfig, ParaformerConfig, ParaformerOutput, Transcr
                          masked_cross_entropy, paraformer_loss)
 from .tokenizer import CharTokenizer, WordTokenizer, load_tokenizer
 from .toy import ToyConfig, toy_batch, toy_tokenizer
+from .recognizer import Recognizer
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -10,6 +10,8 @@
     loss = ce_dice_loss(logits, masks, ignore_index=255)
     cm = confusion_matrix(logits.argmax(1), masks, num_classes=5, ignore_index=255)
     metrics_from_confusion(cm)["mean_iou"]
+
+    mask = Segmenter.load(run)("photo.png")                  # a trained run, its preprocessing, any size
 """
 
 from . import deform, folder, hybrid, intensity, losses, masks, metrics, patches, shapes, sliding, task, transforms, unet, viz
@@ -19,6 +21,7 @@ from .losses import (bce_dice_loss, binary_cross_entropy, binary_dice_loss, ce_d
 from .metrics import SegMetrics, confusion_matrix, metrics_from_confusion, per_image_dice
 from .shapes import Scene, ShapesConfig, draw_shape, render_scene, sample_scene, shapes_batch, split_key
 from .hybrid import UNetTransformerConfig, apply_unet_transformer, init_unet_transformer
+from .segmenter import Segmenter
 from .task import PRESETS, SegTrainConfig, evaluate, load_model, predict, predict_full, resolve_config, train
 from .masks import MaskScan, check_mask_values, parse_class_map, scan_masks
 from .patches import pad_to_canvas, sample_patches
@@ -31,6 +34,7 @@ from .transforms import (AugmentConfig, augment, hflip, normalize, pad_collate, 
                          random_rot90, resize, rot90, vflip)
 
 __all__ = [
+    "Segmenter",
     "folder", "hybrid", "losses", "metrics", "shapes", "task", "transforms", "unet", "viz",
     "deform", "intensity", "masks", "patches", "sliding",
     "predict_full", "resolve_config", "MaskScan", "check_mask_values", "parse_class_map", "scan_masks",
