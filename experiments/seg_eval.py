@@ -25,10 +25,15 @@ runs resize folder images to the training size (bilinear; masks nearest) and sco
 Writes to `--out` (default `<run>/eval/`; for a checkpoint `<run>/checkpoints/<name>`, the run's
 `eval/`; for a checkpoint elsewhere, `<checkpoint>-eval/`):
 
-    metrics.json         means, pixel accuracy and per-class figures (NaN written as null)
+    metrics.json         means, pixel accuracy, per-class figures (NaN written as null) and the
+                         confusion matrix `confusion_matrix[t][p]` (pixels of true class t
+                         predicted as p) that all of them are computed from
     metrics.csv          one row per class: class, IoU, Dice, support; then the row `mean`
     per_image_dice.csv   one row per image: its id (file stem or index) and its Dice averaged over
                          the classes present in its target or prediction
+    confusion_matrix.png the matrix row-normalized (each cell: % of the true class's pixels and
+                         the count; the diagonal is each class's recall), class names on the axes
+    per_class.png        per-class IoU and Dice bars with their values and means
 
 and prints the per-class table. Metrics are dataset-level (`funcml.seg.metrics`): a class absent
 from both targets and predictions has no IoU or Dice (shown as "-", written as NaN / null) and is
@@ -52,8 +57,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from funcml import config
+from funcml.checks import check_shape
 from funcml.errors import ConfigError, DataError, cli_main
-from funcml.seg import task
+from funcml.seg import task, viz
+from funcml.seg.metrics import confusion_matrix, metrics_from_confusion, per_image_dice
 from funcml.seg.folder import FolderDataset
 from funcml.seg.masks import check_mask_values, parse_class_map, scan_masks
 
@@ -100,6 +107,14 @@ def _default_out(run: Path) -> Path:
     return run.with_name(f"{run.name}-eval")
 
 
+def _run_name(run: Path) -> str:
+    """`<experiment>/<time>-<id>` of a run (or of a checkpoint's run) for titles."""
+    run = run.resolve()
+    if run.parent.name == "checkpoints":
+        return f"{run.parent.parent.parent.name}/{run.parent.parent.name} ({run.name})"
+    return f"{run.parent.name}/{run.name}"
+
+
 def _floats(x: Any) -> list[float]:
     return [float(v) for v in torch.as_tensor(x, dtype=torch.float64).reshape(-1)]
 
@@ -127,21 +142,24 @@ def _folder_batches(ds: FolderDataset, batch_size: int) -> Iterator[tuple[torch.
         yield torch.stack(images), torch.stack(masks)
 
 
-class _Counted:
-    """Pass batches through, counting images and the pixels of each true class (the support)."""
+def _evaluate(params: Any, model_state: Any, model_cfg: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+              train_cfg: Any, ignore_index: int, sliding: Any) -> tuple[torch.Tensor, list[float]]:
+    """The dataset's confusion matrix `cm [K, K]` int64 (`cm[t, p]`: pixels of true class t predicted
+    as p, `ignore_index` pixels left out) and each image's Dice averaged over its classes present.
 
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, ignore_index: int):
-        self.batches, self.k, self.ignore_index = batches, num_classes, ignore_index
-        self.support = torch.zeros(num_classes, dtype=torch.int64)
-        self.images = 0
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, masks in self.batches:
-            labels = masks[masks != self.ignore_index].to(torch.int64)
-            labels = labels[(labels >= 0) & (labels < self.k)]  # out-of-range ids are evaluate's error to raise
-            self.support = self.support + torch.bincount(labels, minlength=self.k)[: self.k].cpu()
-            self.images += int(images.shape[0])
-            yield images, masks
+    The same prediction path and metrics as `funcml.seg.task.evaluate` (preprocess, `predict_full`,
+    `funcml.seg.metrics`), kept here because the pictures and metrics.json need the matrix itself
+    (tests/test_seg_eval_infer.py checks the two give the same figures)."""
+    k = model_cfg.num_classes
+    cm = torch.zeros(k, k, dtype=torch.int64)
+    image_dice: list[float] = []
+    for images, masks in batches:
+        pred, _ = task.predict_full(params, model_state, model_cfg, task.preprocess(images, train_cfg), train_cfg,
+                                    sliding=sliding)
+        check_shape(masks, "b h w", name="masks", b=pred.shape[0], h=pred.shape[1], w=pred.shape[2])
+        cm = cm + confusion_matrix(pred, masks, k, ignore_index=ignore_index)
+        image_dice += _floats(torch.nanmean(per_image_dice(pred, masks, k, ignore_index), dim=1))
+    return cm, image_dice
 
 
 def _table(names: Sequence[str], iou: Sequence[float], dice: Sequence[float], support: Sequence[int],
@@ -199,17 +217,16 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         source = str(cfg.folder)
     else:
         batches, ids, source = task.val_batches(train_cfg, batch_size=cfg.batch_size), None, "validation split"
-    counted = _Counted(batches, k, ignore_index)
-    result = task.evaluate(params, model_state, model_cfg, counted, train_cfg, ignore_index=ignore_index,
-                           sliding=sliding)
-    if counted.images == 0:
+    cm, per_image = _evaluate(params, model_state, model_cfg, batches, train_cfg, ignore_index, sliding)
+    if not per_image:
         raise DataError(f"no images to evaluate in {source}")
+    m = metrics_from_confusion(cm)
 
-    names = [str(n) for n in result["class_names"]]
-    iou, dice = _floats(result["per_class_iou"]), _floats(result["per_class_dice"])
-    support = [int(s) for s in counted.support]
-    means = {m: float(result[m]) for m in ("mean_iou", "mean_dice", "pixel_accuracy")}
-    per_image = _floats(result["per_image_dice"])  # each image's Dice, averaged over its classes present
+    names = [str(n) for n in task.class_names(train_cfg)]
+    iou, dice = _floats(m["iou"]), _floats(m["dice"])
+    support = [int(s) for s in m["support"]]  # pixels of each true class (ignored pixels left out)
+    means = {"mean_iou": float(m["mean_iou"]), "mean_dice": float(m["mean_dice"]),
+             "pixel_accuracy": float(m["pixel_accuracy"])}
     ids = ids if ids is not None else [str(i) for i in range(len(per_image))]
     if len(ids) != len(per_image):
         raise DataError(f"evaluate returned {len(per_image)} per-image scores for {len(ids)} images")
@@ -217,14 +234,17 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     out = cfg.out if cfg.out is not None else _default_out(cfg.run)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "run": str(cfg.run), "data": source, "num_images": counted.images, "num_classes": k,
+        "run": str(cfg.run), "data": source, "num_images": len(per_image), "num_classes": k,
         "ignore_index": ignore_index, "class_names": names,
         "sliding_window": ({"window": list(train_cfg.patch), **dataclasses.asdict(sliding)}
                            if train_cfg.patch is not None else None),
         **{m: _json_number(v) for m, v in means.items()},
         "per_class": {n: {"iou": _json_number(i), "dice": _json_number(d), "support": s}
                       for n, i, d, s in zip(names, iou, dice, support)},
-        "note": "IoU/Dice null: the class is absent from both targets and predictions; excluded from the means",
+        "confusion_matrix": cm.tolist(),
+        "note": "IoU/Dice null: the class is absent from both targets and predictions; excluded from the means. "
+                "confusion_matrix[t][p]: pixels of true class t predicted as p (rows: class_names; ignored pixels "
+                "left out), the matrix every figure here is computed from",
     }
     _write_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     rows = [("class", "IoU", "Dice", "support"), *zip(names, iou, dice, support),
@@ -232,10 +252,14 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     _write_atomic(out / "metrics.csv", _csv(rows))
     image_rows = [("image", "mean_dice"), *zip(ids, per_image)]
     _write_atomic(out / "per_image_dice.csv", _csv(image_rows))
+    label = f"{_run_name(cfg.run)} on {source} ({len(per_image)} images)"
+    viz.save_confusion_matrix(cm, names, out / "confusion_matrix.png", title=f"{label}\nconfusion matrix")
+    viz.save_per_class_scores(iou, dice, names, out / "per_class.png",
+                              title=f"{label}\nper-class IoU and Dice (pixels pooled over the dataset)")
 
-    print(f"{cfg.run} on {source}: {counted.images} images, {k} classes")
+    print(f"{cfg.run} on {source}: {len(per_image)} images, {k} classes")
     print(_table(names, iou, dice, support, means))
-    print(f"wrote metrics.json, metrics.csv, per_image_dice.csv to {out}/")
+    print(f"wrote metrics.json, metrics.csv, per_image_dice.csv, confusion_matrix.png, per_class.png to {out}/")
     return report
 
 

@@ -254,6 +254,65 @@ def test_eval_folder_class_id_out_of_range_exits_2(tiny_run, train_cfg, tmp_path
     assert "[9]" in err and "num_classes=5" in err and "--class-map" in err
 
 
+def test_eval_draws_a_confusion_matrix_and_per_class_bars_beside_the_metrics(tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    seg_eval.main(["--run", str(tiny_run), "--out", str(out)])
+    for name in ("confusion_matrix.png", "per_class.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_eval_saves_the_confusion_matrix_every_figure_comes_from(tiny_run, train_cfg, tmp_path):
+    seg_eval.main(["--run", str(tiny_run), "--out", str(tmp_path / "eval")])
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    cm = torch.tensor(m["confusion_matrix"])
+    k = len(m["class_names"])
+    assert cm.shape == (k, k) and cm.dtype == torch.int64
+    assert int(cm.sum()) == m["num_images"] * 16 * 16  # every pixel of the shapes split, none ignored
+    assert cm.sum(1).tolist() == [m["per_class"][n]["support"] for n in m["class_names"]]
+    assert float(cm.diagonal().sum()) / float(cm.sum()) == pytest.approx(m["pixel_accuracy"], abs=1e-12)
+    c64 = cm.to(torch.float64)
+    tp, fp, fn = c64.diagonal(), c64.sum(0) - c64.diagonal(), c64.sum(1) - c64.diagonal()
+    for c, name in enumerate(m["class_names"]):
+        if tp[c] + fp[c] + fn[c] > 0:
+            assert m["per_class"][name]["iou"] == pytest.approx(float(tp[c] / (tp[c] + fp[c] + fn[c])), abs=1e-12)
+
+
+def test_eval_figures_equal_the_task_evaluation(tiny_run, train_cfg, tmp_path):
+    from funcml.seg import task
+
+    seg_eval.main(["--run", str(tiny_run), "--out", str(tmp_path / "eval")])
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    _, model_cfg, params, state = task.load_model(tiny_run)
+    want = task.evaluate(params, state, model_cfg, task.val_batches(train_cfg), train_cfg)
+    assert (m["mean_iou"], m["mean_dice"], m["pixel_accuracy"]) == (want["mean_iou"], want["mean_dice"],
+                                                                    want["pixel_accuracy"])
+    per_image = [float(r["mean_dice"]) for r in _read_csv(tmp_path / "eval" / "per_image_dice.csv")]
+    assert per_image == pytest.approx(want["per_image_dice"], abs=1e-12, nan_ok=True)
+
+
+def test_confusion_matrix_picture_rejects_a_matrix_that_is_not_square_or_names_that_do_not_fit(tmp_path):
+    from funcml.seg.viz import save_confusion_matrix
+
+    with pytest.raises(ShapeError, match=r"\[2, 3\]"):
+        save_confusion_matrix(torch.zeros(2, 3, dtype=torch.int64), ["a", "b"], tmp_path / "cm.png")
+    with pytest.raises(ShapeError, match="expected 2 names"):
+        save_confusion_matrix(torch.zeros(2, 2, dtype=torch.int64), ["a"], tmp_path / "cm.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_pictures_of_a_class_without_pixels_are_drawn(tmp_path):
+    from funcml.seg.viz import save_confusion_matrix, save_per_class_scores
+
+    cm = torch.tensor([[5, 1, 0], [2, 7, 0], [0, 0, 0]])
+    assert save_confusion_matrix(cm, ["bg", "a", "b"], tmp_path / "cm.png").is_file()
+    assert save_per_class_scores([0.6, 0.7, float("nan")], [0.75, 0.8, float("nan")], ["bg", "a", "b"],
+                                 tmp_path / "pc.png").is_file()
+    with pytest.raises(ShapeError, match="one value per class"):
+        save_per_class_scores([0.5], [0.5, 0.5], ["bg", "a"], tmp_path / "x.png")
+
+
 def _infer_folder(tmp_path: Path, train_data, n: int = 3, size: tuple[int, int] = (20, 24)) -> Path:
     """An example folder whose images are `size` (w, h), unlike the 16x16 the model was trained on."""
     cfg = dataclasses.replace(train_data, width=size[0], height=size[1])

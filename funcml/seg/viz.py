@@ -276,3 +276,114 @@ def save_overlay_grid(images: torch.Tensor, gts: torch.Tensor | None, preds: tor
     grid = overlay_grid(images, gts, preds, class_names, max_rows=max_rows, scale=scale, pad=pad, palette=palette,
                         ignore_index=ignore_index, max_cell=max_cell)
     return save_image_atomic(grid, path)
+
+
+# ------------------------------------------------------------------ evaluation charts (matplotlib)
+# save_confusion_matrix and save_per_class_scores join __all__ with their docs/CONTRACTS.md entries.
+
+
+def _pyplot():
+    import matplotlib  # imported here: `import funcml` stays free of matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike, *,
+                          title: str = "confusion matrix") -> Path:
+    """Draw the confusion matrix `cm: [K, K]` int (`cm[t, p]` pixels of true class t predicted as p,
+    `funcml.seg.metrics.confusion_matrix`) row-normalized as a PNG at `path`, atomically.
+
+    Cell (t, p) is coloured and labelled with `cm[t, p] / sum_p' cm[t, p']`, the share of class t's
+    pixels predicted as p (in %, with the pixel count underneath), so the diagonal is each class's
+    recall; a class with no true pixels has an empty row marked "no pixels". The axes are labelled
+    with the class names and the row sums (support).
+    """
+    if not isinstance(cm, torch.Tensor) or cm.dim() != 2 or cm.shape[0] != cm.shape[1]:
+        raise ShapeError(f"cm: expected a square confusion matrix [K, K], got "
+                         f"{list(cm.shape) if isinstance(cm, torch.Tensor) else type(cm).__name__}")
+    k = cm.shape[0]
+    if len(class_names) != k:
+        raise ShapeError(f"class_names: expected {k} names (one per row of cm), got {len(class_names)}")
+    counts = cm.detach().cpu().to(torch.int64).numpy()
+    support = counts.sum(axis=1)
+    share = np.divide(counts, support[:, None], out=np.zeros(counts.shape, dtype=np.float64),
+                      where=support[:, None] > 0)
+    plt = _pyplot()
+    side = max(4.5, 1.0 + 0.95 * k)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
+    im = ax.imshow(share * 100, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class's pixels")
+    small = 7 if k > 6 else 9
+    for t in range(k):
+        for p in range(k):
+            if support[t] == 0:
+                if p == 0:
+                    ax.text((k - 1) / 2, t, "no pixels", ha="center", va="center", color="gray", fontsize=small)
+                continue
+            colour = "white" if share[t, p] > 0.6 else "black"
+            ax.text(p, t, f"{100 * share[t, p]:.1f}%\n({counts[t, p]})", ha="center", va="center", color=colour,
+                    fontsize=small)
+    ax.set_xticks(range(k), [str(n) for n in class_names], rotation=30, ha="right")
+    ax.set_yticks(range(k), [f"{n} ({s})" for n, s in zip(class_names, support)])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (pixels)")
+    ax.set_title(f"{title}\nrow-normalized: % of each true class's pixels", fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def save_per_class_scores(iou: Sequence[float], dice: Sequence[float], class_names: Sequence[str],
+                          path: str | os.PathLike, *, title: str = "per-class scores") -> Path:
+    """Draw per-class IoU and Dice as grouped bars (with their values, and the mean over the classes
+    that have one as dashed lines) as a PNG at `path`, atomically. A NaN score (a class absent from
+    both targets and predictions) is drawn as "n/a" and left out of the means, as in
+    `funcml.seg.metrics.metrics_from_confusion`."""
+    k = len(class_names)
+    if len(iou) != k or len(dice) != k:
+        raise ShapeError(f"iou and dice need one value per class ({k}), got {len(iou)} and {len(dice)}")
+    iou_a = np.asarray([float(v) for v in iou], dtype=np.float64)
+    dice_a = np.asarray([float(v) for v in dice], dtype=np.float64)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 1.1 * k), 4.0), dpi=100)
+    x = np.arange(k)
+    width = 0.38
+    for offset, values, label, colour in ((-width / 2, iou_a, "IoU", "tab:blue"),
+                                          (width / 2, dice_a, "Dice", "tab:orange")):
+        shown = np.nan_to_num(values, nan=0.0)
+        bars = ax.bar(x + offset, shown, width, label=label, color=colour)
+        for bar, v in zip(bars, values):
+            ax.text(bar.get_x() + bar.get_width() / 2, (0.0 if math.isnan(v) else v) + 0.01,
+                    "n/a" if math.isnan(v) else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        if not np.isnan(values).all():
+            mean = float(np.nanmean(values))
+            ax.axhline(mean, color=colour, linestyle="--", linewidth=1, label=f"mean {label} {mean:.3f}")
+    ax.set_xticks(x, [str(n) for n in class_names], rotation=20 if k > 6 else 0)
+    ax.set_ylim(0, 1.3)  # room for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("class")
+    ax.set_ylabel("score (dataset-level)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", fontsize=8, ncol=4, frameon=False)
+    fig.tight_layout()
+    try:
+        return _save_figure(fig, path)
+    finally:
+        plt.close(fig)
