@@ -11,8 +11,16 @@
     config.save(cfg, "run/config.json"); cfg2 = config.load(TrainConfig, "run/config.json")
 
 Configs are hashable (they are passed as static arguments and `torch.compile`
-specializes on them), so fields hold tuples, not lists. `load`/`from_dict` check every
-field and name the one that is unknown, missing or of the wrong type. A nested dataclass
+specializes on them), so fields hold tuples, not lists. A config checks its own values in
+`__post_init__` with the validators here, which raise `ConfigError("<Class>: <what is wrong>")`:
+
+    def __post_init__(self):
+        config.require_at_least(self, 1, "steps", "batch_size")
+        config.require_one_of(self, "precision", ("fp32", "bf16"))
+        config.require(self.lr > 0, self, f"lr must be > 0, got {self.lr}")
+
+`load`/`from_dict` check every field and name the one that is unknown, missing or of the
+wrong type. A nested dataclass
 whose field type is a Union is saved with a `"_type"` tag (its class name) so that the
 right class comes back.
 """
@@ -33,11 +41,34 @@ import tyro
 
 from .errors import ConfigError
 
-__all__ = ["to_dict", "from_dict", "save", "load", "cli", "replace", "TYPE_TAG"]
+__all__ = ["to_dict", "from_dict", "save", "load", "cli", "replace", "TYPE_TAG", "require", "require_at_least",
+           "require_one_of"]
 
 T = TypeVar("T")
 TYPE_TAG = "_type"
 replace = dataclasses.replace
+
+
+def require(ok: bool, cfg: Any, message: str) -> None:
+    """Raise `ConfigError("<type(cfg).__name__>: <message>")` unless `ok`: the one form of a config's
+    own checks, so that every message names the config class and says what to change."""
+    if not ok:
+        raise ConfigError(f"{type(cfg).__name__}: {message}")
+
+
+def require_at_least(cfg: Any, minimum: float, *names: str) -> None:
+    """Each field `names` of `cfg` is `>= minimum`, else `ConfigError("<Class>: <name> must be >= <minimum>,
+    got <value>")` for the first that is not."""
+    for name in names:
+        value = getattr(cfg, name)
+        require(value >= minimum, cfg, f"{name} must be >= {minimum}, got {value}")
+
+
+def require_one_of(cfg: Any, name: str, choices: Sequence[Any]) -> None:
+    """Field `name` of `cfg` is one of `choices` (a `Literal` field checked when the config is made in
+    code, not only by tyro), else `ConfigError("<Class>: <name> must be one of ..., got <value>")`."""
+    value = getattr(cfg, name)
+    require(value in choices, cfg, f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -292,11 +292,12 @@ def test_compiled_unet_train_step_compiles_once_and_equals_eager(tmp_path):
     # Inductor returns the 1x1 head kernel [K, C, 1, 1] (and its Adam moments) channels-last,
     # with other strides on the size-1 dims; make_train_step views them back, so the second
     # call does not recompile (CI's inductor stage checks this; aot_eager keeps strides).
-    from funcml.seg.task import _initial_state, make_loss_fn
+    from funcml.seg.task import make_loss_fn
     from funcml.train import make_train_step
+    from funcml.trainer import initial_state
 
     cfg = tiny_config(TINY_MODELS["unet"], tmp_path, steps=10)
-    ts0, tx = _initial_state(cfg)
+    ts0, tx = initial_state(cfg)
     eager = make_train_step(make_loss_fn(cfg), tx, compile=False)
     compiled = make_train_step(make_loss_fn(cfg), tx, compile=True)
     images, masks = shapes_batch(random.key(0), 4, DATA)

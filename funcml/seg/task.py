@@ -7,10 +7,11 @@
     cfg, model_cfg, params, model_state = load_model(run.path)    # the best checkpoint
     metrics = evaluate(params, model_state, model_cfg, val_batches(cfg), cfg)
 
-Everything goes through the core: models from `funcml.nn.model` (`UNetConfig`,
-`UNetTransformerConfig`), the loss `ce_dice_loss`, the optimizer `funcml.optim` (AdamW with
-linear warmup and cosine decay, global-norm clipping), the one loop `funcml.train.fit`,
-`funcml.checkpoint.CheckpointManager` and `funcml.runs`.
+Everything else goes through the core: models from `funcml.nn.model` (`UNetConfig`,
+`UNetTransformerConfig`) and the run orchestration `funcml.trainer` (the shared `TrainConfig`
+fields, AdamW with warmup + cosine decay, the one loop `funcml.train.fit`, checkpoints ranked by
+val/miou, resume, curves, Ctrl-C). This module brings the data, the loss `ce_dice_loss` and the
+metrics.
 
 Data. On the built-in shapes, the batch of step t is a pure function of the data key and t:
 
@@ -46,13 +47,14 @@ from typing import Annotated, Any, Iterable, Iterator, Literal, Union
 import torch
 from tyro.conf import subcommand
 
-from .. import checkpoint, optim, random, tasks
-from .. import config as config_lib
+from .. import random, tasks
 from ..checks import check_dtype, check_shape
-from ..errors import CheckpointError, ConfigError, DataError
+from ..config import require, require_at_least
+from ..errors import ConfigError, DataError
 from ..nn import model as models
-from ..runs import RunDir, create_run
-from ..train import EarlyStop, distributed, fit, init_train_state, make_train_step
+from ..runs import RunDir
+from ..train import distributed
+from ..trainer import Task, TrainConfig, check_global_batch, load_run, optimizer, train_task
 from .folder import FolderDataset
 from .hybrid import UNetTransformerConfig
 from .losses import ce_dice_loss
@@ -65,7 +67,7 @@ from .transforms import AugmentConfig, augment, normalize
 from .unet import UNetConfig
 
 __all__ = ["SegTrainConfig", "PRESETS", "preprocess", "train", "load_model", "predict", "predict_full", "evaluate",
-           "val_batches", "class_names", "make_optimizer", "make_loss_fn", "resolve_config", "IGNORE_INDEX"]
+           "val_batches", "class_names", "make_optimizer", "make_loss_fn", "resolve_config", "IGNORE_INDEX", "TASK"]
 
 IGNORE_INDEX = 255
 PyTree = Any
@@ -75,7 +77,8 @@ ModelConfig = Union[Annotated[UNetConfig, subcommand("unet")],
 
 
 @dataclasses.dataclass(frozen=True)
-class SegTrainConfig:
+class SegTrainConfig(TrainConfig, steps=1000, lr=3e-3, weight_decay=1e-4, warmup_steps=50, grad_clip=1.0,
+                     eval_every=100, experiment="seg"):
     """Train a U-Net or U-Net+Transformer for semantic segmentation on shapes or a folder of images (see funcml.seg.task)."""
 
     model: ModelConfig = UNetTransformerConfig()
@@ -84,42 +87,12 @@ class SegTrainConfig:
     """The synthetic shapes distribution (unused with --folder)."""
     folder: Path | None = None
     """Train on a folder of images/ + masks/ with matching stems instead of shapes (docs/SEG_REAL_DATA.md)."""
-    steps: int = 1000
-    """Total optimizer steps (a resumed run continues up to it)."""
-    batch_size: int = 16
-    """The global batch (a multiple of the number of processes under torchrun)."""
-    lr: float = 3e-3
-    """Peak AdamW learning rate (linear warmup, then cosine decay to 0 at `steps`)."""
-    weight_decay: float = 1e-4
-    """AdamW decoupled weight decay on weights with ndim >= 2."""
-    warmup_steps: int = 50
-    """Linear warmup steps."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0 = off)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Autocast dtype of the train step (master weights stay fp32)."""
-    compile: bool = False
-    """torch.compile the train step (inductor: a one-off cost of minutes on a small CPU)."""
     ce_weight: float = 1.0
     """Weight of the cross-entropy term of the loss."""
     dice_weight: float = 1.0
     """Weight of the soft Dice term of the loss."""
-    eval_every: int = 100
-    """Validate (and checkpoint) every this many steps, and at the end."""
     val_size: int = 256
     """Images in the shapes validation split."""
-    seed: int = 0
-    """Model init, dropout and augmentation."""
-    data_seed: int = 0
-    """The data: the shapes validation split, the folder's train/val split, patch sampling."""
-    runs_dir: Path = Path("runs")
-    """Runs are written under <runs_dir>/<experiment>/<time>-<id>/."""
-    experiment: str = "seg"
-    """The run's folder name under runs_dir."""
-    resume: Path | None = None
-    """Continue this run directory from its latest verified checkpoint (same model and data)."""
-    patience: int = 0
-    """Stop after this many evaluations without a better val/miou (0 = never)."""
     augment: AugmentConfig = AugmentConfig(hflip_p=0.5)
     """Random crop / flips / rot90 / photometric, and the real-image warps and intensity transforms."""
     mean: tuple[float, ...] | None = None
@@ -128,8 +101,6 @@ class SegTrainConfig:
     """Per-channel normalization std (None: 0.25 on shapes, measured on a folder's training images)."""
     val_fraction: float = 0.2
     """The held-out fraction of a folder dataset (unless --val-stems)."""
-    keep_last: int = 2
-    """Checkpoints kept besides the best."""
     class_map: str = ""
     """Folder masks: raw mask value -> class id, e.g. `0:1,255:0` (empty: the raw values are the class ids)."""
     ignore_index: int = 255
@@ -149,46 +120,37 @@ class SegTrainConfig:
     """Sliding-window prediction of full images (with `patch`): overlap, Gaussian blending, batch, flip TTA."""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"SegTrainConfig: {msg}")
-
-        need(isinstance(self.model, UNetConfig), f"model must be a UNetConfig or UNetTransformerConfig, "
-             f"got {type(self.model).__name__}")
-        for name in ("steps", "eval_every", "warmup_steps", "patience"):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "val_size", "keep_last"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
-        need(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        need(self.ce_weight >= 0 and self.dice_weight >= 0 and self.ce_weight + self.dice_weight > 0,
-             f"ce_weight and dice_weight must be >= 0 with a positive sum, got {self.ce_weight}, {self.dice_weight}")
-        need(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        super().__post_init__()  # the shared fields
+        require(isinstance(self.model, UNetConfig), self,
+                f"model must be a UNetConfig or UNetTransformerConfig, got {type(self.model).__name__}")
+        require_at_least(self, 1, "val_size")
+        require(self.ce_weight >= 0 and self.dice_weight >= 0 and self.ce_weight + self.dice_weight > 0, self,
+                f"ce_weight and dice_weight must be >= 0 with a positive sum, got {self.ce_weight}, {self.dice_weight}")
+        require(0.0 < self.val_fraction < 1.0, self, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         c = self.model.in_channels
-        need((self.mean is None) == (self.std is None), f"give both mean and std or neither, got mean={self.mean}, "
-             f"std={self.std}")
+        require((self.mean is None) == (self.std is None), self,
+                f"give both mean and std or neither, got mean={self.mean}, std={self.std}")
         if self.mean is not None and self.std is not None:
             if self.folder is None or self.image_channels:
-                need(len(self.mean) == c and len(self.std) == c,
-                     f"mean and std need one value per input channel (model.in_channels={c}), got mean={self.mean}, "
-                     f"std={self.std}")
-            need(all(s > 0 for s in self.std), f"std must be > 0 per channel, got {self.std}")
+                require(len(self.mean) == c and len(self.std) == c, self,
+                        f"mean and std need one value per input channel (model.in_channels={c}), got mean={self.mean}, "
+                        f"std={self.std}")
+            require(all(s > 0 for s in self.std), self, f"std must be > 0 per channel, got {self.std}")
         parse_class_map(self.class_map)  # a malformed map fails when the config is made
-        need(self.image_channels in (0, 1, 3), f"image_channels must be 0 (from the images), 1 or 3, "
-             f"got {self.image_channels}")
-        need(0.0 <= self.fg_fraction <= 1.0, f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        require(self.image_channels in (0, 1, 3), self,
+                f"image_channels must be 0 (from the images), 1 or 3, got {self.image_channels}")
+        require(0.0 <= self.fg_fraction <= 1.0, self, f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
         for name in ("patch", "folder_size"):
             v = getattr(self, name)
-            need(v is None or (len(v) == 2 and min(v) >= 1), f"{name} must be (h, w) >= 1 or None, got {v}")
+            require(v is None or (len(v) == 2 and min(v) >= 1), self, f"{name} must be (h, w) >= 1 or None, got {v}")
         if self.folder is None:  # the `folder` preset sets patch before --folder is given: checked at train start
-            need(self.folder_size is None and not self.class_map and not self.val_stems,
-                 "folder_size, class_map and val_stems apply to --folder data; on shapes use --data.height/--data.width")
-            need(self.data.channels == c, f"data.channels={self.data.channels} but model.in_channels={c}; "
-                 "make them equal")
-            need(self.data.num_classes == self.model.num_classes,
-                 f"the shapes data has {self.data.num_classes} classes {list(self.data.class_names)} but "
-                 f"model.num_classes={self.model.num_classes}; make them equal")
+            require(self.folder_size is None and not self.class_map and not self.val_stems, self,
+                    "folder_size, class_map and val_stems apply to --folder data; on shapes use --data.height/--data.width")
+            require(self.data.channels == c, self,
+                    f"data.channels={self.data.channels} but model.in_channels={c}; make them equal")
+            require(self.data.num_classes == self.model.num_classes, self,
+                    f"the shapes data has {self.data.num_classes} classes {list(self.data.class_names)} but "
+                    f"model.num_classes={self.model.num_classes}; make them equal")
 
 
 # The main job's data (issue 17): 32x32 images with 1-3 shapes, rotated, overlapping (0.3), an occluding
@@ -406,10 +368,7 @@ def resolve_config(cfg: SegTrainConfig) -> SegTrainConfig:
 def _train_batch_fn(cfg: SegTrainConfig):
     """`get_batch(step) -> (x normalized [b, C, H, W], masks [b, H, W])`, a pure function of the
     step: this rank's `b = B / W` examples (W processes; `b = B` in one)."""
-    world = distributed.world_size()
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the number "
-                          f"of processes ({world}); pass --batch-size {world * max(1, cfg.batch_size // world)}")
+    world = check_global_batch(cfg.batch_size)
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     folder = _Folder(cfg) if cfg.folder is not None else None
     train_key = distributed.shard_key(split_key(_data_key(cfg), "train"))
@@ -545,11 +504,7 @@ def evaluate(params: PyTree, model_state: PyTree, model_cfg: UNetConfig,
 # --------------------------------------------------------------------------- training
 
 
-def make_optimizer(cfg: SegTrainConfig) -> optim.GradientTransformation:
-    """Clip by global norm (if `grad_clip > 0`), then AdamW with warmup + cosine decay over `steps`
-    (`funcml.tasks.make_optimizer`)."""
-    return tasks.make_optimizer(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                                weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+make_optimizer = optimizer  # the core's: clip, then AdamW with warmup + cosine decay over `steps`
 
 
 def make_loss_fn(cfg: SegTrainConfig):
@@ -567,80 +522,38 @@ def make_loss_fn(cfg: SegTrainConfig):
     return loss_fn
 
 
-def _initial_state(cfg: SegTrainConfig):
-    root = random.key(cfg.seed)
-    params, model_state = models.init(random.fold_in(root, "init"), cfg.model)
-    tx = make_optimizer(cfg)
-    return init_train_state(params, model_state, tx, random.fold_in(root, "train")), tx
-
-
 _RESUME_FIELDS = ("model", "data", "folder", "seed", "data_seed", "mean", "std", "augment", "class_map", "ignore_index",
                   "folder_size", "patch", "fg_fraction", "val_stems")
-
-
-def _open_for_resume(cfg: SegTrainConfig) -> RunDir:
-    return tasks.open_for_resume(cfg.resume, cfg, SegTrainConfig, fields=_RESUME_FIELDS)
-
-
-def _write_plots(run: RunDir) -> list[Path]:
-    """plots/loss.png (train loss vs step) and plots/val_miou.png (val mIoU vs step)."""
-    return tasks.write_curves(run, [("loss", "train", "loss", "train loss (CE + Dice)"),
-                                    ("val_miou", "val", "val/miou", "val mean IoU")])
+TASK = Task("seg", SegTrainConfig, best_metric="val/miou", mode="max", resume_fields=_RESUME_FIELDS,
+            curves=(("loss", "train", "loss", "train loss (CE + Dice)"), ("val_miou", "val", "val/miou", "val mean IoU")))
+"""Segmentation in the run orchestration (`funcml.trainer`): checkpoints ranked by val/miou."""
 
 
 def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[str, Any]]:
-    """Train `cfg.model` on shapes (or `cfg.folder`) with `funcml.train.fit`; returns the run and a summary.
+    """Train `cfg.model` on shapes (or `cfg.folder`) with `funcml.trainer.train_task`; returns the run and a summary.
 
-    The run directory gets config.json, env.json, metrics.csv/jsonl (train loss every 10
-    steps, `val/miou`, `val/mdice`, `val/pixel_acc` every `eval_every` steps and at the end),
-    checkpoints/ (the best by val/miou and the last `keep_last`), plots/loss.png,
-    plots/val_miou.png, summary.json (the loop's) and eval.json (`evaluate` of the checkpoint
-    `load_model` picks, on the validation split). With `cfg.resume` the same run directory
-    is continued from its latest checkpoint.
+    The run directory gets config.json (with the channels and mean/std `resolve_config` measured),
+    env.json, metrics.csv/jsonl (train loss every 10 steps, `val/miou`, `val/mdice`,
+    `val/pixel_acc` every `eval_every` steps and at the end), checkpoints/ (the best by val/miou and
+    the last `keep_last`), plots/loss.png, plots/val_miou.png, summary.json (the loop's) and
+    eval.json (`evaluate` of the checkpoint `load_model` picks, on the validation split). With
+    `cfg.resume` the same run directory is continued from its latest checkpoint; Ctrl-C saves a
+    checkpoint and raises `TrainingInterrupted` naming the resume command.
 
     Under torchrun every rank trains on its shard; rank 0 alone writes the run directory and
     the others return the same `run` with the loop's summary.
     """
     distributed.init_from_env()  # under torchrun: join the process group (a no-op in one process)
     cfg = resolve_config(cfg)  # channels and mean/std from the data: saved in config.json
-    ts, tx = _initial_state(cfg)
-    run = distributed.on_main(_open_for_resume, cfg) if cfg.resume is not None else None
-    get_batch = _train_batch_fn(cfg)
-    val = list(val_batches(cfg))
-    if run is None:
-        run = distributed.on_main(create_run, cfg.runs_dir, cfg.experiment, config=cfg)
-    else:
-        distributed.on_main(config_lib.save, cfg, run.path / "config.json")
-    if distributed.is_main():
-        print(f"[seg] run directory: {run.path}", file=sys.stderr)
 
-    loss_fn = make_loss_fn(cfg)
-
-    def eval_fn(ts) -> dict[str, float]:
-        m = evaluate(ts.params, ts.model_state, cfg.model, val, cfg)
+    def validate(params, model_state, val) -> dict[str, float]:
+        m = evaluate(params, model_state, cfg.model, val, cfg)
         return {"val/miou": m["mean_iou"], "val/mdice": m["mean_dice"], "val/pixel_acc": m["pixel_accuracy"]}
 
-    train_step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile)
-    manager = checkpoint.CheckpointManager(run.checkpoints, keep_last=cfg.keep_last, keep_best=1,
-                                           best_metric="val/miou", mode="max") if distributed.is_main() else None
-    early = EarlyStop("val/miou", mode="max", patience=cfg.patience) if cfg.patience > 0 else None
-    result = fit(ts, train_step, get_batch, num_steps=cfg.steps, eval_fn=eval_fn, eval_every=cfg.eval_every,
-                 run=run, checkpoints=manager, config=cfg, resume=cfg.resume is not None, early_stop=early,
-                 progress=progress, desc=cfg.experiment)
-    summary = dict(result.summary)
-    if manager is None:  # not rank 0
-        return run, {**summary, "run": str(run.path)}
-    summary["plots"] = [str(p) for p in _write_plots(run)]
-    if manager.latest() is not None:
-        _, model_cfg, params, model_state = load_model(run.path)
-        ckpt = manager.best() or manager.latest()
-        metrics = evaluate(params, model_state, model_cfg, val, cfg)
-        metrics["checkpoint"] = str(ckpt)
-        metrics["step"] = checkpoint.load_meta(ckpt)["step"]
-        run.write_json("eval.json", metrics)
-        summary["eval_json"] = metrics
-    summary["run"] = str(run.path)
-    return run, summary
+    return train_task(TASK, cfg, data=lambda: (_train_batch_fn(cfg), list(val_batches(cfg))),
+                      loss_fn=make_loss_fn(cfg), validate=validate,
+                      report=lambda params, model_state, val, run: evaluate(params, model_state, cfg.model, val, cfg),
+                      progress=progress)
 
 
 # --------------------------------------------------------------------------- loading
@@ -648,19 +561,11 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
 
 def load_model(path: str | Path) -> tuple[SegTrainConfig, UNetConfig, PyTree, PyTree]:
     """Load `(train_cfg, model_cfg, params, model_state)` from a run directory (its best
-    checkpoint by val/miou, else its latest) or from one checkpoint directory (`step_*`).
+    checkpoint by val/miou, else its latest) or from one checkpoint directory (`step_*`)
+    (`funcml.trainer.load_run`).
 
     Names, shapes and dtypes are checked against a freshly initialized model of the saved
     config; a wrong path is a `DataError`, a missing or corrupt checkpoint a `CheckpointError`.
     """
-    ckpt = tasks.checkpoint_dir(Path(path), best_metric="val/miou", mode="max", trainer="seg_train")
-    meta = checkpoint.load_meta(ckpt)
-    if not meta.get("config"):
-        raise CheckpointError(f"{ckpt}: meta.json holds no config; it was not written by funcml.seg training")
-    try:
-        cfg = config_lib.from_dict(SegTrainConfig, meta["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt}: its config is not a SegTrainConfig ({e})") from None
-    like, _ = _initial_state(cfg)
-    ts = checkpoint.restore(ckpt, like)
+    cfg, ts, _ = load_run(TASK, path)
     return cfg, cfg.model, ts.params, ts.model_state

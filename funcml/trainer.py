@@ -1,0 +1,255 @@
+"""The one run orchestration: what every application's training shares, written once.
+
+An application (`funcml.seg.task`, `funcml.asr.task`) brings its data, model config, loss and
+eval metric; this module does the rest of a run:
+
+    @dataclasses.dataclass(frozen=True)
+    class MyTrainConfig(TrainConfig, steps=500, lr=1e-3, experiment="my"):   # shared fields, own defaults
+        model: MyModelConfig = MyModelConfig()       # (and its attribute docstring, as every field)
+
+    TASK = Task("my", MyTrainConfig, best_metric="val/acc", mode="max", resume_fields=("model", "seed"))
+
+    run, summary = train_task(TASK, cfg, data=lambda: (get_batch, val), loss_fn=loss_fn,
+                              validate=validate, report=report)
+    cfg, ts, ckpt = load_run(TASK, run.path)            # the best checkpoint, checked against cfg's model
+
+A run, for a config `cfg` (a `TrainConfig`):
+
+    root = key(cfg.seed)
+    params, model_state = model.init(fold_in(root, "init"), cfg.model)     # or the given params
+    tx = clip_by_global_norm(grad_clip) -> AdamW(warmup + cosine schedule over cfg.steps)
+    ts = init_train_state(params, model_state, tx, fold_in(root, "train"))  # the step folds in its number
+
+then `funcml.train.fit` for `cfg.steps` steps on `get_batch(step)`, with `validate` every
+`eval_every` steps and at the end, checkpoints ranked by `task.best_metric` (the best one and
+the last `keep_last`), early stopping on it after `patience` evaluations without improvement,
+the curves `task.curves` under plots/, and `report` of the checkpoint `load_run` picks written
+to eval.json. `cfg.resume` continues a run directory from its latest verified checkpoint,
+refusing one trained with other `task.resume_fields`. Ctrl-C saves a checkpoint and raises
+`TrainingInterrupted` naming the `--resume` command (CLIs exit 130).
+
+Data parallel (under torchrun): every rank trains on its shard (`get_batch` is the
+application's), `cfg.batch_size` is the global batch and must divide by the number of
+processes; rank 0 alone writes the run directory, validates and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from . import checkpoint, optim, random
+from . import config as config_lib
+from .errors import CheckpointError, ConfigError, TrainingInterrupted
+from .nn import model as models
+from .runs import RunDir, create_run
+from .tasks import checkpoint_dir, make_optimizer, open_for_resume, write_curves
+from .train import EarlyStop, TrainState, distributed, fit, init_train_state, make_train_step
+
+__all__ = ["TrainConfig", "Task", "optimizer", "initial_state", "check_global_batch", "train_task",
+           "checkpoint_of", "config_of", "load_run"]
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The fields every application's train config shares (its optimizer, its run directory).
+
+    A task config inherits them and names its own defaults in the class statement:
+    `class SegTrainConfig(TrainConfig, steps=1000, lr=3e-3, ...)` (`__init_subclass__` redeclares
+    those fields with the new defaults; their docstrings and flags stay these)."""
+
+    steps: int = 1000
+    """Total optimizer steps (a resumed run continues up to it)."""
+    batch_size: int = 16
+    """The global batch (a multiple of the number of processes under torchrun)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warmup, then cosine decay to 0 at `steps`)."""
+    weight_decay: float = 1e-2
+    """AdamW decoupled weight decay on weights with ndim >= 2."""
+    warmup_steps: int = 100
+    """Linear warmup steps."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Autocast dtype of the train step (master weights stay fp32)."""
+    compile: bool = False
+    """torch.compile the train step (inductor: a one-off cost of minutes on a small CPU; pays off for long runs
+    with fixed shapes)."""
+    eval_every: int = 100
+    """Validate (and checkpoint) every this many steps, and at the end."""
+    seed: int = 0
+    """Model init, dropout and training-time augmentation."""
+    data_seed: int = 0
+    """The data: generated corpora and validation splits, held-out files, the order of training examples."""
+    runs_dir: Path = Path("runs")
+    """Runs are written under <runs_dir>/<experiment>/<time>-<id>/."""
+    experiment: str = "run"
+    """The run's folder name under runs_dir."""
+    resume: Path | None = None
+    """Continue this run directory from its latest verified checkpoint (same model and data)."""
+    patience: int = 0
+    """Stop after this many evaluations without a better best metric (seg: val/miou, ASR: val/cer; 0 = never)."""
+    keep_last: int = 2
+    """Checkpoints kept besides the best."""
+
+    def __init_subclass__(cls, **defaults: Any) -> None:
+        super().__init_subclass__()
+        hints = typing.get_type_hints(TrainConfig)
+        unknown = sorted(set(defaults) - set(hints))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: {unknown} are not TrainConfig fields; known: {sorted(hints)}")
+        # Annotated class attributes are what @dataclass reads: it keeps the field's place, takes the default.
+        cls.__annotations__ = {**{k: hints[k] for k in defaults}, **cls.__dict__.get("__annotations__", {})}
+        for name, value in defaults.items():
+            setattr(cls, name, value)
+
+    def __post_init__(self) -> None:
+        config_lib.require_at_least(self, 0, "steps", "eval_every", "warmup_steps", "patience")
+        config_lib.require_at_least(self, 1, "batch_size", "keep_last")
+        config_lib.require(self.lr > 0, self, f"lr must be > 0, got {self.lr}")
+        config_lib.require(self.weight_decay >= 0 and self.grad_clip >= 0, self,
+                           "weight_decay and grad_clip must be >= 0")
+        config_lib.require_one_of(self, "precision", ("fp32", "bf16"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What the orchestration needs to know of an application besides its hooks."""
+
+    name: str
+    """Short name: the messages' tag (`[seg] run directory ...`) and the trainer `experiments/<name>_train.py`."""
+    config_class: type
+    """The application's `TrainConfig` subclass: what `load_run` reads a run's config as."""
+    best_metric: str
+    """The validation metric that ranks checkpoints and drives early stopping (e.g. val/miou)."""
+    mode: Literal["max", "min"]
+    """max: higher `best_metric` is better; min: lower is better."""
+    resume_fields: tuple[str, ...]
+    """Config fields a resumed run must keep (its model and data)."""
+    curves: tuple[tuple[str, str, str, str], ...] = (("loss", "train", "loss", "train loss"),)
+    """Plots written at the end: `(file_stem, split, metric, y_label)` (`funcml.tasks.write_curves`)."""
+
+
+def optimizer(cfg: TrainConfig) -> optim.GradientTransformation:
+    """Clip by global norm (if `grad_clip > 0`), then AdamW with warmup + cosine decay over `steps`
+    (`funcml.tasks.make_optimizer` of the config's fields)."""
+    return make_optimizer(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                          weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+
+
+def initial_state(cfg: TrainConfig, params: PyTree | None = None) -> tuple[TrainState, optim.GradientTransformation]:
+    """The step-0 train state of `cfg` and its optimizer: a fresh `cfg.model` from `fold_in(key(seed), "init")`
+    (or the given `params` with its model state), keyed `fold_in(key(seed), "train")`."""
+    root = random.key(cfg.seed)
+    fresh, model_state = models.init(random.fold_in(root, "init"), cfg.model)
+    tx = optimizer(cfg)
+    return init_train_state(fresh if params is None else params, model_state, tx, random.fold_in(root, "train")), tx
+
+
+def check_global_batch(batch_size: int) -> int:
+    """The number of processes W, after checking that the global `batch_size` is a multiple of it
+    (`ConfigError` with the nearest multiple otherwise)."""
+    world = distributed.world_size()
+    if batch_size % world:
+        raise ConfigError(f"batch_size={batch_size} is the global batch and must be a multiple of the number "
+                          f"of processes ({world}); pass --batch-size {world * max(1, batch_size // world)}")
+    return world
+
+
+def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callable[[int], Any], Any]],
+               loss_fn: Callable, validate: Callable[[PyTree, PyTree, Any], dict[str, float]],
+               report: Callable[[PyTree, PyTree, Any, RunDir], dict[str, Any]],
+               params: PyTree | None = None, on_run: Callable[[RunDir], None] | None = None,
+               progress: bool = True) -> tuple[RunDir, dict[str, Any]]:
+    """Train `cfg` (already resolved from its data) as a run of `task`; returns the run and a summary.
+
+    Hooks (the application's own):
+        data: `() -> (get_batch, val)`: `get_batch(step) -> batch`, this rank's share of step `step`'s
+            global batch, a pure function of the step; `val`, the validation data the other hooks take.
+            Called after a resume is checked and before the run directory is made.
+        loss_fn: `(params, model_state, batch, key) -> (loss, (metrics, model_state))` (`make_train_step`).
+        validate: `(params, model_state, val) -> {"val/...": float}`, holding `task.best_metric`.
+        report: `(params, model_state, val, run) -> dict`, written to eval.json with the checkpoint and
+            its step, of the checkpoint `load_run` picks (it may also write figures under `run.plots`).
+        params: start from these params (fine-tuning) instead of a fresh init; the optimizer is new.
+        on_run: `run -> None`, on rank 0 once the run directory exists (e.g. to save a tokenizer).
+
+    The run directory gets config.json, env.json, metrics.csv/jsonl, checkpoints/, the curves,
+    summary.json and eval.json. The summary is `fit`'s plus `data_seconds`, `plots`, `eval_json`
+    and `run`. Raises `TrainingInterrupted` (a checkpoint saved) on Ctrl-C.
+    """
+    ts, tx = initial_state(cfg, params)
+    run = None
+    if cfg.resume is not None:
+        run = distributed.on_main(open_for_resume, cfg.resume, cfg, task.config_class, fields=task.resume_fields)
+    check_global_batch(cfg.batch_size)
+    t0 = time.perf_counter()
+    get_batch, val = data()
+    data_s = time.perf_counter() - t0
+    if run is None:
+        run = distributed.on_main(create_run, cfg.runs_dir, cfg.experiment, config=cfg)
+    else:
+        distributed.on_main(config_lib.save, cfg, run.path / "config.json")
+    if on_run is not None:
+        distributed.on_main(on_run, run)
+    if distributed.is_main():
+        print(f"[{task.name}] run directory: {run.path} (data ready in {data_s:.1f} s)", file=sys.stderr)
+
+    main = distributed.is_main()
+    manager = checkpoint.CheckpointManager(run.checkpoints, keep_last=cfg.keep_last, keep_best=1,
+                                           best_metric=task.best_metric, mode=task.mode) if main else None
+    early = EarlyStop(task.best_metric, mode=task.mode, patience=cfg.patience) if cfg.patience > 0 else None
+    result = fit(ts, make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile), get_batch,
+                 num_steps=cfg.steps, eval_fn=lambda ts: validate(ts.params, ts.model_state, val),
+                 eval_every=cfg.eval_every, run=run, checkpoints=manager, config=cfg, resume=cfg.resume is not None,
+                 early_stop=early, progress=progress, desc=cfg.experiment)
+    summary = {**result.summary, "data_seconds": round(data_s, 1)}
+    if summary["interrupted"]:
+        raise TrainingInterrupted(f"training stopped at step {summary['steps']} with a checkpoint saved; "
+                                  f"continue with --resume {run.path}")
+    if manager is None:  # not rank 0
+        return run, {**summary, "run": str(run.path)}
+    summary["plots"] = [str(p) for p in write_curves(run, task.curves)]
+    if manager.latest() is not None:
+        _, best, ckpt = load_run(task, run.path)
+        metrics = {**report(best.params, best.model_state, val, run), "checkpoint": str(ckpt),
+                   "step": checkpoint.load_meta(ckpt)["step"]}
+        run.write_json("eval.json", metrics)
+        summary["eval_json"] = metrics
+        summary["plots"] += [str(p) for p in sorted(run.plots.glob("*.png")) if str(p) not in summary["plots"]]
+    summary["run"] = str(run.path)
+    return run, summary
+
+
+def checkpoint_of(task: Task, path: str | Path) -> Path:
+    """The checkpoint `load_run(task, path)` reads: `path` itself when it is a checkpoint directory, else the
+    run directory's best verified checkpoint by `task.best_metric` (else its latest verified one)."""
+    return checkpoint_dir(Path(path), best_metric=task.best_metric, mode=task.mode, trainer=f"{task.name}_train")
+
+
+def config_of(task: Task, ckpt: Path) -> Any:
+    """The `task.config_class` config saved in checkpoint `ckpt`'s meta.json (`CheckpointError` when it holds
+    none or another kind)."""
+    meta = checkpoint.load_meta(ckpt)
+    if not meta.get("config"):
+        raise CheckpointError(f"{ckpt}: meta.json holds no config; it was not written by funcml.{task.name} training")
+    try:
+        return config_lib.from_dict(task.config_class, meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}: its config is not a {task.config_class.__name__} ({e})") from None
+
+
+def load_run(task: Task, path: str | Path) -> tuple[Any, TrainState, Path]:
+    """`(cfg, train_state, ckpt)` of a run directory (its best checkpoint, see `checkpoint_of`) or of one
+    checkpoint directory (`step_*`). Names, shapes and dtypes are checked against `initial_state(cfg)`;
+    a wrong path is a `DataError`, a missing or corrupt checkpoint a `CheckpointError`."""
+    ckpt = checkpoint_of(task, path)
+    cfg = config_of(task, ckpt)
+    like, _ = initial_state(cfg)
+    return cfg, checkpoint.restore(ckpt, like), ckpt
