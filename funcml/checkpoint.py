@@ -49,6 +49,7 @@ import torch
 
 from . import config as _config
 from . import tree
+from .optim import ApplyIfFiniteState
 from .errors import CheckpointError, ConfigError
 from .train.state import TrainState
 
@@ -198,6 +199,31 @@ def _meta_mismatches(meta: Mapping[str, Any], like: TrainState) -> list[str]:
         got = {n: (list(torch.tensor(v["value"]).shape), v["dtype"]) for n, v in stored.items()}
         out += _mismatches("meta.json loss_scale", got, tree.flatten_with_names(wanted))
     return out
+
+
+def _migrate_bare_opt_state(like: TrainState, stored: Any) -> tuple[TrainState, Any]:
+    """`like` to check a checkpoint against, and a function that brings the restored state to `like`'s form.
+
+    Checkpoints written before the train step ran its optimizer inside `optim.apply_if_finite`
+    (format version 1 from before that change) hold the bare optimizer state: names such as
+    `0.mu.w` where `like` (from `init_train_state`) has `inner_state.0.mu.w` and the three
+    counters. Such a checkpoint is read into `like.opt_state.inner_state`, and the counters
+    start at zero (no step of that run is known to have been skipped). `stored`: the names of
+    the stored opt_state leaves.
+    """
+    wrapper_fields = set(ApplyIfFiniteState._fields) - {"inner_state"}
+    if not isinstance(like.opt_state, ApplyIfFiniteState) or any(
+            n.split(".", 1)[0] in wrapper_fields | {"inner_state"} for n in stored):
+        return like, lambda ts: ts
+    counters = like.opt_state
+
+    def wrap(ts: TrainState) -> TrainState:
+        dev = ts.key.device if isinstance(ts.key, torch.Tensor) else None
+        zero = torch.zeros((), dtype=counters.notfinite_count.dtype, device=dev)
+        return ts._replace(opt_state=ApplyIfFiniteState(zero, torch.ones((), dtype=torch.bool, device=dev),
+                                                        zero.clone(), ts.opt_state))
+
+    return like._replace(opt_state=counters.inner_state), wrap
 
 
 def _raise_mismatches(directory: Path, problems: list[str]) -> None:
@@ -480,12 +506,14 @@ def restore(directory: str | os.PathLike, like: TrainState, *, device: torch.dev
     device = _device(device)
     meta = _read_meta(directory)
     paths = {t: _check_file(directory, meta, f, verify) for t, f in zip(_TREES, _FILES)}
+    headers = {t: _read_header(paths[t]) for t in _TREES}
+    like, migrate = _migrate_bare_opt_state(like, headers["opt_state"])
     problems = _meta_mismatches(meta, like)
     for t, fname in zip(_TREES, _FILES):
-        problems += _mismatches(fname, _read_header(paths[t]), _tensor_leaves(like, t, "like"))
+        problems += _mismatches(fname, headers[t], _tensor_leaves(like, t, "like"))
     _raise_mismatches(directory, problems)
     trees = {t: _load_file(paths[t], device) for t in _TREES}
-    return _assemble(meta, like, trees, device)
+    return migrate(_assemble(meta, like, trees, device))
 
 
 def load_params(directory: str | os.PathLike, *, device: torch.device | str | None = None,

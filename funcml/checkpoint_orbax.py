@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .checkpoint import (_TREES, _assemble, _check_train_state, _device, _dtype_from_name, _dtype_name, _meta_base,
-                         _meta_mismatches, _mismatches, _raise_mismatches, _tensor_leaves)
+                         _meta_mismatches, _migrate_bare_opt_state, _mismatches, _raise_mismatches, _tensor_leaves)
 from .errors import CheckpointError
 from .train.state import TrainState
 
@@ -162,13 +162,14 @@ def restore(directory: str | os.PathLike, like: TrainState, *, device: torch.dev
     ocp, mngr, step, meta = _open(directory, step)
     with mngr:
         arrays = _restore_trees(ocp, mngr, step, meta, _TREES)
+    like, migrate = _migrate_bare_opt_state(like, arrays["opt_state"])
     problems = _meta_mismatches(meta, like)
     for t in _TREES:
         got = {n: (list(a.shape), meta["dtypes"][t].get(n, str(a.dtype))) for n, a in arrays[t].items()}
         problems += _mismatches(f"{t} (orbax)", got, _tensor_leaves(like, t, "like"))
     _raise_mismatches(Path(directory).absolute() / str(step), problems)
     trees = {t: {n: _to_torch(a, meta["dtypes"][t][n], device) for n, a in arrays[t].items()} for t in _TREES}
-    return _assemble(meta, like, trees, device)
+    return migrate(_assemble(meta, like, trees, device))
 
 
 def load_params_numpy(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, np.ndarray]:

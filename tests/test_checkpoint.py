@@ -525,3 +525,58 @@ def test_no_dead_end_resume_after_deleting_or_corrupting_the_newest_checkpoint(t
     fresh.save(make_state(key, step=2))
     assert fresh.steps() == [1, 2]
     assert int(fresh.restore_latest(make_state(key, step=0)).step) == 2
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+def _mlp_run(tx):
+    from funcml.nn import model as models
+    from funcml.nn.reference import MLPConfig
+    from funcml.train import init_train_state, make_train_step
+
+    cfg = MLPConfig(in_dim=4, hidden=(8,), out_dim=1)
+
+    def loss_fn(params, model_state, batch, key):
+        pred, model_state = models.apply(params, model_state, batch["x"], cfg, key=key, train=True)
+        return ((pred[:, 0] - batch["y"]) ** 2).mean(), ({}, model_state)
+
+    params, model_state = models.init(random.key(0), cfg)
+    batches = [{"x": random.normal(random.key(10 + i), (8, 4)), "y": random.normal(random.key(20 + i), (8,))}
+               for i in range(4)]
+    return init_train_state(params, model_state, tx, random.key(1)), make_train_step(loss_fn, tx, compile=False), batches
+
+
+def test_a_checkpoint_with_the_bare_optimizer_state_of_older_versions_restores_and_resumes_bit_exactly(tmp_path):
+    from funcml import optim
+
+    tx = optim.adamw(1e-2)
+    ts0, step, batches = _mlp_run(tx)
+    # What funcml wrote before the step's optimizer ran inside optim.apply_if_finite: the bare state.
+    old = ts0._replace(opt_state=ts0.opt_state.inner_state)
+    for b in batches[:2]:
+        old, _ = step(old, b)
+    ckpt.save(tmp_path / "old", old)
+    assert not any(n.startswith("inner_state") for n in safetensors.torch.load_file(tmp_path / "old" / "opt_state.safetensors"))
+
+    restored = ckpt.restore(tmp_path / "old", like=ts0)
+    assert isinstance(restored.opt_state, optim.ApplyIfFiniteState)
+    assert tree.equal(restored.opt_state.inner_state, old.opt_state) and tree.equal(restored.params, old.params)
+    assert (int(restored.opt_state.total_notfinite), bool(restored.opt_state.last_finite)) == (0, True)
+    straight = old
+    for b in batches[2:]:
+        restored, _ = step(restored, b)
+        straight, _ = step(straight, b)
+    assert tree.equal(restored.params, straight.params) and tree.equal(restored.opt_state.inner_state, straight.opt_state)
+
+
+def test_a_checkpoint_of_the_current_layout_round_trips_its_skip_counters(tmp_path):
+    from funcml import optim
+
+    ts0, step, batches = _mlp_run(optim.adamw(1e-2))
+    bad = {"x": batches[0]["x"], "y": torch.full((8,), float("nan"))}
+    ts, _ = step.step_fn(ts0, bad)  # the pure step (no raise): the batch is skipped and counted
+    ckpt.save(tmp_path / "new", ts)
+    out = ckpt.restore(tmp_path / "new", like=ts0)
+    assert tree.equal(out.opt_state, ts.opt_state) and int(out.opt_state.total_notfinite) == 1
+

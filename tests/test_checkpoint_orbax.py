@@ -121,3 +121,15 @@ def test_missing_orbax_names_the_extra_to_install(tmp_path, key, monkeypatch):
     monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
     with pytest.raises(CheckpointError, match=r"pip install funcml\[orbax\]"):
         checkpoint_orbax.save(tmp_path / "orbax", make_state(key))
+
+
+def test_a_bare_optimizer_state_of_older_versions_restores_into_the_wrapped_state(tmp_path, key):
+    from funcml import optim
+
+    old = make_state(key)  # opt_state: the bare (AdamState, EmptyState) tuple older versions wrote
+    checkpoint_orbax.save(tmp_path / "orbax", old)
+    zero = torch.zeros((), dtype=torch.int64)
+    like = old._replace(opt_state=optim.ApplyIfFiniteState(zero, torch.tensor(True), zero, old.opt_state))
+    out = checkpoint_orbax.restore(tmp_path / "orbax", tree.tree_map(torch.zeros_like, like))
+    assert tree.first_difference(out.opt_state.inner_state, old.opt_state) is None
+    assert (int(out.opt_state.total_notfinite), bool(out.opt_state.last_finite)) == (0, True)

@@ -497,3 +497,93 @@ def test_bad_hyperparameters_are_config_errors(make):
 def test_current_lr_without_a_learning_rate_is_a_config_error():
     with pytest.raises(ConfigError, match="no learning rate"):
         optim.current_lr(optim.scale_by_adam().init({"w": torch.ones(2)}))
+
+
+# ------------------------------------------------------------------------------ wrappers
+
+
+def _nan_like(grads):
+    """`grads` with one NaN in its first leaf."""
+    flat, spec = tree.flatten(grads)
+    flat = [x.clone() for x in flat]
+    flat[0].view(-1)[0] = float("nan")
+    return tree.unflatten(spec, flat)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_apply_if_finite_skips_and_counts_a_nan_update_and_equals_the_inner_optimizer_otherwise(fused):
+    params = _params(random.key(0), dtype=torch.float32)
+    grads = _grad_sequence(random.key(1), params, steps=4)
+    inner = optim.adamw(1e-2)
+    bad = _nan_like(grads[1])
+    wrapped = _run(optim.apply_if_finite(inner), params, [grads[0], bad, grads[1], grads[2]], fused=fused)
+    plain = _run(inner, params, [grads[0], grads[1], grads[2]], fused=fused)
+    assert tree.equal(wrapped[0], plain[0])  # the NaN update changed nothing, not even Adam's count
+    assert tree.equal(wrapped[1].inner_state, plain[1])
+
+    tx = optim.apply_if_finite(inner)
+    state = tx.init(params)
+    counts = []
+    for g in (grads[0], bad, bad, grads[1]):
+        _, state = optim.update_and_apply(tx, g, state, params) if fused else tx.update(g, state, params)
+        counts.append((int(state.notfinite_count), bool(state.last_finite), int(state.total_notfinite)))
+    assert counts == [(0, True, 0), (1, False, 1), (2, False, 2), (0, True, 2)]
+    assert int(state.inner_state[0].count) == 2
+
+
+def test_apply_if_finite_gives_up_after_max_consecutive_errors_as_optax_does():
+    params = {"w": torch.ones(3)}
+    nan = {"w": torch.tensor([1.0, float("nan"), 1.0])}
+    tx = optim.apply_if_finite(optim.sgd(0.1), max_consecutive_errors=1)
+    state = tx.init(params)
+    u1, state = tx.update(nan, state, params)  # 1 in a row: not more than 1, rejected
+    assert torch.equal(u1["w"], torch.zeros(3))
+    u2, state = tx.update(nan, state, params)  # 2 in a row > 1: accepted
+    assert torch.isnan(u2["w"][1]) and int(state.notfinite_count) == 2
+
+
+def test_apply_if_finite_takes_the_callers_finite_flag():
+    params = {"w": torch.ones(3)}
+    tx = optim.apply_if_finite(optim.sgd(0.1))
+    u, state = tx.update({"w": torch.ones(3)}, tx.init(params), params, finite=torch.tensor(False))
+    assert torch.equal(u["w"], torch.zeros(3)) and int(state.total_notfinite) == 1
+
+
+def test_apply_if_finite_compiles_to_the_eager_numbers():
+    params = _params(random.key(0), dtype=torch.float32)
+    grads = _grad_sequence(random.key(1), params, steps=2)
+    tx = optim.apply_if_finite(optim.adamw(1e-2))
+    step = compiler.compile(lambda g, s, p: optim.update_and_apply(tx, g, s, p))
+    state = tx.init(params)
+    for g in (grads[0], _nan_like(grads[1])):
+        (p_c, s_c), (p_e, s_e) = step(g, state, params), optim.update_and_apply(tx, g, state, params)
+        assert tree.allclose(p_c, p_e, rtol=1e-6, atol=1e-7) and tree.equal(s_c.total_notfinite, s_e.total_notfinite)
+        params, state = p_e, s_e
+
+
+def test_multi_steps_updates_every_k_calls_with_the_inner_update_of_the_mean_gradient():
+    params = _params(random.key(0))
+    grads = _grad_sequence(random.key(1), params, steps=6)
+    inner = optim.adam(1e-2)
+    tx = optim.multi_steps(inner, every_k=3)
+    state, p = tx.init(params), params
+    emitted = []
+    for g in grads:
+        u, state = tx.update(g, state, p)
+        emitted.append(any(bool(x.abs().sum() > 0) for x in tree.leaves(u)))
+        p = optim.apply_updates(p, u)
+    assert emitted == [False, False, True, False, False, True]
+    assert (int(state.mini_step), int(state.gradient_step)) == (0, 2)
+    mean = lambda gs: tree.tree_map(lambda *xs: torch.stack(xs).mean(0), *gs)  # noqa: E731
+    expected, expected_state = _run(inner, params, [mean(grads[:3]), mean(grads[3:])])
+    assert tree.allclose(p, expected, rtol=1e-10, atol=1e-12)
+    assert tree.allclose(state.inner_state, expected_state, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_wrappers_reject_bad_arguments_by_name(bad):
+    with pytest.raises(ConfigError, match="every_k"):
+        optim.multi_steps(optim.sgd(0.1), every_k=bad)
+    if bad != 0:
+        with pytest.raises(ConfigError, match="max_consecutive_errors"):
+            optim.apply_if_finite(optim.sgd(0.1), max_consecutive_errors=bad)

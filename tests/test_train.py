@@ -169,17 +169,44 @@ def test_finite_gradients_whose_global_norm_overflows_count_as_nonfinite_with_a_
         make_train_step(huge_loss, tx, compile=False)(ts, regression_batch(0))
 
 
-def test_nonfinite_skip_leaves_every_state_unchanged_and_counts():
+def test_nonfinite_skip_leaves_every_state_unchanged_and_counts_in_the_optimizer_state():
     ts, tx = make_state()
     step = make_train_step(mlp_loss, tx, compile=False, nonfinite="skip")
     bad = regression_batch(0)
     bad["y"] = torch.full_like(bad["y"], float("nan"))
     new, m = step(ts, bad)
     assert m["skipped"] == 1 and float(m["finite"]) == 0.0
-    assert tree.equal(new.params, ts.params) and tree.equal(new.opt_state, ts.opt_state)
+    assert tree.equal(new.params, ts.params) and tree.equal(new.model_state, ts.model_state)
+    assert tree.equal(new.opt_state.inner_state, ts.opt_state.inner_state)
+    assert (int(new.opt_state.total_notfinite), int(new.opt_state.notfinite_count)) == (1, 1)
     assert int(new.step) == 1  # the step counter moves on, so the next step gets a fresh key
     new, m = step(new, regression_batch(1))
     assert m["skipped"] == 1 and not tree.equal(new.params, ts.params)
+    assert (int(new.opt_state.total_notfinite), int(new.opt_state.notfinite_count)) == (1, 0)
+
+
+def test_the_skip_count_lives_in_the_state_so_a_new_step_function_continues_it():
+    ts, tx = make_state()
+    bad = regression_batch(0)
+    bad["y"] = torch.full_like(bad["y"], float("nan"))
+    ts, _ = make_train_step(mlp_loss, tx, compile=False, nonfinite="skip")(ts, bad)
+    # a fresh step function (as after a resume) reads the count from the state, not a closure
+    ts, m = make_train_step(mlp_loss, tx, compile=False, nonfinite="skip")(ts, bad)
+    assert int(m["skipped"]) == 2 and int(ts.opt_state.total_notfinite) == 2
+
+
+def test_a_state_built_by_hand_from_the_bare_optimizer_still_trains_and_skips():
+    ts, tx = make_state()
+    bare = ts._replace(opt_state=tx.init(ts.params))
+    step = make_train_step(mlp_loss, tx, compile=False, nonfinite="skip")
+    good_bare, m_bare = step(bare, regression_batch(0))
+    good, _ = step(ts, regression_batch(0))
+    assert tree.equal(good_bare.params, good.params) and int(m_bare["skipped"]) == 0
+    assert tree.equal(good_bare.opt_state, good.opt_state.inner_state)
+    bad = regression_batch(1)
+    bad["y"] = torch.full_like(bad["y"], float("nan"))
+    new, m = step(bare, bad)
+    assert int(m["skipped"]) == 1 and tree.equal(new.opt_state, bare.opt_state) and tree.equal(new.params, bare.params)
 
 
 def test_fp16_overflow_skips_and_halves_the_scale_then_growth_doubles_it():

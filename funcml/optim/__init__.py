@@ -30,7 +30,9 @@ Contracts:
   `decay_mask`.
 
 Layout (optax's): `base` (the transformation type, states, tree helpers), `transforms` (one
-equation each), `aliases` (sgd, adam, adamw), `schedules`; `_foreach` holds the eager list kernels.
+equation each), `wrappers` (transformations of a transformation: `apply_if_finite` skips and
+counts non-finite updates, `multi_steps` accumulates gradients over calls), `aliases` (sgd,
+adam, adamw), `schedules`; `_foreach` holds the eager list kernels.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .schedules import (constant_schedule, cosine_decay_schedule, join_schedules
                         polynomial_schedule, warmup_cosine_decay_schedule, warmup_linear_decay_schedule)
 from .transforms import (add_decayed_weights, chain, clip_by_global_norm, current_lr, identity, scale, scale_by_adam,
                          scale_by_learning_rate, scale_by_schedule, trace)
+from .wrappers import ApplyIfFiniteState, MultiStepsState, apply_if_finite, multi_steps
 
 __all__ = [
     # transformations and their states
@@ -60,6 +63,11 @@ __all__ = [
     "clip_by_global_norm",
     "trace",
     "chain",
+    # wrappers
+    "apply_if_finite",
+    "ApplyIfFiniteState",
+    "multi_steps",
+    "MultiStepsState",
     # optimizers
     "sgd",
     "adam",

@@ -6,19 +6,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .loss_scale import LossScaleState
+
 __all__ = ["TrainState", "LossScaleState"]
-
-
-class LossScaleState(NamedTuple):
-    """Dynamic loss scaling for fp16 (Micikevicius et al., 2018).
-
-    scale: float32 scalar, the current factor the loss is multiplied by.
-    good_steps: int64 scalar, finite steps since the scale last changed; after
-        `growth_interval` of them the scale doubles, and any overflow halves it.
-    """
-
-    scale: torch.Tensor
-    good_steps: torch.Tensor
 
 
 class TrainState(NamedTuple):
@@ -28,9 +18,11 @@ class TrainState(NamedTuple):
         a checkpoint replays exactly the same randomness.
     params: the model's parameter pytree (float32 master weights).
     model_state: non-trained model state (e.g. BatchNorm running statistics), maybe `{}`.
-    opt_state: the optimizer's state pytree (NamedTuples of tensors).
+    opt_state: the optimizer's state pytree (NamedTuples of tensors); from `init_train_state`,
+        an `optim.ApplyIfFiniteState` around the optimizer's own state, which counts the steps
+        skipped as non-finite (`total_notfinite`).
     key: the run's root PRNG key, int64 `[2]`; never advanced, only folded with the step.
-    loss_scale: `LossScaleState` under fp16, else None.
+    loss_scale: `LossScaleState` under fp16 (`funcml.train.loss_scale`), else None.
     """
 
     step: torch.Tensor

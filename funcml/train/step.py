@@ -16,18 +16,28 @@ it runs eagerly (the same numbers without functorch's per-op overhead); the opti
 optax-style transformation; nothing is updated in place. The whole step is compiled as one graph
 (`funcml.compiler.compile`: `torch.compile(fullgraph=True)`), optimizer included.
 
-Non-finite values. The update is applied branch-free, `where(finite, new, old)` per leaf,
-so a step with a NaN/Inf loss or gradient leaves params, model state and optimizer state
-exactly as they were, and the compiled graph has no data-dependent control flow. Then
-`nonfinite="skip"` counts the step in `metrics["skipped"]` and goes on, and
-`nonfinite="raise"` (the default) raises `NonFiniteError` naming the step and the first
-non-finite leaf (found by re-running the gradient eagerly, once, on the failing batch).
+Non-finite values. The optimizer runs inside `optim.apply_if_finite` (its state is
+`ts.opt_state`, built by `init_train_state`): with `finite = isfinite(loss) & isfinite(||g||)`
+a step with a NaN/Inf loss or gradient leaves params, model state and the inner optimizer
+state exactly as they were (branch-free, `where(finite, new, old)` per leaf, so the compiled
+graph has no data-dependent control flow), and the wrapper counts it in
+`ts.opt_state.total_notfinite`, which is checkpointed with the run. Then `nonfinite="skip"`
+goes on (`metrics["skipped"]` is that count), and `nonfinite="raise"` (the default) raises
+`NonFiniteError` naming the step and the first non-finite leaf (found by re-running the
+gradient eagerly, once, on the failing batch). A state built by hand with the bare
+`tx.init(params)` works too; the step then wraps it for the one update and `skipped` counts
+that step alone.
 
 Precision. Params stay float32 (master weights). "bf16" runs the loss under
 `torch.autocast(dtype=bfloat16)`. "fp16" also autocasts, and keeps a dynamic loss scale in
-`ts.loss_scale`: the loss is multiplied by the scale before differentiation and the grads
-divided after; an overflow skips the update and halves the scale, and `growth_interval`
-finite steps in a row double it (Micikevicius et al., "Mixed Precision Training", 2018).
+`ts.loss_scale` (`funcml.train.loss_scale`): the loss is multiplied by the scale before
+differentiation and the grads divided after; an overflow skips the update (never an error)
+and halves the scale, and `growth_interval` finite steps in a row double it.
+
+Gradient accumulation. `grad_accum=k` splits the batch of one call into k micro-batches and
+averages their gradients before the one update (micro-batch i gets the key
+`fold_in(step_key, i)`); to accumulate across calls instead, wrap the optimizer in
+`optim.multi_steps(tx, every_k)`.
 
 Data parallel (`funcml.train.distributed`). With W processes each rank passes its shard of
 the global batch; the step is split in two compiled graphs around one collective:
@@ -54,7 +64,8 @@ from .. import compiler, optim, random, tree
 from ..checks import check_finite
 from ..errors import ConfigError, NonFiniteError, ShapeError
 from . import distributed
-from .state import LossScaleState, TrainState
+from . import loss_scale as _loss_scale
+from .state import TrainState
 
 __all__ = ["make_train_step", "make_eval_step", "init_train_state", "LossFn", "Precision"]
 
@@ -65,14 +76,16 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def init_train_state(params: Any, model_state: Any, tx: optim.GradientTransformation, key: torch.Tensor, *,
                      precision: Precision = "fp32", init_loss_scale: float = 2.0**15) -> TrainState:
-    """A step-0 TrainState; under fp16 it carries a `LossScaleState` starting at `init_loss_scale`."""
+    """A step-0 TrainState for `make_train_step(loss_fn, tx, ...)`.
+
+    Its `opt_state` is `optim.apply_if_finite(tx).init(params)`: tx's state inside an
+    `ApplyIfFiniteState` that counts non-finite steps. Under fp16 it carries a
+    `LossScaleState` starting at `init_loss_scale`.
+    """
     dev = key.device
-    loss_scale = None
-    if precision == "fp16":
-        loss_scale = LossScaleState(torch.tensor(init_loss_scale, dtype=torch.float32, device=dev),
-                                    torch.zeros((), dtype=torch.int64, device=dev))
-    return TrainState(torch.zeros((), dtype=torch.int64, device=dev), params, model_state, tx.init(params), key,
-                      loss_scale)
+    loss_scale = _loss_scale.init_loss_scale(init_loss_scale, device=dev) if precision == "fp16" else None
+    return TrainState(torch.zeros((), dtype=torch.int64, device=dev), params, model_state,
+                      optim.apply_if_finite(tx).init(params), key, loss_scale)
 
 
 def _autocast(precision: Precision, device_type: str):
@@ -107,13 +120,15 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         grad_accum: split the batch into this many micro-batches and average their grads
             (micro-batch i uses the key `fold_in(step_key, i)`; model state is threaded).
         compile: wrap the step in `torch.compile(fullgraph=True)`.
-        nonfinite: "raise" or "skip" (see the module docstring).
+        nonfinite: "raise" or "skip" (see the module docstring); either way the step runs its
+            optimizer as `optim.apply_if_finite(tx)`, whose state `init_train_state` builds.
         data_parallel: average grads over the processes of the `torch.distributed` group
             (see "Data parallel" in the module docstring); None: on when a group with more
             than one process is initialized (`funcml.train.distributed.init_from_env`).
 
     Metrics (tensors, no host sync): the loss_fn's metrics averaged over micro-batches (and
-    ranks), `loss`, `grad_norm` (before clipping), `lr`, `finite` (1.0 or 0.0), `loss_scale` (fp16).
+    ranks), `loss`, `grad_norm` (before clipping), `lr`, `finite` (1.0 or 0.0), `skipped` (int64: the
+    steps skipped as non-finite so far, `ts.opt_state.total_notfinite`), `loss_scale` (fp16).
     The returned function has `step_fn` (the uncompiled single-process step) and
     `data_parallel` (whether it averages over processes) attributes.
     """
@@ -138,6 +153,8 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
     grad_fn = torch.func.grad_and_value(scaled_loss, has_aux=True)
     eager_grad_fn = _autograd_grad_and_value(scaled_loss)
 
+    guard = optim.apply_if_finite(tx)
+
     def grads_and_aux(ts: TrainState, batch: Any, micro_offset: int | None = None):
         """`micro_offset`: under data parallelism, the global index of this rank's first
         micro-batch (`rank * grad_accum`); micro-batch i then uses `fold_in(step_key, offset + i)`."""
@@ -147,19 +164,10 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         if grad_accum == 1 and micro_offset is None:
             grads, (_, (loss, metrics, new_state)) = grad_fn_(ts.params, ts.model_state, batch, step_key, scale)
         else:
-            grads, losses, metric_list, new_state = None, [], [], ts.model_state
-            offset = micro_offset or 0
-            for i, micro in enumerate(_split_micro(batch, grad_accum)):
-                g, (_, (l_i, m_i, new_state)) = grad_fn_(ts.params, new_state, micro,
-                                                        random.fold_in(step_key, offset + i), scale)
-                grads = g if grads is None else tree.tree_map(torch.add, grads, g)
-                losses.append(l_i)
-                metric_list.append(m_i)
-            grads = tree.tree_map(lambda g: g / grad_accum, grads)
-            loss = torch.stack(losses).mean()
-            metrics = tree.tree_map(lambda *ms: torch.stack([m.float() for m in ms]).mean(), *metric_list)
+            grads, loss, metrics, new_state = _accumulate(grad_fn_, ts, batch, step_key, scale, grad_accum,
+                                                          micro_offset or 0)
         if scale is not None:
-            grads = tree.tree_map(lambda g: g / scale, grads)
+            grads = _loss_scale.unscale_grads(grads, ts.loss_scale)
         return grads, loss, metrics, new_state
 
     def update(ts: TrainState, grads: Any, loss: torch.Tensor, metrics: dict, new_model_state: Any
@@ -169,30 +177,22 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         # norm NaN or Inf (so does a norm beyond float32's range, ~1.8e19: a step to skip too).
         grad_norm = optim.global_norm(grads)
         finite = loss_finite & torch.isfinite(grad_norm)
-        new_params, new_opt_state = optim.update_and_apply(tx, grads, ts.opt_state, ts.params)
-
-        if _plain_eager(ts.params) and bool(finite):
-            # Eager: `train_step` reads `finite` on the host anyway; a finite step keeps the
-            # new values as they are, without a `where` per leaf (bit-identical).
-            def keep(new, old):
-                return new
-        else:
-            def keep(new, old):
-                return tree.tree_map(lambda n, o: torch.where(finite, n, o), new, old)
-
+        wrapped = isinstance(ts.opt_state, optim.ApplyIfFiniteState)
+        opt_state = ts.opt_state if wrapped else _lift(ts.opt_state, finite.device)
+        new_params, new_opt_state = guard.apply(grads, opt_state, ts.params, finite=finite)
+        skipped = new_opt_state.total_notfinite
+        if not wrapped:
+            new_opt_state = new_opt_state.inner_state
+        if not (_plain_eager(ts.params) and bool(finite)):  # eager and finite: keep as is, bit-identical
+            new_model_state = tree.tree_map(lambda n, o: torch.where(finite, n, o), new_model_state, ts.model_state)
         loss_scale = ts.loss_scale
         if loss_scale is not None:
-            grow = finite & (loss_scale.good_steps + 1 >= growth_interval)
-            new_scale = torch.where(finite, torch.where(grow, loss_scale.scale * 2, loss_scale.scale),
-                                    torch.clamp(loss_scale.scale / 2, min=1.0))
-            good = torch.where(finite & ~grow, loss_scale.good_steps + 1, torch.zeros_like(loss_scale.good_steps))
-            loss_scale = LossScaleState(new_scale, good)
-        new_ts = TrainState(ts.step + 1, keep(new_params, ts.params), keep(new_model_state, ts.model_state),
-                            keep(new_opt_state, ts.opt_state), ts.key, loss_scale)
+            loss_scale = _loss_scale.update_loss_scale(loss_scale, finite, growth_interval)
+        new_ts = TrainState(ts.step + 1, new_params, new_model_state, new_opt_state, ts.key, loss_scale)
         out = {k: (v.detach().float() if isinstance(v, torch.Tensor) else v) for k, v in dict(metrics).items()}
         out.update(loss=loss.detach(), grad_norm=grad_norm.detach(),
                    lr=optim.current_lr(new_opt_state).detach().float() if _has_lr(ts.opt_state) else torch.tensor(0.0),
-                   finite=finite.float(), loss_finite=loss_finite.float())
+                   finite=finite.float(), loss_finite=loss_finite.float(), skipped=skipped)
         if ts.loss_scale is not None:
             out["loss_scale"] = ts.loss_scale.scale
         return new_ts, out
@@ -225,8 +225,6 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         def describe(ts: TrainState, batch: Any) -> str:
             return _describe_nonfinite(grads_and_aux, ts, batch)
 
-    skipped = {"n": 0}
-
     def train_step(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
         if precision == "fp16" and ts.loss_scale is None:
             raise ConfigError("precision='fp16' needs a loss scale in the train state: "
@@ -234,18 +232,41 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         new_ts, metrics = compiled(ts, batch)
         if compile:
             new_ts = tree.tree_map(_restride_like, new_ts, ts)
-        # One host sync per step: the price of stopping at the first bad step.
-        if not bool(metrics["finite"]):
-            overflow_only = ts.loss_scale is not None and bool(metrics["loss_finite"])
-            if nonfinite == "raise" and not overflow_only:
+        # One host sync per step: the price of stopping at the first bad step. An fp16
+        # overflow (finite loss, overflowing grads) is the loss scale's business: skipped.
+        if nonfinite == "raise" and not bool(metrics["finite"]):
+            if not (ts.loss_scale is not None and bool(metrics["loss_finite"])):
                 raise NonFiniteError(describe(ts, batch))
-            skipped["n"] += 1
-        metrics["skipped"] = skipped["n"]
         return new_ts, metrics
 
     train_step.step_fn = step  # the uncompiled pure single-process step, for tests and vmap
     train_step.data_parallel = data_parallel
     return train_step
+
+
+def _lift(opt_state: Any, device: torch.device) -> optim.ApplyIfFiniteState:
+    """A bare optimizer state (built by hand with `tx.init`) inside a fresh `ApplyIfFiniteState`."""
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    return optim.ApplyIfFiniteState(zero, torch.ones((), dtype=torch.bool, device=device), zero, opt_state)
+
+
+def _accumulate(grad_fn: Callable, ts: TrainState, batch: Any, step_key: torch.Tensor, scale: Any, n: int,
+                offset: int) -> tuple[Any, torch.Tensor, dict, Any]:
+    """`grad_accum`: the mean gradient, loss and metrics of `n` equal micro-batches of `batch`.
+
+    Micro-batch i uses the key `fold_in(step_key, offset + i)`; the model state is threaded
+    through them in order (BatchNorm's running statistics see every micro-batch).
+    """
+    grads, losses, metric_list, new_state = None, [], [], ts.model_state
+    for i, micro in enumerate(_split_micro(batch, n)):
+        g, (_, (l_i, m_i, new_state)) = grad_fn(ts.params, new_state, micro, random.fold_in(step_key, offset + i),
+                                                scale)
+        grads = g if grads is None else tree.tree_map(torch.add, grads, g)
+        losses.append(l_i)
+        metric_list.append(m_i)
+    grads = tree.tree_map(lambda g: g / n, grads)
+    metrics = tree.tree_map(lambda *ms: torch.stack([m.float() for m in ms]).mean(), *metric_list)
+    return grads, torch.stack(losses).mean(), metrics, new_state
 
 
 def _restride_like(new: Any, old: Any) -> Any:
