@@ -39,6 +39,10 @@ shapes, so a compiled step recompiles rarely) and tokens to `model.max_tokens`.
 `model.vocab_size` and `model.encoder.input_dim` follow from the data (the tokenizer, the
 front end): `resolve(cfg)` fills them in, and the saved config holds the resolved values.
 
+Training runs through the core's run orchestration `funcml.trainer` (the shared `TrainConfig`
+fields, AdamW with warmup + cosine decay, `funcml.train.fit`, checkpoints ranked by val/cer,
+resume, curves, Ctrl-C); this module brings the data, the loss and the metrics.
+
 Keys: `root = key(seed)`; init `fold_in(root, "init")`, train-step `fold_in(root, "train")`,
 SpecAugment `fold_in(root, "augment")`; data `key(data_seed)` with named splits.
 
@@ -59,14 +63,16 @@ from typing import Any, Iterable, Literal, NamedTuple, Sequence
 
 import torch
 
-from .. import checkpoint, random
-from .. import config as config_lib
+from .. import random
+from .. import trainer as trainer_lib
 from ..checks import check_dtype, check_finite, check_shape
-from ..errors import CheckpointError, ConfigError, DataError, ShapeError, TrainingInterrupted
+from ..config import require, require_at_least, require_one_of
+from ..errors import CheckpointError, ConfigError, DataError, ShapeError
 from ..nn import model as models
-from ..runs import RunDir, create_run
-from ..tasks import checkpoint_dir, epoch_indices, make_optimizer, open_for_resume, write_curves
-from ..train import EarlyStop, distributed, fit, init_train_state, make_train_step
+from ..runs import RunDir
+from ..tasks import epoch_indices
+from ..train import distributed
+from ..trainer import Task, TrainConfig, check_global_batch, config_of, initial_state, load_run, train_task
 from . import audio as audio_lib
 from . import manifest as manifest_lib
 from .batching import length_bucketed_indices
@@ -82,13 +88,14 @@ from .toy import ToyConfig, toy_batch, toy_tokenizer
 __all__ = ["AsrTrainConfig", "PRESETS", "SIM2REAL_RECIPES", "sim2real_config", "Example", "resolve", "tokenizer_for", "with_init", "train_examples",
            "val_examples", "test_examples", "manifest_examples", "collate", "evaluate", "train", "load_model",
            "transcribe", "transcribe_features", "transcribe_waveform", "decode", "frame_shift", "feature_dim",
-           "save_cif_figures", "checkpoint_of"]
+           "save_cif_figures", "checkpoint_of", "TASK"]
 
 PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class AsrTrainConfig:
+class AsrTrainConfig(TrainConfig, steps=2000, lr=1e-3, weight_decay=1e-2, warmup_steps=100, grad_clip=5.0,
+                     eval_every=200, experiment="asr"):
     """Train a Paraformer on synthesized speech, toy features or a manifest of recordings (see funcml.asr.task)."""
 
     model: ParaformerConfig = ParaformerConfig()
@@ -147,71 +154,27 @@ class AsrTrainConfig:
     freq_warp: float = 0.0
     """Training batches: warp each utterance's mel axis by a factor drawn from U(1 - w, 1 + w)
     (vocal-tract-length perturbation in the mel domain, fresh every step; 0 = off; not with LFR)."""
-    steps: int = 2000
-    """Optimizer steps (>= 1)."""
-    batch_size: int = 16
-    """Utterances per step: the global batch (a multiple of the number of processes under torchrun)."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate (warmup, then cosine decay to 0)."""
-    weight_decay: float = 1e-2
-    """AdamW decoupled weight decay."""
-    warmup_steps: int = 100
-    """Linear warmup steps."""
-    grad_clip: float = 5.0
-    """Clip the global gradient norm to this (0 = off)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """The train step's autocast dtype."""
-    compile: bool = False
-    """torch.compile the train step (pays off for long runs with fixed shapes)."""
     pad_multiple: int = 16
     """Batches are padded to a multiple of this many frames (fewer distinct shapes)."""
-    eval_every: int = 200
-    """Validate (and checkpoint) every this many steps, and at the end."""
-    seed: int = 0
-    """Init, dropout, glancing, SpecAugment and frequency warps."""
-    data_seed: int = 0
-    """The corpora and the order of the training examples."""
-    runs_dir: Path = Path("runs")
-    """Runs are written under <runs_dir>/<experiment>/<time>-<id>/."""
-    experiment: str = "asr"
-    """The run's folder name under runs_dir."""
-    resume: Path | None = None
-    """Continue this run directory from its latest verified checkpoint."""
-    patience: int = 0
-    """Stop after this many evaluations without a better val CER (0 = never)."""
-    keep_last: int = 2
-    """Checkpoints kept besides the best."""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"AsrTrainConfig: {msg}")
-
-        need(self.data in ("speech", "toy", "manifest"),
-             f"data must be 'speech', 'toy' or 'manifest', got {self.data!r}")
-        need(self.oov in ("error", "drop", "strip", "unk"), f"oov must be error, drop, strip or unk, got {self.oov!r}")
-        need(self.data != "toy" or self.init_from is None, "--init-from needs audio data (speech or manifest)")
-        need(self.mix_speech >= 0, f"mix_speech must be >= 0, got {self.mix_speech}")
-        need(all(0.5 <= f <= 2.0 and f != 1.0 for f in self.speed_perturb),
-             f"speed_perturb factors must lie in [0.5, 2] and differ from 1, got {self.speed_perturb}")
-        need(self.tokenizer in ("char", "word"), f"tokenizer must be 'char' or 'word', got {self.tokenizer!r}")
-        need(self.data != "toy" or self.tokenizer == "char",
-             "the toy data's tokens are characters: --tokenizer word needs audio data (--data speech or manifest)")
-        for name in ("eval_every", "warmup_steps", "patience", "num_train"):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("steps", "batch_size", "num_val", "num_test", "keep_last", "pad_multiple"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("time_masks", "max_time", "freq_masks", "max_freq"):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        need(0.0 <= self.freq_warp < 1.0, f"freq_warp must be in [0, 1), got {self.freq_warp}")
-        need(self.freq_warp == 0 or (self.data != "toy" and not self.frontend.use_lfr),
-             "freq_warp warps mel bins: it needs log-mel features (audio data, no --frontend.use-lfr)")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
-        need(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        need(self.data == "toy" or self.num_train >= 1, "num_train must be >= 1 for speech data")
-        need(self.loss.ctc_weight == 0 or self.model.ctc,
-             f"loss.ctc_weight={self.loss.ctc_weight} needs a CTC head: add --model.ctc")
+        super().__post_init__()  # the shared fields
+        require_one_of(self, "data", ("speech", "toy", "manifest"))
+        require_one_of(self, "oov", ("error", "drop", "strip", "unk"))
+        require_one_of(self, "tokenizer", ("char", "word"))
+        require(self.data != "toy" or self.init_from is None, self, "--init-from needs audio data (speech or manifest)")
+        require_at_least(self, 0, "mix_speech", "num_train", "time_masks", "max_time", "freq_masks", "max_freq")
+        require_at_least(self, 1, "steps", "num_val", "num_test", "pad_multiple")
+        require(all(0.5 <= f <= 2.0 and f != 1.0 for f in self.speed_perturb), self,
+                f"speed_perturb factors must lie in [0.5, 2] and differ from 1, got {self.speed_perturb}")
+        require(self.data != "toy" or self.tokenizer == "char", self,
+                "the toy data's tokens are characters: --tokenizer word needs audio data (--data speech or manifest)")
+        require(0.0 <= self.freq_warp < 1.0, self, f"freq_warp must be in [0, 1), got {self.freq_warp}")
+        require(self.freq_warp == 0 or (self.data != "toy" and not self.frontend.use_lfr), self,
+                "freq_warp warps mel bins: it needs log-mel features (audio data, no --frontend.use-lfr)")
+        require(self.data == "toy" or self.num_train >= 1, self, "num_train must be >= 1 for speech data")
+        require(self.loss.ctc_weight == 0 or self.model.ctc, self,
+                f"loss.ctc_weight={self.loss.ctc_weight} needs a CTC head: add --model.ctc")
 
 
 class Example(NamedTuple):
@@ -359,12 +322,11 @@ def tokenizer_for(cfg: AsrTrainConfig) -> Tokenizer:
 
 def _init_source(path: Path) -> tuple[AsrTrainConfig, Tokenizer, Path]:
     """The config, tokenizer and checkpoint of the run that `init_from` names."""
-    ckpt = checkpoint_dir(Path(path), best_metric="val/cer", mode="min", trainer="asr_train")
-    meta = checkpoint.load_meta(ckpt)
+    ckpt = checkpoint_of(path)
     try:
-        cfg = config_lib.from_dict(AsrTrainConfig, meta.get("config") or {})
-    except ConfigError as e:
-        raise CheckpointError(f"--init-from {path}: {ckpt} was not written by funcml.asr training ({e})") from None
+        cfg = config_of(TASK, ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"--init-from {path}: {e}") from None
     if cfg.data == "toy":
         raise ConfigError(f"--init-from {path}: that run was trained on toy features, not audio")
     return cfg, _run_tokenizer(ckpt, cfg), ckpt
@@ -529,10 +491,7 @@ def collate(examples: Sequence[Example], cfg: AsrTrainConfig) -> dict[str, torch
 def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
     """`get_batch(step) -> batch dict`, a pure function of the step: this rank's `B / W`
     examples (W processes; all `B` in one)."""
-    world = distributed.world_size()
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the number "
-                          f"of processes ({world}); pass --batch-size {world * max(1, cfg.batch_size // world)}")
+    world = check_global_batch(cfg.batch_size)
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     warp_key = random.fold_in(aug_key, "freq_warp")
     train_key = _data_key(cfg, "train")
@@ -676,30 +635,22 @@ def transcribe(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, exampl
 
 _RESUME_FIELDS = ("model", "data", "tokenizer", "train_manifest", "init_from", "speech", "toy", "frontend", "num_train",
                   "seed", "data_seed")
-
-
-def _initial_state(cfg: AsrTrainConfig, params: PyTree | None = None):
-    """A fresh train state (optimizer, step 0) of `params`, or of a new model from the seed."""
-    root = random.key(cfg.seed)
-    fresh, model_state = models.init(random.fold_in(root, "init"), cfg.model)
-    params = fresh if params is None else params  # with_init gave cfg the model these params were trained as
-    tx = make_optimizer(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                        grad_clip=cfg.grad_clip)
-    return init_train_state(params, model_state, tx, random.fold_in(root, "train")), tx
-
-
-def _val_metrics(m: dict) -> dict[str, float]:
-    return {"val/cer": m["cer"], "val/wer": m["wer"], "val/token_acc": m["token_acc"], "val/length_acc": m["length_acc"]}
+TASK = Task("asr", AsrTrainConfig, best_metric="val/cer", mode="min", resume_fields=_RESUME_FIELDS,
+            curves=(("loss", "train", "loss", "train loss"), ("val_cer", "val", "val/cer", "val CER")))
+"""ASR in the run orchestration (`funcml.trainer`): checkpoints ranked by val/cer."""
+_initial_state = initial_state  # tests/test_asr_manifest.py builds a fresh train state through this name
 
 
 def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[str, Any]]:
-    """Train a Paraformer with `funcml.train.fit`; returns the run and a summary.
+    """Train a Paraformer with `funcml.trainer.train_task`; returns the run and a summary.
 
     The run directory gets config.json (resolved), tokenizer.json, metrics.csv/jsonl (train
     loss / ce / quantity / token_acc every 10 steps; val CER, WER, token and length accuracy
     every `eval_every` steps), checkpoints/ (best by val/cer and the last `keep_last`),
-    plots/loss.png and plots/val_cer.png, summary.json and eval.json (`evaluate` of the best
-    checkpoint on the val and test splits; for speech the test split is the held-out voices).
+    plots/loss.png and plots/val_cer.png (and CIF figures of three validation utterances on
+    audio), summary.json and eval.json (`evaluate` of the best checkpoint on the val and test
+    splits; for speech the test split is the held-out voices). Ctrl-C saves a checkpoint and
+    raises `TrainingInterrupted` naming the resume command.
 
     Under torchrun every rank trains on its shard; rank 0 alone writes the run directory and
     evaluates, and the others return the same `run` with the loop's summary.
@@ -714,60 +665,28 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
         if distributed.is_main():
             print(f"[asr] fine-tuning from {src_ckpt} (its params; model, frontend and {cfg.tokenizer} tokenizer of "
                   f"{tok.vocab_size} tokens from its config; a new optimizer)", file=sys.stderr)
-    ts, tx = _initial_state(cfg, init_params)
-    run = None
-    if cfg.resume is not None:
-        run = distributed.on_main(open_for_resume, cfg.resume, cfg, AsrTrainConfig, fields=_RESUME_FIELDS)
-    t0 = time.perf_counter()
-    get_batch = _train_batch_fn(cfg, tok)
-    val = val_examples(cfg, tok)
-    data_s = time.perf_counter() - t0
-    if run is None:
-        run = distributed.on_main(create_run, cfg.runs_dir, cfg.experiment, config=cfg)
-    else:
-        distributed.on_main(config_lib.save, cfg, run.path / "config.json")
-    distributed.on_main(tok.save, run.path / "tokenizer.json")
-    if distributed.is_main():
-        print(f"[asr] run directory: {run.path} (data ready in {data_s:.1f} s)", file=sys.stderr)
 
     def loss_fn(params, model_state, batch, key):
         loss, metrics = paraformer_loss(params, batch, cfg.model, cfg.loss, key=key, train=True)
         return loss, (metrics, model_state)
 
-    def eval_fn(ts) -> dict[str, float]:
-        return _val_metrics(evaluate(ts.params, cfg, val, tok))
+    def validate(params, model_state, val) -> dict[str, float]:
+        m = evaluate(params, cfg, val, tok)
+        return {"val/cer": m["cer"], "val/wer": m["wer"], "val/token_acc": m["token_acc"],
+                "val/length_acc": m["length_acc"]}
 
-    train_step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile)
-    manager = checkpoint.CheckpointManager(run.checkpoints, keep_last=cfg.keep_last, keep_best=1,
-                                           best_metric="val/cer", mode="min") if distributed.is_main() else None
-    early = EarlyStop("val/cer", mode="min", patience=cfg.patience) if cfg.patience > 0 else None
-    result = fit(ts, train_step, get_batch, num_steps=cfg.steps, eval_fn=eval_fn, eval_every=cfg.eval_every,
-                 run=run, checkpoints=manager, config=cfg, resume=cfg.resume is not None, early_stop=early,
-                 progress=progress, desc=cfg.experiment)
-    summary = dict(result.summary)
-    summary["data_seconds"] = round(data_s, 1)
-    if summary["interrupted"]:
-        raise TrainingInterrupted(f"training stopped at step {summary['steps']} with a checkpoint saved; "
-                                  f"continue with --resume {run.path}")
-    if manager is None:  # not rank 0
-        return run, {**summary, "run": str(run.path)}
-    summary["plots"] = [str(p) for p in write_curves(run, [("loss", "train", "loss", "train loss"),
-                                                             ("val_cer", "val", "val/cer", "val CER")])]
-    if manager.latest() is not None:
-        _, params, _ = load_model(run.path)
-        ckpt = manager.best() or manager.latest()
+    def report(params, model_state, val, run) -> dict[str, Any]:
         has_test = cfg.data != "manifest" or cfg.test_manifest is not None
-        metrics = {"val": evaluate(params, cfg, val, tok),
-                   "test": evaluate(params, cfg, test_examples(cfg, tok), tok) if has_test else None,
-                   "checkpoint": str(ckpt), "step": checkpoint.load_meta(ckpt)["step"],
-                   "test_split": {"speech": "held-out voices", "toy": "toy test batch",
-                                  "manifest": f"manifest {cfg.test_manifest}"}[cfg.data]}
-        run.write_json("eval.json", metrics)
-        summary["eval_json"] = metrics
         if cfg.data != "toy":
-            summary["plots"] += [str(p) for p in save_cif_figures(params, cfg, tok, val[:3], run.path / "plots")]
-    summary["run"] = str(run.path)
-    return run, summary
+            save_cif_figures(params, cfg, tok, val[:3], run.plots)
+        return {"val": evaluate(params, cfg, val, tok),
+                "test": evaluate(params, cfg, test_examples(cfg, tok), tok) if has_test else None,
+                "test_split": {"speech": "held-out voices", "toy": "toy test batch",
+                               "manifest": f"manifest {cfg.test_manifest}"}[cfg.data]}
+
+    return train_task(TASK, cfg, data=lambda: (_train_batch_fn(cfg, tok), val_examples(cfg, tok)), loss_fn=loss_fn,
+                      validate=validate, report=report, params=init_params,
+                      on_run=lambda run: tok.save(run.path / "tokenizer.json"), progress=progress)
 
 
 def save_cif_figures(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, examples: Sequence[Example],
@@ -794,23 +713,14 @@ def save_cif_figures(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer, 
 def checkpoint_of(path: str | Path) -> Path:
     """The checkpoint `load_model(path)` reads: a run directory's best verified checkpoint by
     val/cer (else its latest verified one), or `path` itself when it is a checkpoint directory."""
-    return checkpoint_dir(Path(path), best_metric="val/cer", mode="min", trainer="asr_train")
+    return trainer_lib.checkpoint_of(TASK, path)
 
 
 def load_model(path: str | Path) -> tuple[AsrTrainConfig, PyTree, Tokenizer]:
     """Load `(train_cfg, params, tokenizer)` from a run directory (its best checkpoint by
-    val/cer, else its latest) or from one checkpoint directory (`step_*`). Names, shapes and
-    dtypes are checked against a fresh model of the saved config."""
-    ckpt = checkpoint_of(path)
-    meta = checkpoint.load_meta(ckpt)
-    if not meta.get("config"):
-        raise CheckpointError(f"{ckpt}: meta.json holds no config; it was not written by funcml.asr training")
-    try:
-        cfg = config_lib.from_dict(AsrTrainConfig, meta["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt}: its config is not an AsrTrainConfig ({e})") from None
-    like, _ = _initial_state(cfg)
-    ts = checkpoint.restore(ckpt, like)
+    val/cer, else its latest) or from one checkpoint directory (`step_*`) (`funcml.trainer.load_run`).
+    Names, shapes and dtypes are checked against a fresh model of the saved config."""
+    cfg, ts, ckpt = load_run(TASK, path)
     return cfg, ts.params, _run_tokenizer(ckpt, cfg)
 
 
