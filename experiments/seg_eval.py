@@ -18,7 +18,9 @@ files the same way); the masks are scanned first and values that do not fit are 
 them and the flag to pass (`funcml.seg.masks`). A run trained on patches (`--patch`) scores every
 file at its own size by sliding windows of the patch size blended with a Gaussian importance map
 (`--overlap`, `--tta` for flip test-time augmentation; `funcml.seg.task.predict_full`). Other
-runs resize folder images to the training size (bilinear; masks nearest) and score there;
+runs resize folder images to the training size (bilinear; masks nearest) and score there (the
+shapes' height x width, or a folder run's `--folder-size`; a folder run trained at the files' own
+sizes scores them at theirs, `funcml.seg.segmenter.input_size`);
 `--no-resize` scores every file at its own size (the model pads H and W up to a multiple of
 `2^depth` and crops its logits back).
 
@@ -61,6 +63,7 @@ from funcml.checks import check_shape
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.seg import task, viz
 from funcml.seg.metrics import confusion_matrix, metrics_from_confusion, per_image_dice
+from funcml.seg.segmenter import input_size
 from funcml.seg.folder import FolderDataset
 from funcml.seg.masks import check_mask_values, parse_class_map, scan_masks
 
@@ -205,7 +208,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         if train_cfg.patch is not None:
             size = train_cfg.folder_size  # native size (or the run's folder_size), sliding windows
         else:
-            size = (train_cfg.data.height, train_cfg.data.width) if cfg.resize else None
+            size = input_size(train_cfg) if cfg.resize else None  # shapes: data.height x width; folder: folder_size
         class_map = parse_class_map(train_cfg.class_map if cfg.class_map is None else cfg.class_map)
         ds = FolderDataset(cfg.folder, num_classes=k, image_size=size, ignore_index=ignore_index,
                            channels=model_cfg.in_channels, class_map=class_map)

@@ -292,6 +292,24 @@ def test_eval_figures_equal_the_task_evaluation(tiny_run, train_cfg, tmp_path):
     assert per_image == pytest.approx(want["per_image_dice"], abs=1e-12, nan_ok=True)
 
 
+def test_eval_scores_a_folder_run_at_its_folder_size(tmp_path):
+    from funcml.seg import task
+    from funcml.seg.shapes import ShapesConfig
+    from funcml.seg.unet import UNetConfig
+
+    data = ShapesConfig(height=20, width=24, channels=1, classes=("circle",), mode="binary")
+    train = write_example_folder(tmp_path / "train", random.key(1), 4, data)
+    cfg = dataclasses.replace(task.PRESETS["folder"][1], folder=train, folder_size=(16, 16), patch=None, steps=1,
+                              eval_every=1, batch_size=2, warmup_steps=1,
+                              model=UNetConfig(in_channels=1, num_classes=2, depth=2, base_width=4),
+                              runs_dir=tmp_path / "runs")
+    run, _ = task.train(cfg, progress=False)
+    other = write_example_folder(tmp_path / "other", random.key(2), 3, data)  # 20x24 files
+    seg_eval.main(["--run", str(run.path), "--folder", str(other), "--out", str(tmp_path / "eval")])
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert sum(map(sum, m["confusion_matrix"])) == 3 * 16 * 16  # resized to the training size, not data's 20x24
+
+
 def test_confusion_matrix_picture_rejects_a_matrix_that_is_not_square_or_names_that_do_not_fit(tmp_path):
     from funcml.seg.viz import save_confusion_matrix
 
