@@ -8,7 +8,11 @@
     mgr.save(ts, metrics={"val_loss": 0.3}, config=cfg)
     ts = mgr.restore_latest(like=ts)
 
-Layout of a checkpoint directory:
+The checkpoint modules store named trees and a meta record and never import `funcml.train`:
+a state says what its trees and entries are (`checkpoint_parts`) and how it is put back
+together (`checkpoint_template`); see `funcml.checkpoint_format`. `TrainState` does both.
+
+Layout of a checkpoint directory (of a TrainState):
 
     params.safetensors        ts.params       } tensors keyed by `tree.flatten_with_names`
     model_state.safetensors   ts.model_state  } names (`enc.0.conv.w`, `0.mu.enc.w`);
@@ -30,7 +34,6 @@ directories that crashed saves leave behind (those whose process is gone) when i
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import hashlib
 import json
 import math
@@ -43,23 +46,19 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import numpy as np
 import safetensors.torch as _st
 import torch
 
-from . import config as _config
 from . import tree
-from .optim import ApplyIfFiniteState
+from .checkpoint_format import (FORMAT_VERSION, as_device, check_state, dtype_name, mismatches, meta_record, parts,
+                                raise_mismatches, template, tensor_leaves)
 from .errors import CheckpointError, ConfigError
-from .train.state import TrainState
 
 __all__ = ["save", "restore", "load_params", "load_meta", "CheckpointManager", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
 _FORMAT = "funcml.checkpoint"
 _META = "meta.json"
-_TREES = ("params", "model_state", "opt_state")
-_FILES = tuple(f"{t}.safetensors" for t in _TREES)
+_SUFFIX = ".safetensors"
 _TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -71,193 +70,6 @@ _ST_DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
     "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
 }
-
-
-# --------------------------------------------------------------------------- shared helpers
-# (also used by funcml.checkpoint_orbax, so that both backends write the same meta and
-# report mismatches the same way)
-
-
-def _dtype_name(dtype: torch.dtype | str) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _dtype_from_name(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise CheckpointError(f"unknown dtype {name!r} in a checkpoint")
-    return dtype
-
-
-def _versions() -> dict[str, str]:
-    """The library subset of `repro.env_info()` (without its git and hardware probes)."""
-    from . import __version__
-
-    return {"funcml": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": sys.version.split()[0]}
-
-
-def _jsonable(value: Any, what: str) -> Any:
-    """`value` as plain JSON types; 0-d tensors and numpy scalars become Python numbers."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise CheckpointError(f"{what}: a tensor of shape {list(value.shape)} is not a scalar; "
-                                  "pass metrics as numbers (e.g. `loss.item()`)")
-        return value.item()
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{what}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, f"{what}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Path):
-        return str(value)
-    raise CheckpointError(f"{what}: a {type(value).__name__} cannot be stored in meta.json; "
-                          "use numbers, strings, lists and dicts")
-
-
-def _config_dict(config: Any) -> dict[str, Any] | None:
-    if config is None:
-        return None
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return _config.to_dict(config)
-    if isinstance(config, Mapping):
-        return _jsonable(config, "config")
-    raise ConfigError(f"config: expected a config dataclass or a JSON-able dict, got {type(config).__name__}")
-
-
-def _check_train_state(ts: Any, what: str) -> None:
-    if not isinstance(ts, TrainState):
-        raise CheckpointError(f"{what}: expected a funcml.train.TrainState, got {type(ts).__name__}")
-
-
-def _tensor_leaves(ts: TrainState, name: str, arg: str = "ts") -> dict[str, torch.Tensor]:
-    named = tree.flatten_with_names(getattr(ts, name))
-    for leaf, x in named.items():
-        if not isinstance(x, torch.Tensor):
-            raise CheckpointError(f"{arg}.{name} leaf {leaf!r} has type {type(x).__name__}, not a tensor; "
-                                  "checkpoints store tensor leaves only (wrap numbers in torch.tensor)")
-    return named
-
-
-def _scalar_or_list(x: torch.Tensor | int) -> Any:
-    return x.detach().cpu().tolist() if isinstance(x, torch.Tensor) else x
-
-
-def _meta_base(ts: TrainState, config: Any, metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The backend-independent part of meta.json (checked to be JSON-able before any write)."""
-    loss_scale = None
-    if ts.loss_scale is not None:
-        loss_scale = {name: {"dtype": _dtype_name(x.dtype), "value": _scalar_or_list(x)}
-                      for name, x in tree.flatten_with_names(ts.loss_scale).items()}
-    meta = {
-        "format": _FORMAT,
-        "format_version": FORMAT_VERSION,
-        "step": int(ts.step),
-        "key": _scalar_or_list(ts.key),
-        "loss_scale": loss_scale,
-        "config": _config_dict(config),
-        "metrics": _jsonable(dict(metrics or {}), "metrics"),
-        "versions": _versions(),
-    }
-    json.dumps(meta)  # fail here, before anything is written, if something is not JSON-able
-    return meta
-
-
-def _mismatches(where: str, got: Mapping[str, tuple[list[int], str]], like: Mapping[str, torch.Tensor]) -> list[str]:
-    """Every difference between stored `{name: (shape, dtype name)}` and the leaves of `like`."""
-    out = []
-    for name, x in like.items():
-        if name not in got:
-            out.append(f"{where}: missing {name!r} (expected {list(x.shape)} {_dtype_name(x.dtype)})")
-    for name, (shape, dtype) in got.items():
-        if name not in like:
-            out.append(f"{where}: unexpected {name!r} ({shape} {dtype}) is not in `like`")
-            continue
-        x = like[name]
-        if list(shape) != list(x.shape):
-            out.append(f"{where}: {name!r} has shape {list(shape)} in the checkpoint, {list(x.shape)} in `like`")
-        if dtype != _dtype_name(x.dtype):
-            out.append(f"{where}: {name!r} has dtype {dtype} in the checkpoint, {_dtype_name(x.dtype)} in `like`")
-    return out
-
-
-def _meta_mismatches(meta: Mapping[str, Any], like: TrainState) -> list[str]:
-    """Differences in the parts of the state kept in meta.json: the key and the loss scale."""
-    out = []
-    key_shape = list(torch.tensor(meta["key"]).shape)
-    if isinstance(like.key, torch.Tensor) and key_shape != list(like.key.shape):
-        out.append(f"meta.json: the key has shape {key_shape} in the checkpoint, {list(like.key.shape)} in `like`")
-    stored, wanted = meta.get("loss_scale"), like.loss_scale
-    if stored is None and wanted is not None:
-        out.append("meta.json: `like` has a loss_scale (fp16 training) but the checkpoint has none")
-    elif stored is not None and wanted is None:
-        out.append("meta.json: the checkpoint has a loss_scale (fp16 training) but `like` has none")
-    elif stored is not None:
-        got = {n: (list(torch.tensor(v["value"]).shape), v["dtype"]) for n, v in stored.items()}
-        out += _mismatches("meta.json loss_scale", got, tree.flatten_with_names(wanted))
-    return out
-
-
-def _migrate_bare_opt_state(like: TrainState, stored: Any) -> tuple[TrainState, Any]:
-    """`like` to check a checkpoint against, and a function that brings the restored state to `like`'s form.
-
-    Checkpoints written before the train step ran its optimizer inside `optim.apply_if_finite`
-    (format version 1 from before that change) hold the bare optimizer state: names such as
-    `0.mu.w` where `like` (from `init_train_state`) has `inner_state.0.mu.w` and the three
-    counters. Such a checkpoint is read into `like.opt_state.inner_state`, and the counters
-    start at zero (no step of that run is known to have been skipped). `stored`: the names of
-    the stored opt_state leaves.
-    """
-    wrapper_fields = set(ApplyIfFiniteState._fields) - {"inner_state"}
-    if not isinstance(like.opt_state, ApplyIfFiniteState) or any(
-            n.split(".", 1)[0] in wrapper_fields | {"inner_state"} for n in stored):
-        return like, lambda ts: ts
-    counters = like.opt_state
-
-    def wrap(ts: TrainState) -> TrainState:
-        dev = ts.key.device if isinstance(ts.key, torch.Tensor) else None
-        zero = torch.zeros((), dtype=counters.notfinite_count.dtype, device=dev)
-        return ts._replace(opt_state=ApplyIfFiniteState(zero, torch.ones((), dtype=torch.bool, device=dev),
-                                                        zero.clone(), ts.opt_state))
-
-    return like._replace(opt_state=counters.inner_state), wrap
-
-
-def _raise_mismatches(directory: Path, problems: list[str]) -> None:
-    if problems:
-        lines = "\n  ".join(problems)
-        raise CheckpointError(
-            f"checkpoint {directory} does not match `like` ({len(problems)} problem(s)):\n  {lines}\n"
-            "Build `like` from the model and optimizer config that wrote the checkpoint (its config is in "
-            "meta.json), or use load_params() to read the parameters alone.")
-
-
-def _assemble(meta: Mapping[str, Any], like: TrainState, trees: Mapping[str, dict[str, torch.Tensor]],
-              device: torch.device) -> TrainState:
-    """A TrainState in `like`'s structure from loaded named tensors and meta.json."""
-    def as_like(value: Any, ref: Any) -> Any:
-        if isinstance(ref, torch.Tensor):
-            return torch.tensor(value, dtype=ref.dtype, device=device)
-        return type(ref)(value) if ref is not None else value
-
-    loss_scale = None
-    if like.loss_scale is not None:
-        named = {n: torch.tensor(v["value"], dtype=_dtype_from_name(v["dtype"]), device=device)
-                 for n, v in meta["loss_scale"].items()}
-        loss_scale = tree.unflatten_from_names(named, like=like.loss_scale)
-    return like._replace(
-        step=as_like(meta["step"], like.step),
-        key=as_like(meta["key"], like.key),
-        loss_scale=loss_scale,
-        **{t: tree.unflatten_from_names(trees[t], like=getattr(like, t)) for t in _TREES},
-    )
-
-
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device("cpu") if device is None else torch.device(device)
 
 
 # --------------------------------------------------------------------------- files
@@ -342,14 +154,16 @@ def _is_checkpoint(path: Path) -> bool:
         return False
 
 
-def save(directory: str | os.PathLike, ts: TrainState, *, config: Any = None,
+def save(directory: str | os.PathLike, ts: Any, *, config: Any = None,
          metrics: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write `ts` as a checkpoint directory, atomically.
 
     Arguments:
         directory: the checkpoint's final path (e.g. `.../step_000000100`); its parent is created.
-        ts: the train state. Every leaf of `params`, `model_state` and `opt_state` must be a tensor;
-            `step`, `key` and `loss_scale` go to meta.json.
+        ts: the state: a `funcml.train.TrainState` (every leaf of `params`, `model_state` and
+            `opt_state` a tensor; `step`, `key` and `loss_scale` go to meta.json), or any object
+            with `checkpoint_parts()` (`funcml.checkpoint_format`): each of its named trees
+            becomes `<name>.safetensors`, its entries go to meta.json.
         config: a config dataclass (saved via `funcml.config.to_dict`) or a JSON-able dict.
         metrics: `{name: number}` (0-d tensors allowed), e.g. the eval results at this step.
         overwrite: replace an existing checkpoint at `directory` (atomically); without it an
@@ -363,9 +177,9 @@ def save(directory: str | os.PathLike, ts: TrainState, *, config: Any = None,
     during the save removes the temporary directory and leaves `directory` as it was.
     """
     directory = Path(directory)
-    _check_train_state(ts, "save(ts=...)")
-    meta = _meta_base(ts, config, metrics)
-    named = {t: _tensor_leaves(ts, t) for t in _TREES}
+    trees, entries = parts(ts, "save(ts=...)")
+    meta = meta_record(_FORMAT, entries, config, metrics)
+    named = {t: tensor_leaves(x, f"ts.{t}") for t, x in trees.items()}
     if directory.exists() and not overwrite:
         raise CheckpointError(f"checkpoint {directory} already exists; pass overwrite=True to replace it, "
                               "or save under another name")
@@ -376,7 +190,8 @@ def save(directory: str | os.PathLike, ts: TrainState, *, config: Any = None,
     tmp = _tmp_sibling(directory)
     try:
         files = {}
-        for t, fname in zip(_TREES, _FILES):
+        for t in named:
+            fname = t + _SUFFIX
             _st.save_file(_cpu_copies(named[t]), str(tmp / fname), metadata={"format": "pt"})
             files[fname] = {**_sha256_and_fsync(tmp / fname), "names": list(named[t])}
         meta["files"] = files
@@ -415,7 +230,7 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}): the checkpoint is damaged; "
                               "restore an earlier one") from None
-    required = ("format", "format_version", "step", "key", "files")
+    required = ("format", "format_version", "step", "files")
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or any(k not in meta for k in required):
         missing = [k for k in required if not isinstance(meta, dict) or k not in meta]
         raise CheckpointError(f"{path} is not a funcml checkpoint's meta.json (missing {missing} or wrong "
@@ -463,7 +278,7 @@ def _read_header(path: Path) -> dict[str, tuple[list[int], str]]:
                 raise ValueError(f"header length {n} exceeds the file")
             header = json.loads(f.read(n))
         header.pop("__metadata__", None)
-        return {name: (list(v["shape"]), _dtype_name(_ST_DTYPES.get(v["dtype"], v["dtype"])))
+        return {name: (list(v["shape"]), dtype_name(_ST_DTYPES.get(v["dtype"], v["dtype"])))
                 for name, v in header.items()}
     except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); "
@@ -482,9 +297,9 @@ def _load_file(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} could not be read ({e}); restore an earlier checkpoint") from None
 
 
-def restore(directory: str | os.PathLike, like: TrainState, *, device: torch.device | str | None = None,
-            verify: bool = True) -> TrainState:
-    """Read a checkpoint into a TrainState shaped like `like`.
+def restore(directory: str | os.PathLike, like: Any, *, device: torch.device | str | None = None,
+            verify: bool = True) -> Any:
+    """Read a checkpoint into a TrainState (or any `checkpoint_template` state) shaped like `like`.
 
     Arguments:
         directory: a checkpoint directory written by `save`.
@@ -502,18 +317,25 @@ def restore(directory: str | os.PathLike, like: TrainState, *, device: torch.dev
             unexpected name and every shape and dtype difference, per file, in one message.
     """
     directory = Path(directory)
-    _check_train_state(like, "restore(like=...)")
-    device = _device(device)
+    check_state(like, "restore(like=...)")
+    device = as_device(device)
     meta = _read_meta(directory)
-    paths = {t: _check_file(directory, meta, f, verify) for t, f in zip(_TREES, _FILES)}
-    headers = {t: _read_header(paths[t]) for t in _TREES}
-    like, migrate = _migrate_bare_opt_state(like, headers["opt_state"])
-    problems = _meta_mismatches(meta, like)
-    for t, fname in zip(_TREES, _FILES):
-        problems += _mismatches(fname, headers[t], _tensor_leaves(like, t, "like"))
-    _raise_mismatches(directory, problems)
-    trees = {t: _load_file(paths[t], device) for t in _TREES}
-    return migrate(_assemble(meta, like, trees, device))
+    paths = {t: _check_file(directory, meta, t + _SUFFIX, verify) for t in _stored_trees(meta)}
+    headers = {t: _read_header(p) for t, p in paths.items()}
+    plan = template(like, meta, {t: list(h) for t, h in headers.items()}, "restore(like=...)")
+    problems = list(plan.problems)
+    for t, like_tree in plan.trees.items():
+        if t in headers:
+            problems += mismatches(t + _SUFFIX, headers[t], tensor_leaves(like_tree, f"like.{t}"))
+    raise_mismatches(directory, problems)
+    trees = {t: tree.unflatten_from_names(_load_file(paths[t], device), like=like_tree)
+             for t, like_tree in plan.trees.items()}
+    return plan.assemble(trees, meta, device)
+
+
+def _stored_trees(meta: Mapping[str, Any]) -> list[str]:
+    """The names of the trees a checkpoint holds, from its meta.json's file records."""
+    return [f.removesuffix(_SUFFIX) for f in meta["files"] if f.endswith(_SUFFIX)]
 
 
 def load_params(directory: str | os.PathLike, *, device: torch.device | str | None = None,
@@ -524,9 +346,9 @@ def load_params(directory: str | os.PathLike, *, device: torch.device | str | No
     """
     directory = Path(directory)
     meta = _read_meta(directory)
-    path = _check_file(directory, meta, _FILES[0], verify)
-    named = _load_file(path, _device(device))
-    order = meta["files"][_FILES[0]].get("names") or []
+    path = _check_file(directory, meta, "params" + _SUFFIX, verify)
+    named = _load_file(path, as_device(device))
+    order = meta["files"]["params" + _SUFFIX].get("names") or []
     if sorted(order) == sorted(named):  # the tree's own flatten order, which safetensors does not keep
         named = {n: named[n] for n in order}
     return tree.unflatten_from_names(named)
@@ -539,8 +361,8 @@ def _why_broken(directory: Path) -> str | None:
     """Why the checkpoint at `directory` cannot be restored (meta.json, a file's size or SHA-256), or None."""
     try:
         meta = _read_meta(directory)
-        for fname in _FILES:
-            _check_file(directory, meta, fname, verify=True)
+        for t in _stored_trees(meta):
+            _check_file(directory, meta, t + _SUFFIX, verify=True)
     except CheckpointError as e:
         return str(e)
     return None
@@ -663,7 +485,7 @@ class CheckpointManager:
         ranked = self._ranked(self._complete())
         return ranked[0][1] if ranked else None
 
-    def save(self, ts: TrainState, *, metrics: Mapping[str, Any] | None = None, config: Any = None,
+    def save(self, ts: Any, *, metrics: Mapping[str, Any] | None = None, config: Any = None,
              overwrite: bool = False) -> Path:
         """Save `ts` as `root/step_<ts.step>` (see `funcml.checkpoint.save`), then prune."""
         path = save(self.path(int(ts.step)), ts, config=config, metrics=metrics, overwrite=overwrite)
@@ -700,7 +522,7 @@ class CheckpointManager:
             _set_aside(path, "corrupt", why)
         return self.latest_verified()
 
-    def restore_step(self, step: int, like: TrainState, *, device: torch.device | str | None = None) -> TrainState:
+    def restore_step(self, step: int, like: Any, *, device: torch.device | str | None = None) -> Any:
         """Restore the checkpoint of `step` (a CheckpointError listing the steps there are if it has none)."""
         path = self.path(step)
         if not path.is_dir():
@@ -708,7 +530,7 @@ class CheckpointManager:
                                   f"{self.steps() or 'none'}")
         return restore(path, like, device=device)
 
-    def restore_latest(self, like: TrainState, *, device: torch.device | str | None = None) -> TrainState:
+    def restore_latest(self, like: Any, *, device: torch.device | str | None = None) -> Any:
         """`restore(self.latest_verified(), like)`: the newest checkpoint that verifies (broken newer ones
         are set aside and named on stderr); a CheckpointError when there is none."""
         path = self.latest_verified()

@@ -27,10 +27,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .checkpoint import (_TREES, _assemble, _check_train_state, _device, _dtype_from_name, _dtype_name, _meta_base,
-                         _meta_mismatches, _migrate_bare_opt_state, _mismatches, _raise_mismatches, _tensor_leaves)
+from . import tree
+from .checkpoint_format import (as_device, check_state, dtype_from_name, dtype_name, meta_record, mismatches, parts,
+                                raise_mismatches, template, tensor_leaves)
 from .errors import CheckpointError
-from .train.state import TrainState
 
 __all__ = ["save", "restore", "load_params_numpy"]
 
@@ -64,20 +64,21 @@ def _to_numpy(x: torch.Tensor) -> np.ndarray:
 
 
 def _to_torch(a: np.ndarray, dtype_name: str, device: torch.device) -> torch.Tensor:
-    dtype = _dtype_from_name(dtype_name)
+    dtype = dtype_from_name(dtype_name)
     x = torch.from_numpy(np.array(a, copy=True))
     if dtype in _BIT_VIEWS:
         x = x.view(dtype)
     return x.to(device)
 
 
-def save(directory: str | os.PathLike, ts: TrainState, *, config: Any = None,
+def save(directory: str | os.PathLike, ts: Any, *, config: Any = None,
          metrics: Mapping[str, Any] | None = None) -> Path:
     """Save `ts` as step `ts.step` of the orbax checkpoint root `directory`.
 
     Arguments:
         directory: the orbax `CheckpointManager` root (made absolute, as orbax needs).
-        ts: the train state; every leaf of params, model_state and opt_state a tensor.
+        ts: the train state (or any `checkpoint_parts` state, `funcml.checkpoint_format`); every
+            leaf of its trees (params, model_state, opt_state) a tensor.
         config: a config dataclass or a JSON-able dict; metrics: `{name: number}`.
 
     Returns:
@@ -87,13 +88,12 @@ def save(directory: str | os.PathLike, ts: TrainState, *, config: Any = None,
         CheckpointError: the step already exists (orbax never overwrites), or orbax is missing.
     """
     ocp = _ocp()
-    _check_train_state(ts, "save(ts=...)")
+    trees, entries = parts(ts, "save(ts=...)")
     directory = Path(directory).absolute()
-    meta = _meta_base(ts, config, metrics)
-    named = {t: _tensor_leaves(ts, t) for t in _TREES}
-    meta["format"] = _FORMAT
-    meta["dtypes"] = {t: {n: _dtype_name(x.dtype) for n, x in named[t].items()} for t in _TREES}
-    meta["trees"] = [t for t in _TREES if named[t]]
+    meta = meta_record(_FORMAT, entries, config, metrics)
+    named = {t: tensor_leaves(x, f"ts.{t}") for t, x in trees.items()}
+    meta["dtypes"] = {t: {n: dtype_name(x.dtype) for n, x in named[t].items()} for t in named}
+    meta["trees"] = [t for t in named if named[t]]
     items = {t: ocp.args.StandardSave({n: _to_numpy(x) for n, x in named[t].items()}) for t in meta["trees"]}
     step = meta["step"]
     with _manager(directory, read_only=False) as mngr:
@@ -150,26 +150,30 @@ def _restore_trees(ocp, mngr, step: int, meta: Mapping[str, Any],
     return out
 
 
-def restore(directory: str | os.PathLike, like: TrainState, *, device: torch.device | str | None = None,
-            step: int | None = None) -> TrainState:
+def restore(directory: str | os.PathLike, like: Any, *, device: torch.device | str | None = None,
+            step: int | None = None) -> Any:
     """Read step `step` (default: the latest) of the orbax root `directory` into `like`'s structure.
 
     Every name, shape and dtype is checked against `like`, and every difference is listed in
     one CheckpointError, as in `funcml.checkpoint.restore`. Tensors go to `device` (default CPU).
     """
-    _check_train_state(like, "restore(like=...)")
-    device = _device(device)
+    check_state(like, "restore(like=...)")
+    device = as_device(device)
     ocp, mngr, step, meta = _open(directory, step)
+    stored = list(meta["dtypes"])
     with mngr:
-        arrays = _restore_trees(ocp, mngr, step, meta, _TREES)
-    like, migrate = _migrate_bare_opt_state(like, arrays["opt_state"])
-    problems = _meta_mismatches(meta, like)
-    for t in _TREES:
-        got = {n: (list(a.shape), meta["dtypes"][t].get(n, str(a.dtype))) for n, a in arrays[t].items()}
-        problems += _mismatches(f"{t} (orbax)", got, _tensor_leaves(like, t, "like"))
-    _raise_mismatches(Path(directory).absolute() / str(step), problems)
-    trees = {t: {n: _to_torch(a, meta["dtypes"][t][n], device) for n, a in arrays[t].items()} for t in _TREES}
-    return migrate(_assemble(meta, like, trees, device))
+        arrays = _restore_trees(ocp, mngr, step, meta, tuple(stored))
+    plan = template(like, meta, {t: list(arrays[t]) for t in stored}, "restore(like=...)")
+    problems = list(plan.problems)
+    for t, like_tree in plan.trees.items():
+        if t in arrays:
+            got = {n: (list(a.shape), meta["dtypes"][t].get(n, str(a.dtype))) for n, a in arrays[t].items()}
+            problems += mismatches(f"{t} (orbax)", got, tensor_leaves(like_tree, f"like.{t}"))
+    raise_mismatches(Path(directory).absolute() / str(step), problems)
+    trees = {t: tree.unflatten_from_names({n: _to_torch(a, meta["dtypes"][t][n], device) for n, a in arrays[t].items()},
+                                          like=like_tree)
+             for t, like_tree in plan.trees.items()}
+    return plan.assemble(trees, meta, device)
 
 
 def load_params_numpy(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, np.ndarray]:
@@ -187,7 +191,7 @@ def load_params_numpy(directory: str | os.PathLike, *, step: int | None = None) 
     out = {}
     for name in dtypes:
         a = np.asarray(arrays[name])
-        if _dtype_from_name(dtypes[name]) in _BIT_VIEWS:
+        if dtype_from_name(dtypes[name]) in _BIT_VIEWS:
             a = a.view(getattr(ml_dtypes, dtypes[name]))
         out[name] = a
     return out

@@ -580,3 +580,41 @@ def test_a_checkpoint_of_the_current_layout_round_trips_its_skip_counters(tmp_pa
     out = ckpt.restore(tmp_path / "new", like=ts0)
     assert tree.equal(out.opt_state, ts.opt_state) and int(out.opt_state.total_notfinite) == 1
 
+
+
+def test_the_on_disk_layout_of_a_train_state_is_that_of_older_versions(tmp_path, key):
+    path = ckpt.save(tmp_path / "c", make_state(key, loss_scale=True), config=TinyConfig(), metrics={"acc": 0.5})
+    meta = json.loads((path / "meta.json").read_text())
+    assert list(meta) == ["format", "format_version", "step", "key", "loss_scale", "config", "metrics", "versions",
+                          "files"]
+    assert (meta["format"], meta["format_version"], meta["step"], meta["key"]) == ("funcml.checkpoint", 1, 7, [0, 42])
+    assert meta["loss_scale"] == {"scale": {"dtype": "float32", "value": 32768.0},
+                                  "good_steps": {"dtype": "int64", "value": 3}}
+    assert list(meta["files"]) == ["params.safetensors", "model_state.safetensors", "opt_state.safetensors"]
+    assert meta["files"]["opt_state.safetensors"]["names"][:2] == ["0.count", "0.mu.enc.0.w"]
+
+
+class EmaState(dict):
+    """A state that is not a TrainState: one tree (`ema`) and a step, through the checkpoint protocol."""
+
+    def checkpoint_parts(self):
+        return {"ema": self["ema"]}, {"step": self["step"], "decay": 0.99}
+
+    def checkpoint_template(self, meta, stored):
+        from funcml.checkpoint_format import Template
+
+        problems = [] if meta.get("decay") == 0.99 else [f"decay {meta.get('decay')} in the checkpoint"]
+        return Template({"ema": self["ema"]}, problems,
+                        lambda trees, meta, device: EmaState(ema=trees["ema"], step=meta["step"]))
+
+
+def test_any_state_with_the_checkpoint_protocol_saves_and_restores_its_named_trees(tmp_path, key):
+    state = EmaState(ema={"w": random.normal(key, (3, 2)), "n": torch.tensor(4)}, step=3)
+    path = ckpt.save(tmp_path / "ema", state)
+    assert sorted(p.name for p in path.iterdir()) == ["ema.safetensors", "meta.json"]
+    out = ckpt.restore(path, EmaState(ema={"w": torch.zeros(3, 2), "n": torch.tensor(0)}, step=0))
+    assert out["step"] == 3 and tree.equal(out["ema"], state["ema"])
+    with pytest.raises(CheckpointError, match=r"ema.safetensors: missing 'v' \(expected \[1\] float32\)"):
+        ckpt.restore(path, EmaState(ema={"w": torch.zeros(3, 2), "n": torch.tensor(0), "v": torch.zeros(1)}, step=0))
+    with pytest.raises(CheckpointError, match="holds a 'ema' tree that `like` does not have"):
+        ckpt.restore(path, make_state(key))

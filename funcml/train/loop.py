@@ -36,13 +36,15 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
+
+from ..checkpoint import CheckpointManager
+from ..checkpoint import restore as restore_checkpoint
 from ..errors import ConfigError
 from . import distributed
 from .progress import Progress
 from .state import TrainState
 
-if TYPE_CHECKING:  # checkpoint imports train.state, so only the type is imported here
-    from ..checkpoint import CheckpointManager
+if TYPE_CHECKING:
     from ..runs import RunDir
 
 __all__ = ["fit", "FitResult", "EarlyStop"]
@@ -131,8 +133,6 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
             path = checkpoints.latest_verified()  # broken newer checkpoints are set aside, and named
             if path is None:
                 return
-            from ..checkpoint import restore as restore_checkpoint
-
             ts = restore_checkpoint(path, ts, device=ts.key.device)
             print(f"[fit] resumed from {path} at step {int(ts.step)}", file=sys.stderr)
             if run is not None:  # rows logged past the checkpoint belong to the lost part of the run
