@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from funcml.asr import Recognizer, audio, frontend, longform, task
+from funcml.asr import Recognizer, Transcript, audio, frontend, longform, task
 from funcml.nn import model as models
 from funcml.errors import CheckpointError, ConfigError, DataError, RangeError, ShapeError
 
@@ -55,6 +55,17 @@ def test_a_waveform_is_transcribed_like_transcribe_waveform(run):
         want, _, _ = task.transcribe_waveform(params, cfg, tok, wave, SR)
         assert rec(wave, SR) == want  # text, token ids, tokens, starts, ends
         assert want.token_ids  # the 2-step model fires tokens: the comparison covers decoding and times
+
+
+def test_silence_gets_an_empty_transcript_without_the_model(run):
+    rec = Recognizer.load(run)
+    quiet = 1e-4 * _clip(0)  # about -83 dBFS
+    empty = Transcript("", [], [], [], [])
+    assert rec(quiet, SR) == empty and rec(torch.zeros(SR // 4), SR) == empty
+    cfg, params, tok = task.load_model(run)
+    assert task.transcribe_waveform(params, cfg, tok, quiet, SR)[0].token_ids  # what the model alone would say
+    loud = Recognizer.load(run, silence_db=-100.0)(quiet, SR)
+    assert loud == task.transcribe_waveform(params, cfg, tok, quiet, SR)[0]
 
 
 def test_a_path_is_read_at_its_own_rate(run, tmp_path):

@@ -15,7 +15,9 @@ end did:
     transcript = greedy_decode(apply(params, feats))                   # CIF fires, NAR decoder
 
 Length. Audio of at most `segment_seconds` (6 s, about what the model was trained on) is one
-utterance: the call equals `funcml.asr.task.transcribe_waveform`. Longer audio is cut at pauses
+utterance: the call equals `funcml.asr.task.transcribe_waveform`, except that audio with no 10 ms
+frame above `silence_db` dBFS (-50) gets an empty transcript without running the model (a model
+fed silence invents words; `funcml.asr.longform.is_silent`, as the service does). Longer audio is cut at pauses
 into segments of at most `segment_seconds` (`funcml.asr.longform.transcribe_long`: each trimmed
 to its speech, silent ones skipped), with every token's times on the original timeline; a segment
 whose transcript filled the model's token budget is named in `info["truncated"]` of
@@ -40,7 +42,7 @@ import torch
 from ..checks import check_shape
 from ..errors import ConfigError, DataError, RangeError, ShapeError
 from . import audio as audio_lib
-from .longform import transcribe_long
+from .longform import is_silent, transcribe_long
 from .paraformer import Transcript
 from .task import AsrTrainConfig, load_model, transcribe_waveform
 
@@ -56,7 +58,8 @@ class Recognizer:
     `Recognizer(train_cfg, params, tokenizer)`. Immutable; calls never change it.
     """
 
-    def __init__(self, train_cfg: AsrTrainConfig, params: PyTree, tokenizer: Any, *, segment_seconds: float = 6.0):
+    def __init__(self, train_cfg: AsrTrainConfig, params: PyTree, tokenizer: Any, *, segment_seconds: float = 6.0,
+                 silence_db: float = -50.0):
         if train_cfg.data == "toy":
             raise ConfigError("Recognizer: this run was trained on toy features, not audio, so it has no audio front "
                               "end; transcribe its features with funcml.asr.task.transcribe_features")
@@ -66,9 +69,10 @@ class Recognizer:
         self.params = params
         self.tokenizer = tokenizer
         self.segment_seconds = float(segment_seconds)
+        self.silence_db = float(silence_db)
 
     @classmethod
-    def load(cls, run: str | os.PathLike, *, segment_seconds: float = 6.0) -> "Recognizer":
+    def load(cls, run: str | os.PathLike, *, segment_seconds: float = 6.0, silence_db: float = -50.0) -> "Recognizer":
         """Load a run directory (its best checkpoint by val/cer, else its latest) or one checkpoint
         directory. Raises DataError for a path that does not exist, CheckpointError for a run
         without a usable checkpoint, ConfigError for a run trained on toy features."""
@@ -77,7 +81,7 @@ class Recognizer:
             raise DataError(f"Recognizer.load: {path} does not exist; pass a run directory (runs/<experiment>/"
                             "<time>-<id>) or one of its checkpoints/step_* directories")
         train_cfg, params, tokenizer = load_model(path)
-        return cls(train_cfg, params, tokenizer, segment_seconds=segment_seconds)
+        return cls(train_cfg, params, tokenizer, segment_seconds=segment_seconds, silence_db=silence_db)
 
     @property
     def sample_rate(self) -> int:
@@ -114,6 +118,8 @@ class Recognizer:
         wav, rate = self.waveform(audio, sample_rate)
         if wav.numel() > self.segment_seconds * rate:
             return self.transcribe_long(wav, rate)[0]
+        if is_silent(wav, rate, silence_db=self.silence_db):
+            return Transcript("", [], [], [], [])
         hyp, _, _ = transcribe_waveform(self.params, self.train_cfg, self.tokenizer, wav, rate)
         return hyp
 
@@ -123,6 +129,7 @@ class Recognizer:
         length: `(transcript, info)` with `info["segments"]` and `info["truncated"]`; `kwargs` go to it
         (`silence_db`, `min_pause_ms`, `pause_db`, `margin_ms`, `batch_size`)."""
         wav, rate = self.waveform(audio, sample_rate)
+        kwargs.setdefault("silence_db", self.silence_db)
         return transcribe_long(self.params, self.train_cfg, self.tokenizer, wav, rate,
                                max_seconds=self.segment_seconds, **kwargs)
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_finite, check_range
-from ..errors import DataError, DTypeError, ShapeError
+from ..errors import ConfigError, DataError, DTypeError, ShapeError
 from .folder import read_image
 from .sliding import SlidingWindowConfig
 from .task import SegTrainConfig, class_names, load_model, predict_full, preprocess
@@ -181,7 +181,6 @@ class Segmenter:
         saved to `path` with `torch.export.save` when given. The program is specialized to that
         shape: `size` defaults to the patch size (what sliding windows feed the model) or
         `input_size`; a run that predicts at every image's own size needs `size`."""
-        from ..errors import ConfigError
         from ..export import export_model
 
         size = size or self.train_cfg.patch or self.input_size
