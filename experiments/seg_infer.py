@@ -53,6 +53,7 @@ from funcml.runs import output_dir
 from funcml.seg import task
 from funcml.seg.folder import IMAGE_SUFFIXES, list_images, open_image, read_image, save_mask_png
 from funcml.seg.masks import format_class_map, parse_class_map
+from funcml.seg.segmenter import input_size
 from funcml.seg.viz import overlay, save_image_atomic, save_overlay_grid
 
 
@@ -184,7 +185,8 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
     images = [read_image(p, channels) for p in paths]
     gts = ([_read_mask(cfg.masks / f"{p.stem}.png", tuple(x.shape[-2:]), k, ignore_index, class_map)
             for p, x in zip(paths, images)] if cfg.masks is not None else None)
-    if train_cfg.patch is not None:  # full resolution, sliding windows; the grid at a shrunk common size
+    size = input_size(train_cfg)
+    if size is None:  # each image at its own size (sliding windows for a patch-trained run); the grid shrunk
         sliding = dataclasses.replace(train_cfg.sliding, tta=cfg.tta,
                                       **({} if cfg.overlap is None else {"overlap": cfg.overlap}))
         full = [task.predict_full(params, model_state, model_cfg, task.preprocess(x[None], train_cfg), train_cfg,
@@ -195,7 +197,6 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
         small = torch.stack([_resize_image(x, size) for x in images])
         pred_small = torch.stack([_resize_ids(p, size) for p in full])
     else:
-        size = (train_cfg.data.height, train_cfg.data.width)
         small = torch.stack([_resize_image(x, size) for x in images])  # [N, C, h, w], the model's size
         preds = []
         for i in range(0, len(images), cfg.batch_size):

@@ -353,6 +353,39 @@ def test_infer_on_a_folder_with_masks_writes_masks_overlays_and_grid(tiny_run, t
         assert grid.width == 3 * 16 * 4 + 4 * 4  # image | ground truth | prediction at the training size
 
 
+def test_infer_predicts_a_native_size_folder_run_at_each_image_size_as_the_segmenter_does(tmp_path, monkeypatch):
+    """A folder run trained on whole images at their own size (no patches, no --folder-size) is not
+    squeezed to the unused shapes size: seg_infer's masks equal funcml.seg.Segmenter's."""
+    from funcml.seg import Segmenter, task
+    from funcml.seg.shapes import ShapesConfig
+    from funcml.seg.unet import UNetConfig
+
+    data = ShapesConfig(height=24, width=24, channels=1, classes=("circle",), mode="binary")  # square: rot90
+    train = write_example_folder(tmp_path / "train", random.key(1), 4, data)
+    cfg = dataclasses.replace(task.PRESETS["folder"][1], folder=train, patch=None, steps=1, eval_every=1,
+                              batch_size=2, warmup_steps=1,
+                              model=UNetConfig(in_channels=1, num_classes=2, depth=2, base_width=4),
+                              runs_dir=tmp_path / "runs")
+    run, _ = task.train(cfg, progress=False)
+    other = write_example_folder(tmp_path / "other", random.key(2), 2, dataclasses.replace(data, height=28, width=36))
+    seen, predict_full = [], task.predict_full
+
+    def recording(params, state, model_cfg, images, *args, **kwargs):
+        seen.append(tuple(images.shape[-2:]))
+        return predict_full(params, state, model_cfg, images, *args, **kwargs)
+
+    monkeypatch.setattr(task, "predict_full", recording)
+    seg_infer.main(["--run", str(run.path), "--input", str(other / "images"), "--out", str(tmp_path / "pred")])
+    monkeypatch.undo()
+    assert seen == [(28, 36), (28, 36)]  # the model saw each image at its own size
+    seg = Segmenter.load(run.path)
+    for stem in ("0000", "0001"):
+        with Image.open(tmp_path / "pred" / f"{stem}_mask.png") as im:
+            got = torch.from_numpy(np.asarray(im).astype(np.int64))
+        assert got.shape == (28, 36)
+        assert torch.equal(got, seg(other / "images" / f"{stem}.png"))
+
+
 def test_infer_on_one_image_without_masks_draws_two_columns(tiny_run, train_cfg, tmp_path):
     folder = _infer_folder(tmp_path, train_cfg.data, n=1)
     out = tmp_path / "pred"
