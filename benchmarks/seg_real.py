@@ -46,6 +46,7 @@ from benchmarks.common import fresh_results_path, machine_line, markdown_table, 
 from funcml import config  # noqa: E402
 from funcml.errors import ConfigError, DataError, cli_main  # noqa: E402
 from funcml.seg import task  # noqa: E402
+from funcml.seg.data import FolderSplit  # noqa: E402
 from funcml.seg.metrics import confusion_matrix  # noqa: E402
 from funcml.seg.transforms import AugmentConfig  # noqa: E402
 
@@ -157,7 +158,7 @@ def main(cfg: SegRealConfig) -> dict[str, Any]:
         run, summary = task.train(train_cfg, progress=True)
         wall = time.perf_counter() - t0
         saved, model_cfg, params, state = task.load_model(run.path)
-        folder = task._Folder(saved)
+        folder = FolderSplit(saved)
         pairs, n_train = folder.val_pairs(), len(folder.train_idx)
         sw = saved.sliding
         win = saved.patch or base.patch  # the whole-images row predicts with the preset's window too

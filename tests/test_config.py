@@ -136,3 +136,34 @@ def test_bad_flag_exits_with_status_2(tmp_path):
     assert ok.returncode == 0 and "C(steps=3)" in ok.stdout
     bad = subprocess.run([sys.executable, str(script), "--steps", "three"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--steps" in bad.stdout + bad.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    steps: int = 10
+    batch_size: int = 4
+    precision: Literal["fp32", "bf16"] = "fp32"
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        config.require_at_least(self, 1, "steps", "batch_size")
+        config.require_one_of(self, "precision", ("fp32", "bf16"))
+        config.require(self.lr > 0, self, f"lr must be > 0, got {self.lr}")
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"batch_size": 0}, "Checked: batch_size must be >= 1, got 0"),
+    ({"steps": -2, "batch_size": 0}, "Checked: steps must be >= 1, got -2"),  # the first bad field, in order
+    ({"precision": "fp16"}, "Checked: precision must be one of 'fp32', 'bf16', got 'fp16'"),
+    ({"lr": -1.0}, "Checked: lr must be > 0, got -1.0"),
+])
+def test_validators_raise_config_errors_naming_the_class_the_field_and_the_value(kw, message):
+    with pytest.raises(ConfigError) as info:
+        Checked(**kw)
+    assert str(info.value) == message
+
+
+def test_validators_pass_a_good_config_and_loading_runs_them():
+    assert Checked(steps=1, precision="bf16").steps == 1
+    with pytest.raises(ConfigError, match="Checked: batch_size must be >= 1, got 0"):
+        config.from_dict(Checked, {"batch_size": 0})

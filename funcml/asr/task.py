@@ -1,4 +1,5 @@
-"""Paraformer ASR as a task: the training config, presets, data, training, loading, evaluation, inference.
+"""Paraformer ASR as a task: the training config, presets, data, training, loading, evaluation, inference
+(the `Example` record, utterances and batches: `funcml.asr.data`, re-exported here).
 
     python experiments/asr_train.py speech            # synthesized speech (espeak-ng), the main job's preset
     python experiments/asr_train.py toy --steps 300   # the toy feature dataset
@@ -59,7 +60,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 
@@ -76,14 +77,15 @@ from ..trainer import Task, TrainConfig, check_global_batch, config_of, initial_
 from . import audio as audio_lib
 from . import manifest as manifest_lib
 from .batching import length_bucketed_indices
+from .data import (Example, collate, data_key, feature_dim, frame_shift, manifest_examples, manifest_path,
+                   speech_examples, toy_examples)
 from .encoder import EncoderConfig
 from .frontend import FrontendConfig, features as frontend_features, spec_augment, warp_frequency
 from .metrics import cer, length_accuracy, token_accuracy, wer
-from .paraformer import (LossConfig, ParaformerConfig, Transcript, frame_shift_seconds, greedy_decode,
-                         paraformer_loss)
-from .speech import DIGITS, WIDE_TRAIN_VOICES, WORDS, SpeechConfig, make_corpus
+from .paraformer import LossConfig, ParaformerConfig, Transcript, greedy_decode, paraformer_loss
+from .speech import DIGITS, WIDE_TRAIN_VOICES, WORDS, SpeechConfig
 from .tokenizer import CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
-from .toy import ToyConfig, toy_batch, toy_tokenizer
+from .toy import ToyConfig, toy_tokenizer
 
 __all__ = ["AsrTrainConfig", "PRESETS", "SIM2REAL_RECIPES", "sim2real_config", "Example", "resolve", "tokenizer_for", "with_init", "train_examples",
            "val_examples", "test_examples", "manifest_examples", "collate", "evaluate", "train", "load_model",
@@ -175,15 +177,6 @@ class AsrTrainConfig(TrainConfig, steps=2000, lr=1e-3, weight_decay=1e-2, warmup
         require(self.data == "toy" or self.num_train >= 1, self, "num_train must be >= 1 for speech data")
         require(self.loss.ctc_weight == 0 or self.model.ctc, self,
                 f"loss.ctc_weight={self.loss.ctc_weight} needs a CTC head: add --model.ctc")
-
-
-class Example(NamedTuple):
-    """One utterance: `features [T, F]` float32, `tokens` (ids, no specials), `text`, `seconds` of audio."""
-
-    features: torch.Tensor
-    tokens: list[int]
-    text: str
-    seconds: float
 
 
 # --------------------------------------------------------------------------- presets
@@ -311,7 +304,7 @@ def tokenizer_for(cfg: AsrTrainConfig) -> Tokenizer:
         tok = _init_source(cfg.init_from)[1]
         return dataclasses.replace(tok, use_unk=True) if cfg.oov == "unk" else tok
     if cfg.data == "manifest":
-        texts = [u.text for u in manifest_lib.read_manifest(_manifest(cfg, "train"), check_files=False)]
+        texts = [u.text for u in manifest_lib.read_manifest(manifest_path(cfg, "train"), check_files=False)]
         kind = WordTokenizer if cfg.tokenizer == "word" else CharTokenizer
         return kind.from_texts(texts, use_unk=cfg.oov == "unk")
     if cfg.tokenizer == "word":
@@ -340,11 +333,6 @@ def with_init(cfg: AsrTrainConfig) -> AsrTrainConfig:
     return dataclasses.replace(cfg, model=src.model, frontend=src.frontend, tokenizer=src.tokenizer)
 
 
-def feature_dim(cfg: AsrTrainConfig) -> int:
-    """F of the model's input: the toy `feat_dim`, or the front end's (80, or 560 with LFR)."""
-    return cfg.toy.feat_dim if cfg.data == "toy" else cfg.frontend.feature_dim
-
-
 def resolve(cfg: AsrTrainConfig) -> AsrTrainConfig:
     """`cfg` with `model.vocab_size` and `model.encoder.input_dim` set from the data."""
     v, f = tokenizer_for(cfg).vocab_size, feature_dim(cfg)
@@ -355,82 +343,15 @@ def resolve(cfg: AsrTrainConfig) -> AsrTrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(m, vocab_size=v, encoder=enc))
 
 
-def frame_shift(cfg: AsrTrainConfig) -> float:
-    """Seconds per encoder frame (toy features count as 10 ms frames)."""
-    hop = 10.0 if cfg.data == "toy" else cfg.frontend.hop_ms
-    n = cfg.frontend.lfr_n if (cfg.data != "toy" and cfg.frontend.use_lfr) else 1
-    return frame_shift_seconds(hop, n, cfg.model.encoder)
-
-
-def _data_key(cfg: AsrTrainConfig, split: str) -> torch.Tensor:
-    return random.fold_in(random.key(cfg.data_seed), split)
-
-
-def _speech_examples(cfg: AsrTrainConfig, split: str, n: int, tok: Tokenizer) -> list[Example]:
-    voices = "test" if split == "test" else "train"
-    utts = make_corpus(_data_key(cfg, split), n, cfg.speech, split=voices, cache_dir=cfg.cache_dir)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # per-utterance tensors are small; one thread is faster on a busy machine
-    try:
-        out = []
-        for u in utts:
-            wav = u.waveform if u.sample_rate == cfg.frontend.sample_rate else audio_lib.resample(
-                u.waveform, u.sample_rate, cfg.frontend.sample_rate)
-            out.append(Example(frontend_features(wav, cfg.frontend), tok.encode(u.text), u.text,
-                               u.waveform.numel() / u.sample_rate))
-        return out
-    finally:
-        torch.set_num_threads(before)
-
-
-def _toy_examples(cfg: AsrTrainConfig, key: torch.Tensor, n: int, tok: Tokenizer) -> list[Example]:
-    b = toy_batch(key, n, cfg.toy, tok)
-    out = []
-    for i in range(n):
-        t, l_ = int(b["feat_lengths"][i]), int(b["token_lengths"][i])
-        out.append(Example(b["features"][i, :t], b["tokens"][i, :l_].tolist(), b["texts"][i], t * 0.01))
-    return out
-
-
-def _manifest(cfg: AsrTrainConfig, split: Literal["train", "val"]) -> Path:
-    path = cfg.train_manifest if split == "train" else cfg.val_manifest
-    if path is None:
-        raise ConfigError("--data manifest needs --train-manifest and --val-manifest (JSONL files or Kaldi data "
-                          "dirs; see docs/ASR_REAL_DATA.md)")
-    return path
-
-
-def manifest_examples(cfg: AsrTrainConfig, path: Path, tok: Tokenizer, *, with_speakers: bool = False,
-                      speeds: Sequence[float] = (1.0,)) -> list[Example] | tuple[list[Example], list[str | None]]:
-    """The utterances of one manifest (JSONL or Kaldi dir) as Examples: transcripts checked against
-    `tok` under `cfg.oov`, features through the content-keyed cache under `cfg.cache_dir`.
-    `with_speakers` also returns each example's speaker (None where the manifest gives none);
-    `speeds` lists the speed factors to load every utterance at (speed perturbation), in turn."""
-    utts = manifest_lib.apply_vocabulary(manifest_lib.read_manifest(path), tok, oov=cfg.oov)
-    n_max = cfg.model.max_tokens - int(cfg.model.predict_eos)
-    ids = []
-    for u in utts:
-        ids.append(tok.encode(u.text))
-        if len(ids[-1]) > n_max:
-            raise DataError(f"{u.where}: {u.text!r} has {len(ids[-1])} tokens but the model has max_tokens="
-                            f"{cfg.model.max_tokens}; raise --model.max-tokens or split the utterance")
-    examples = []
-    for speed in speeds:
-        loaded = manifest_lib.load_features(utts, cfg.frontend, cache_dir=cfg.cache_dir, speed=speed)
-        examples += [Example(f, t, u.text, s) for u, t, (f, s) in zip(utts, ids, loaded)]
-    speakers = [u.speaker for u in utts] * len(speeds)
-    return (examples, speakers) if with_speakers else examples
-
-
 def train_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
     """The training set: `num_train` utterances of the training voices (speech) or the training manifest."""
     if cfg.data == "toy":
         raise ConfigError("train_examples: toy training data is drawn per step (toy_batch), not a fixed set")
     if cfg.data == "manifest":
         tok = tok or tokenizer_for(cfg)
-        real = manifest_examples(cfg, _manifest(cfg, "train"), tok, speeds=(1.0, *cfg.speed_perturb))
-        return real + (_speech_examples(cfg, "train", cfg.mix_speech, tok) if cfg.mix_speech else [])
-    return _speech_examples(cfg, "train", cfg.num_train, tok or tokenizer_for(cfg))
+        real = manifest_examples(cfg, manifest_path(cfg, "train"), tok, speeds=(1.0, *cfg.speed_perturb))
+        return real + (speech_examples(cfg, "train", cfg.mix_speech, tok) if cfg.mix_speech else [])
+    return speech_examples(cfg, "train", cfg.num_train, tok or tokenizer_for(cfg))
 
 
 def val_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
@@ -438,54 +359,23 @@ def val_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Exam
     validation manifest."""
     tok = tok or tokenizer_for(cfg)
     if cfg.data == "toy":
-        return _toy_examples(cfg, _data_key(cfg, "val"), cfg.num_val, tok)
+        return toy_examples(cfg, data_key(cfg, "val"), cfg.num_val, tok)
     if cfg.data == "manifest":
-        return manifest_examples(cfg, _manifest(cfg, "val"), tok)
-    return _speech_examples(cfg, "val", cfg.num_val, tok)
+        return manifest_examples(cfg, manifest_path(cfg, "val"), tok)
+    return speech_examples(cfg, "val", cfg.num_val, tok)
 
 
 def test_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Example]:
     """The test split: `num_test` utterances of the *held-out* voices, a toy batch, or the test manifest."""
     tok = tok or tokenizer_for(cfg)
     if cfg.data == "toy":
-        return _toy_examples(cfg, _data_key(cfg, "test"), cfg.num_test, tok)
+        return toy_examples(cfg, data_key(cfg, "test"), cfg.num_test, tok)
     if cfg.data == "manifest":
         if cfg.test_manifest is None:
             raise ConfigError("this manifest run has no test split: pass --test-manifest (or evaluate any manifest "
                               "with experiments/asr_eval.py --manifest)")
         return manifest_examples(cfg, cfg.test_manifest, tok)
-    return _speech_examples(cfg, "test", cfg.num_test, tok)
-
-
-def collate(examples: Sequence[Example], cfg: AsrTrainConfig) -> dict[str, torch.Tensor]:
-    """Pad a list of examples into a batch:
-
-        features [B, T, F] float32 (T = longest, rounded up to pad_multiple; zeros after each length)
-        feat_lengths [B] int64, tokens [B, N] int64 (N = model.max_tokens, pad id 0), token_lengths [B] int64
-
-    A text with more than `max_tokens` tokens (one fewer with `predict_eos`) is a DataError."""
-    if not examples:
-        raise DataError("collate: no examples")
-    f = examples[0].features.shape[-1]
-    n_max = cfg.model.max_tokens - int(cfg.model.predict_eos)
-    for i, e in enumerate(examples):
-        check_shape(e.features, "t f", name=f"examples[{i}].features", f=f)
-        if len(e.tokens) > n_max:
-            raise DataError(f"collate: {e.text!r} has {len(e.tokens)} tokens but the model has "
-                            f"max_tokens={cfg.model.max_tokens}" + (" (one kept for <eos>)" if cfg.model.predict_eos
-                                                                   else "") + "; raise --model.max-tokens")
-        if len(e.tokens) == 0:
-            raise DataError(f"collate: examples[{i}] has an empty transcript")
-    lengths = torch.tensor([e.features.shape[0] for e in examples], dtype=torch.int64)
-    t = int(lengths.max())
-    t = -(-t // cfg.pad_multiple) * cfg.pad_multiple
-    feats = torch.zeros(len(examples), t, f, dtype=torch.float32)
-    tokens = torch.zeros(len(examples), cfg.model.max_tokens, dtype=torch.int64)
-    for i, e in enumerate(examples):
-        feats[i, : e.features.shape[0]] = e.features
-        tokens[i, : len(e.tokens)] = torch.tensor(e.tokens, dtype=torch.int64)
-    return {"features": feats, "feat_lengths": lengths, "tokens": tokens,
-            "token_lengths": torch.tensor([len(e.tokens) for e in examples], dtype=torch.int64)}
+    return speech_examples(cfg, "test", cfg.num_test, tok)
 
 
 def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
@@ -494,7 +384,7 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
     world = check_global_batch(cfg.batch_size)
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     warp_key = random.fold_in(aug_key, "freq_warp")
-    train_key = _data_key(cfg, "train")
+    train_key = data_key(cfg, "train")
     data = train_examples(cfg, tok) if cfg.data != "toy" else None
     lengths = None
     if cfg.data == "manifest":
@@ -512,7 +402,7 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
             batch = collate([data[int(i)] for i in idx], cfg)
         else:
             key = random.fold_in(distributed.shard_key(train_key), step)
-            batch = collate(_toy_examples(cfg, key, cfg.batch_size // world, tok), cfg)
+            batch = collate(toy_examples(cfg, key, cfg.batch_size // world, tok), cfg)
         if cfg.freq_warp > 0:
             batch["features"] = warp_frequency(random.fold_in(warp_key, step), batch["features"],
                                                max_warp=cfg.freq_warp)

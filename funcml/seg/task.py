@@ -1,4 +1,5 @@
-"""Segmentation as a task: the training config, presets, training, loading, prediction and evaluation.
+"""Segmentation as a task: the training config, presets, training and loading (data, prediction and evaluation
+re-exported from `funcml.seg.data` and `funcml.seg.predict`).
 
     python experiments/seg_train.py unet-transformer            # a preset (see PRESETS)
     python experiments/seg_train.py unet --steps 2000 --lr 1e-3
@@ -13,18 +14,9 @@ fields, AdamW with warmup + cosine decay, the one loop `funcml.train.fit`, check
 val/miou, resume, curves, Ctrl-C). This module brings the data, the loss `ce_dice_loss` and the
 metrics.
 
-Data. On the built-in shapes, the batch of step t is a pure function of the data key and t:
-
-    images01, masks = shapes_batch(fold_in(split_key(data_key, "train"), t), B, cfg.data)
-    images01, masks = augment(fold_in(aug_key, t), images01, masks, cfg.augment)
-    x = (images01 - mean) / std                                   # preprocess
-
-so a run resumed at step k sees exactly the batches of the uninterrupted run. The validation
-split is `shapes_batch(split_key(data_key, "val"), val_size, cfg.data)`, fixed by `data_seed`
-(independent of the model's `seed`). With `folder=...` the examples come from a
-`FolderDataset` (at native size, or `folder_size`): a fraction `val_fraction` of them,
-chosen by a permutation from the data key, is held out for validation, and the training
-batches walk through epoch-wise permutations of the rest (`fold_in(data_key, epoch)`).
+Data (`funcml.seg.data`): shapes generated from the data key per step, or a folder of images
+split into training and validation files; prediction and evaluation: `funcml.seg.predict`.
+Both are re-exported here.
 
 Keys: `root = key(seed)`; init `fold_in(root, "init")`, train-step `fold_in(root, "train")`
 (the step derives `fold_in(., step)`), augmentation `fold_in(root, "augment")`; data
@@ -40,34 +32,32 @@ only rank 0 writes the run directory. One process is unchanged (`shard_key` is t
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator, Literal, Union
+from typing import Annotated, Any, Union
 
 import torch
 from tyro.conf import subcommand
 
-from .. import random, tasks
-from ..checks import check_dtype, check_shape
+from .. import random
 from ..config import require, require_at_least
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..nn import model as models
 from ..runs import RunDir
 from ..train import distributed
 from ..trainer import Task, TrainConfig, check_global_batch, load_run, optimizer, train_task
-from .folder import FolderDataset
+from .data import FolderSplit, class_names, data_key, preprocess, val_batches
 from .hybrid import UNetTransformerConfig
 from .losses import ce_dice_loss
-from .metrics import confusion_matrix, metrics_from_confusion, per_image_dice
+from .predict import evaluate, predict, predict_full
 from .shapes import ShapesConfig, shapes_batch, split_key
-from .masks import check_mask_values, parse_class_map, scan_masks
-from .patches import pad_to_canvas, sample_patches
-from .sliding import SlidingWindowConfig, sliding_window
-from .transforms import AugmentConfig, augment, normalize
+from .masks import parse_class_map
+from .sliding import SlidingWindowConfig
+from .transforms import AugmentConfig, augment
 from .unet import UNetConfig
 
 __all__ = ["SegTrainConfig", "PRESETS", "preprocess", "train", "load_model", "predict", "predict_full", "evaluate",
-           "val_batches", "class_names", "make_optimizer", "make_loss_fn", "resolve_config", "IGNORE_INDEX", "TASK"]
+           "val_batches", "class_names", "make_optimizer", "make_loss_fn", "resolve_config", "train_batch_fn", "IGNORE_INDEX",
+           "TASK"]
 
 IGNORE_INDEX = 255
 PyTree = Any
@@ -229,120 +219,11 @@ PRESETS: dict[str, tuple[str, SegTrainConfig]] = {
 }
 
 
-# --------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------- training
 
 
-def preprocess(images: torch.Tensor, cfg: SegTrainConfig) -> torch.Tensor:
-    """Normalize images for the network: `images: [B, C, H, W]` float in [0, 1] ->
-    `(images - mean[c]) / std[c]`, float32 `[B, C, H, W]` (C = `cfg.model.in_channels`)."""
-    check_shape(images, "b c h w", name="images", c=cfg.model.in_channels)
-    check_dtype(images, "float", name="images")
-    mean, std = _stats(cfg)
-    return normalize(images.to(torch.float32), mean, std)
-
-
-def _stats(cfg: SegTrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if cfg.mean is not None and cfg.std is not None:
-        return cfg.mean, cfg.std
-    if cfg.folder is not None:
-        raise ConfigError("mean/std of a folder run are measured on its training images by resolve_config(cfg) "
-                          "(train does it); pass --mean/--std or call funcml.seg.task.resolve_config first")
-    c = cfg.model.in_channels
-    return (0.5,) * c, (0.25,) * c
-
-
-def class_names(cfg: SegTrainConfig) -> tuple[str, ...]:
-    """The names of the K classes: the shapes' names, or `class_0..` for a folder dataset."""
-    names = cfg.data.class_names
-    if cfg.folder is None and len(names) == cfg.model.num_classes:
-        return tuple(names)
-    return tuple(f"class_{k}" for k in range(cfg.model.num_classes))
-
-
-def _data_key(cfg: SegTrainConfig) -> torch.Tensor:
-    return random.key(cfg.data_seed)
-
-
-def _is_grey(path: Path) -> bool:
-    from .folder import open_image
-
-    return open_image(path).mode in ("1", "L", "LA", "I", "I;16", "F")
-
-
-class _Folder:
-    """A folder dataset, loaded once into memory at its own size (or `folder_size`), split into
-    train / val indices (`val_stems`, else a permutation from the data key). The training masks
-    are scanned and checked first (`funcml.seg.masks`); with `report=True` the scan and any
-    warnings are printed to stderr."""
-
-    def __init__(self, cfg: SegTrainConfig, *, report: bool = False):
-        assert cfg.folder is not None
-        if not Path(cfg.folder).is_dir():
-            raise DataError(f"--folder {cfg.folder} does not exist; pass a folder with images/ and masks/")
-        k, class_map = cfg.model.num_classes, parse_class_map(cfg.class_map)
-
-        def dataset(channels: int) -> FolderDataset:
-            return FolderDataset(cfg.folder, num_classes=k, image_size=cfg.folder_size, class_map=class_map,
-                                 ignore_index=cfg.ignore_index, channels=channels)
-
-        ds = dataset(3)
-        n = len(ds)
-        if n < 2:
-            raise DataError(f"{cfg.folder}: needs at least 2 examples (one to train on, one to validate), got {n}")
-        if cfg.val_stems:
-            unknown = [s for s in cfg.val_stems if s not in ds.stems]
-            if unknown:
-                raise DataError(f"--val-stems {unknown} are not files of {cfg.folder}/images (stems: "
-                                f"{ds.stems[:5]}...)")
-            val = torch.tensor([i for i, s in enumerate(ds.stems) if s in cfg.val_stems], dtype=torch.int64)
-            train = torch.tensor([i for i, s in enumerate(ds.stems) if s not in cfg.val_stems], dtype=torch.int64)
-            if len(train) == 0:
-                raise DataError(f"--val-stems holds every file of {cfg.folder}; leave some to train on")
-            self.val_idx, self.train_idx = val, train
-        else:
-            perm = random.permutation(random.fold_in(_data_key(cfg), "folder_split"), n)
-            n_val = min(n - 1, max(1, round(cfg.val_fraction * n)))
-            self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
-        train_masks = [ds.mask_paths[i] for i in self.train_idx.tolist()]
-        scan = scan_masks(train_masks)
-        warnings = check_mask_values(scan, num_classes=k, class_map=class_map, ignore_index=cfg.ignore_index,
-                                     where=f"the training masks of {cfg.folder}")
-        self.channels = cfg.image_channels or (
-            1 if all(_is_grey(ds.image_paths[i]) for i in self.train_idx.tolist()) else 3)
-        if self.channels != 3:
-            ds = dataset(self.channels)
-        if report:
-            print(f"[seg] {scan.report(k, class_map, cfg.ignore_index)}", file=sys.stderr)
-            for w in warnings:
-                print(f"warning: {w}", file=sys.stderr)
-        pairs = [ds[i] for i in range(n)]
-        self.images = [p[0] for p in pairs]  # each [C, H_i, W_i] in [0, 1]
-        self.masks = [p[1] for p in pairs]  # each [H_i, W_i]
-        train_pixels = torch.cat([self.images[i].flatten(1) for i in self.train_idx.tolist()], dim=1)  # [C, P]
-        self.mean = tuple(float(v) for v in train_pixels.mean(dim=1))
-        self.std = tuple(max(float(v), 1e-3) for v in train_pixels.std(dim=1))
-        patch = cfg.patch or (1, 1)
-        self.canvas, self.canvas_masks, self.sizes = pad_to_canvas(
-            [self.images[i] for i in self.train_idx.tolist()], [self.masks[i] for i in self.train_idx.tolist()],
-            min_size=patch, ignore_index=cfg.ignore_index)
-        self.key = split_key(_data_key(cfg), "train")
-        self.patch_key = random.fold_in(self.key, "patch")
-        self.cfg = cfg
-
-    def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Example `g = step * B + i` is training image `g mod n` of the permutation of epoch `g // n`
-        (`funcml.tasks.epoch_indices`); with `patch`, one patch of it (`sample_patches` with the key
-        `fold_in(patch_key, step)`), else the whole image on the padded canvas."""
-        idx = tasks.epoch_indices(self.key, len(self.train_idx), step, batch_size)
-        images, masks = self.canvas[idx], self.canvas_masks[idx]
-        if self.cfg.patch is None:
-            return images, masks
-        return sample_patches(random.fold_in(self.patch_key, step), images, masks, self.sizes[idx],
-                              patch=self.cfg.patch, fg_fraction=self.cfg.fg_fraction,
-                              ignore_index=self.cfg.ignore_index)
-
-    def val_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(self.images[i], self.masks[i]) for i in self.val_idx.tolist()]
+_Folder = FolderSplit  # the name tests/test_seg_masks.py imports
+make_optimizer = optimizer  # the core's: clip, then AdamW with warmup + cosine decay over `steps`
 
 
 def resolve_config(cfg: SegTrainConfig) -> SegTrainConfig:
@@ -355,7 +236,7 @@ def resolve_config(cfg: SegTrainConfig) -> SegTrainConfig:
             raise ConfigError("patch applies to --folder data (the `folder` preset needs --folder DIR); on shapes use "
                               "--augment.crop")
         return cfg
-    f = _Folder(cfg, report=distributed.is_main())
+    f = FolderSplit(cfg, report=distributed.is_main())
     model = dataclasses.replace(cfg.model, in_channels=f.channels)
     if cfg.mean is not None and cfg.std is not None:
         if len(cfg.mean) != f.channels or len(cfg.std) != f.channels:
@@ -365,13 +246,13 @@ def resolve_config(cfg: SegTrainConfig) -> SegTrainConfig:
     return dataclasses.replace(cfg, model=model, image_channels=f.channels, mean=f.mean, std=f.std)
 
 
-def _train_batch_fn(cfg: SegTrainConfig):
+def train_batch_fn(cfg: SegTrainConfig):
     """`get_batch(step) -> (x normalized [b, C, H, W], masks [b, H, W])`, a pure function of the
     step: this rank's `b = B / W` examples (W processes; `b = B` in one)."""
     world = check_global_batch(cfg.batch_size)
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
-    folder = _Folder(cfg) if cfg.folder is not None else None
-    train_key = distributed.shard_key(split_key(_data_key(cfg), "train"))
+    folder = FolderSplit(cfg) if cfg.folder is not None else None
+    train_key = distributed.shard_key(split_key(data_key(cfg), "train"))
 
     def get_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if folder is not None:
@@ -383,128 +264,6 @@ def _train_batch_fn(cfg: SegTrainConfig):
 
     return get_batch
 
-
-def val_batches(train_cfg: SegTrainConfig, batch_size: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The validation split in batches of `(images01 [b, C, H, W] in [0, 1], masks [b, H, W] int64)`:
-    `val_size` shapes from `split_key(data_key, "val")`, or the held-out part of the folder."""
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if train_cfg.folder is not None:  # full images, consecutive ones of equal size batched together
-        batch: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for image, mask in _Folder(train_cfg).val_pairs():
-            if batch and (len(batch) == batch_size or image.shape != batch[0][0].shape):
-                yield torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-                batch = []
-            batch.append((image, mask))
-        if batch:
-            yield torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-        return
-    else:
-        images, masks = shapes_batch(split_key(_data_key(train_cfg), "val"), train_cfg.val_size, train_cfg.data)
-    for i in range(0, images.shape[0], batch_size):
-        yield images[i:i + batch_size], masks[i:i + batch_size]
-
-
-# --------------------------------------------------------------------------- model use
-
-
-def predict(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, images_normalized: torch.Tensor, *,
-            batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode prediction, without gradients, in batches of `batch_size`.
-
-    images_normalized: `[B, C, H, W]` float (after `preprocess`), C = `model_cfg.in_channels`.
-    Returns `pred: [B, H, W]` int64 (argmax class) and `probs: [B, K, H, W]` float32 (softmax).
-    """
-    check_shape(images_normalized, "b c h w", name="images_normalized", c=model_cfg.in_channels)
-    check_dtype(images_normalized, "float", name="images_normalized")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    preds, probs = [], []
-    with torch.no_grad():
-        for i in range(0, images_normalized.shape[0], batch_size):
-            logits, _ = models.apply(params, model_state, images_normalized[i:i + batch_size], model_cfg, train=False)
-            p = torch.softmax(logits.float(), dim=1)  # [b, K, H, W]
-            probs.append(p)
-            preds.append(p.argmax(dim=1).to(torch.int64))
-    if not preds:
-        h, w = images_normalized.shape[-2:]
-        return (torch.zeros(0, h, w, dtype=torch.int64),
-                torch.zeros(0, model_cfg.num_classes, h, w, dtype=torch.float32))
-    return torch.cat(preds), torch.cat(probs)
-
-
-def predict_full(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, images_normalized: torch.Tensor,
-                 train_cfg: SegTrainConfig, *, sliding: SlidingWindowConfig | None = None,
-                 window: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predict full images `[B, C, H, W]` (after `preprocess`) -> `(pred [B, H, W], probs [B, K, H, W])`.
-
-    A run trained on patches (`train_cfg.patch`, or an explicit `window`) predicts by overlapping
-    windows of that size blended with a Gaussian importance map (`funcml.seg.sliding`; settings
-    `sliding`, default `train_cfg.sliding`); otherwise the whole image goes through the model at once
-    (`predict`). This is the one path of `evaluate`, `seg_eval.py` and `seg_infer.py`.
-    """
-    window = window or train_cfg.patch
-    if window is None:
-        return predict(params, model_state, model_cfg, images_normalized)
-    check_shape(images_normalized, "b c h w", name="images_normalized", c=model_cfg.in_channels)
-    check_dtype(images_normalized, "float", name="images_normalized")
-    sw = sliding or train_cfg.sliding
-
-    def probs_fn(x: torch.Tensor) -> torch.Tensor:
-        logits, _ = models.apply(params, model_state, x, model_cfg, train=False)
-        return torch.softmax(logits.float(), dim=1)
-
-    with torch.no_grad():
-        probs = sliding_window(probs_fn, images_normalized, window=window, overlap=sw.overlap,
-                               sigma_scale=sw.sigma_scale, batch_size=sw.batch_size, tta=sw.tta)
-    return probs.argmax(dim=1).to(torch.int64), probs
-
-
-def _nan_list(x: torch.Tensor) -> list[float]:
-    return [float(v) for v in x.tolist()]
-
-
-def evaluate(params: PyTree, model_state: PyTree, model_cfg: UNetConfig,
-             batches: Iterable[tuple[torch.Tensor, torch.Tensor]], train_cfg: SegTrainConfig, *,
-             ignore_index: int | None = None, sliding: SlidingWindowConfig | None = None) -> dict[str, Any]:
-    """Dataset-level metrics of the model on `batches` of `(images01 [B, C, H, W] in [0, 1], masks [B, H, W])`.
-
-    Pixels are pooled over all batches into one confusion matrix (`funcml.seg.metrics`), so
-    IoU_k = TP_k / (TP_k + FP_k + FN_k) and Dice_k = 2 TP_k / (2 TP_k + FP_k + FN_k) are
-    computed once from the totals; classes absent from both prediction and target are NaN and
-    left out of the means. `per_image_dice[i]` is image i's Dice averaged over the classes
-    present in its prediction or target.
-
-    Returns `per_class_iou`, `per_class_dice` (lists of K floats), `mean_iou`, `mean_dice`,
-    `pixel_accuracy` (floats), `per_image_dice` (list), `class_names`, `num_images`.
-    """
-    k = model_cfg.num_classes
-    ignore_index = train_cfg.ignore_index if ignore_index is None else ignore_index
-    cm = torch.zeros(k, k, dtype=torch.int64)
-    image_dice: list[float] = []
-    for images, masks in batches:
-        pred, _ = predict_full(params, model_state, model_cfg, preprocess(images, train_cfg), train_cfg,
-                               sliding=sliding)
-        check_shape(masks, "b h w", name="masks", b=pred.shape[0], h=pred.shape[1], w=pred.shape[2])
-        cm = cm + confusion_matrix(pred, masks, k, ignore_index=ignore_index)
-        image_dice += _nan_list(torch.nanmean(per_image_dice(pred, masks, k, ignore_index), dim=1))
-    m = metrics_from_confusion(cm)
-    return {
-        "class_names": list(class_names(train_cfg)),
-        "per_class_iou": _nan_list(m["iou"]),
-        "per_class_dice": _nan_list(m["dice"]),
-        "mean_iou": float(m["mean_iou"]),
-        "mean_dice": float(m["mean_dice"]),
-        "pixel_accuracy": float(m["pixel_accuracy"]),
-        "per_image_dice": image_dice,
-        "num_images": len(image_dice),
-    }
-
-
-# --------------------------------------------------------------------------- training
-
-
-make_optimizer = optimizer  # the core's: clip, then AdamW with warmup + cosine decay over `steps`
 
 
 def make_loss_fn(cfg: SegTrainConfig):
@@ -550,7 +309,7 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
         m = evaluate(params, model_state, cfg.model, val, cfg)
         return {"val/miou": m["mean_iou"], "val/mdice": m["mean_dice"], "val/pixel_acc": m["pixel_accuracy"]}
 
-    return train_task(TASK, cfg, data=lambda: (_train_batch_fn(cfg), list(val_batches(cfg))),
+    return train_task(TASK, cfg, data=lambda: (train_batch_fn(cfg), list(val_batches(cfg))),
                       loss_fn=make_loss_fn(cfg), validate=validate,
                       report=lambda params, model_state, val, run: evaluate(params, model_state, cfg.model, val, cfg),
                       progress=progress)
