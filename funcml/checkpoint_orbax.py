@@ -5,7 +5,8 @@
     ts = checkpoint_orbax.restore("ckpts", like=ts)                    # latest step, checked against `like`
     params = checkpoint_orbax.load_params_numpy("ckpts")               # {"enc.0.w": np.ndarray, ...}
 
-The contents are those of `funcml.checkpoint`: the same three trees under the same
+The contents are those of `funcml.checkpoint`, from the same format module
+(`funcml.checkpoint_format`): the state's named trees (a TrainState's three) under the same
 `tree.flatten_with_names` names, and the same meta (step, root key, loss scale, config,
 metrics, library versions). `directory` is the root of an orbax `CheckpointManager`; each
 step is a sub-directory `<step>/` with the items `params`, `model_state`, `opt_state` (flat
