@@ -248,6 +248,21 @@ def test_grad_accumulation_equals_one_big_batch():
     assert tree.allclose(one.params, four.params, rtol=1e-5, atol=1e-7)
 
 
+def test_multi_steps_over_two_calls_equals_grad_accum_over_their_concatenated_batch():
+    cfg = MLPConfig(in_dim=8, hidden=(16,), out_dim=1, dropout=0.0)
+    loss = lambda p, s, b, k: mlp_loss(p, s, b, k, cfg)  # noqa: E731
+    b0, b1 = regression_batch(0, n=16), regression_batch(1, n=16)
+    ts, tx = make_state(cfg=cfg, tx=optim.multi_steps(optim.adamw(1e-2), every_k=2))
+    step = make_train_step(loss, tx, compile=False)
+    mid, m = step(ts, b0)
+    assert tree.equal(mid.params, ts.params)  # accumulating: no update yet
+    two, _ = step(mid, b1)
+    ts_a, tx_a = make_state(cfg=cfg, tx=optim.adamw(1e-2))
+    both = {k: torch.cat([b0[k], b1[k]]) for k in b0}
+    accum, _ = make_train_step(loss, tx_a, compile=False, grad_accum=2)(ts_a, both)
+    assert tree.allclose(two.params, accum.params, rtol=1e-5, atol=1e-7)
+
+
 def test_eval_step_returns_metrics_without_grads():
     ts, _ = make_state()
 
