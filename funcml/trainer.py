@@ -97,6 +97,9 @@ class TrainConfig:
     """Stop after this many evaluations without a better best metric (seg: val/miou, ASR: val/cer; 0 = never)."""
     keep_last: int = 2
     """Checkpoints kept besides the best."""
+    tensorboard: bool = False
+    """Also write the logged scalars and, at the end, the run's figures as TensorBoard event files in
+    <run>/tensorboard/ (needs the optional extra: pip install 'funcml[tensorboard]')."""
 
     def __init_subclass__(cls, **defaults: Any) -> None:
         super().__init_subclass__()
@@ -110,8 +113,8 @@ class TrainConfig:
             setattr(cls, name, value)
 
     def __post_init__(self) -> None:
-        config_lib.require_at_least(self, 0, "steps", "eval_every", "warmup_steps", "patience")
-        config_lib.require_at_least(self, 1, "batch_size", "keep_last")
+        config_lib.require_at_least(self, 0, "eval_every", "warmup_steps", "patience")
+        config_lib.require_at_least(self, 1, "steps", "batch_size", "keep_last")
         config_lib.require(self.lr > 0, self, f"lr must be > 0, got {self.lr}")
         config_lib.require(self.weight_decay >= 0 and self.grad_clip >= 0, self,
                            "weight_decay and grad_clip must be >= 0")
@@ -198,6 +201,8 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
         distributed.on_main(config_lib.save, cfg, run.path / "config.json")
     if on_run is not None:
         distributed.on_main(on_run, run)
+    if cfg.tensorboard and distributed.is_main():
+        run.enable_tensorboard()
     if distributed.is_main():
         print(f"[{task.name}] run directory: {run.path} (data ready in {data_s:.1f} s)", file=sys.stderr)
 
@@ -223,6 +228,10 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
         run.write_json("eval.json", metrics)
         summary["eval_json"] = metrics
         summary["plots"] += [str(p) for p in sorted(run.plots.glob("*.png")) if str(p) not in summary["plots"]]
+    if cfg.tensorboard:
+        run.log_figures(summary["steps"])
+        run.close()
+        summary["tensorboard"] = str(run.path / "tensorboard")
     summary["run"] = str(run.path)
     return run, summary
 

@@ -30,6 +30,8 @@ CASES = [
     ("asr_eval", ["--run", "RUN", "--batch-size", "0"], "--batch-size"),
     ("asr_infer", ["--run", "RUN", "--batch-size", "0"], "--batch-size"),
     ("asr_infer", ["--run", "RUN", "--text", "one", "--rate", "0"], "--rate"),
+    ("seg_train", ["tiny", "--steps", "0"], "steps must be >= 1"),
+    ("seg_train", ["tiny", "--batch-size", "0"], "batch_size must be >= 1"),
     ("seg_infer", ["--run", "RUN", "--input", "x.png", "--alpha", "1.5"], "--alpha"),
     ("seg_infer", ["--run", "RUN", "--input", "x.png", "--batch-size", "0"], "--batch-size"),
     ("seg_infer", ["--run", "RUN", "--input", "x.png", "--overlap", "1"], "--overlap"),

@@ -54,3 +54,19 @@ def test_missing_package_is_a_config_error_naming_the_extra(tmp_path, monkeypatc
     run = create_run(tmp_path, "exp")
     with pytest.raises(ConfigError, match=r"pip install 'funcml\[tensorboard\]'"):
         run.enable_tensorboard()
+
+
+def test_a_training_run_with_tensorboard_writes_its_scalars_and_figures(tmp_path):
+    """`--tensorboard` on a task config: the run's train and val scalars and its plots/ as event files."""
+    import dataclasses
+
+    from funcml.seg import task
+
+    cfg = dataclasses.replace(task.PRESETS["tiny"][1], steps=2, eval_every=1, runs_dir=tmp_path, tensorboard=True)
+    run, summary = task.train(cfg, progress=False)
+    assert summary["tensorboard"] == str(run.path / "tensorboard")
+    acc = _events(run.path / "tensorboard")
+    scalars = acc.Tags()["scalars"]
+    assert "val/miou" in scalars and "train/loss" in scalars
+    assert [e.step for e in acc.Scalars("val/miou")] == [r["step"] for r in run.metrics("val")]
+    assert {f"plots/{p.stem}" for p in run.plots.glob("*.png")} <= set(acc.Tags()["images"])
