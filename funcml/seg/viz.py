@@ -32,7 +32,7 @@ from ..errors import ConfigError, DataError, ShapeError
 from .folder import DEFAULT_PALETTE
 
 __all__ = ["colorize", "overlay", "legend", "overlay_grid", "save_overlay_grid", "save_image_atomic",
-           "IGNORE_COLOR"]
+           "save_confusion_matrix", "save_per_class_scores", "IGNORE_COLOR"]
 
 IGNORE_COLOR = (255, 255, 255)
 _FONT_SIZE = 14
@@ -279,7 +279,6 @@ def save_overlay_grid(images: torch.Tensor, gts: torch.Tensor | None, preds: tor
 
 
 # ------------------------------------------------------------------ evaluation charts (matplotlib)
-# save_confusion_matrix and save_per_class_scores join __all__ with their docs/CONTRACTS.md entries.
 
 
 def _pyplot():
