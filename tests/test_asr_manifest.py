@@ -255,7 +255,9 @@ def test_fine_tuning_starts_from_the_run_params_and_refuses_a_foreign_vocabulary
     assert tok == src_tok and cfg.model == task.load_model(src)[0].model and cfg.init_from == src
     for a, b in zip(tree.leaves(params), tree.leaves(src_params), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
-    fresh, _ = task._initial_state(cfg)
+    from funcml.trainer import initial_state
+
+    fresh, _ = initial_state(cfg)
     assert not all(torch.equal(a, b) for a, b in zip(tree.leaves(fresh.params), tree.leaves(params)))
     # Transcripts with characters the source run never saw: a clear error naming the line.
     other = _write_jsonl(corpus, [{"audio": "wavs/u0.wav", "text": "zebra"}] * 1 +

@@ -125,9 +125,9 @@ def test_val_stems_hold_out_the_named_files_and_an_unknown_stem_is_an_error(tmp_
     folder = _binary_folder(tmp_path / "ds")
     with pytest.raises(DataError, match="nope"):
         resolve_config(_cfg(folder, tmp_path / "runs", class_map="0:0,255:1", val_stems=("nope",)))
-    from funcml.seg.task import _Folder
+    from funcml.seg.data import FolderSplit
 
-    f = _Folder(resolve_config(_cfg(folder, tmp_path / "runs", class_map="0:0,255:1", val_stems=("s03",))))
+    f = FolderSplit(resolve_config(_cfg(folder, tmp_path / "runs", class_map="0:0,255:1", val_stems=("s03",))))
     assert f.val_idx.tolist() == [3] and f.train_idx.tolist() == [0, 1, 2]
 
 

@@ -73,7 +73,7 @@ from ..nn import model as models
 from ..runs import RunDir
 from ..tasks import epoch_indices
 from ..train import distributed
-from ..trainer import Task, TrainConfig, check_global_batch, config_of, initial_state, load_run, train_task
+from ..trainer import Task, TrainConfig, check_global_batch, config_of, load_run, train_task
 from . import audio as audio_lib
 from . import manifest as manifest_lib
 from .batching import length_bucketed_indices
@@ -528,7 +528,6 @@ _RESUME_FIELDS = ("model", "data", "tokenizer", "train_manifest", "init_from", "
 TASK = Task("asr", AsrTrainConfig, best_metric="val/cer", mode="min", resume_fields=_RESUME_FIELDS,
             curves=(("loss", "train", "loss", "train loss"), ("val_cer", "val", "val/cer", "val CER")))
 """ASR in the run orchestration (`funcml.trainer`): checkpoints ranked by val/cer."""
-_initial_state = initial_state  # tests/test_asr_manifest.py builds a fresh train state through this name
 
 
 def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[str, Any]]:

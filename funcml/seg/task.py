@@ -222,7 +222,6 @@ PRESETS: dict[str, tuple[str, SegTrainConfig]] = {
 # --------------------------------------------------------------------------- training
 
 
-_Folder = FolderSplit  # the name tests/test_seg_masks.py imports
 make_optimizer = optimizer  # the core's: clip, then AdamW with warmup + cosine decay over `steps`
 
 
