@@ -171,6 +171,28 @@ def test_augmented_corpus_same_key_same_bits_and_records_its_draws():
         assert 0.85 <= u.warp < 1.2 and u.speed in (0.9, 1.0, 1.1)
 
 
+def test_corpus_is_the_same_bits_with_worker_processes():
+    """Each utterance depends on its key alone: 3 forked workers give the serial corpus, bit for bit."""
+    serial = speech.make_corpus(random.key(11), 7, AUG, workers=1)
+    forked = speech.make_corpus(random.key(11), 7, AUG, workers=3)
+    assert [u.text for u in forked] == [u.text for u in serial]
+    assert all(torch.equal(x.waveform, y.waveform) and x.voice == y.voice for x, y in zip(serial, forked))
+
+
+def test_progress_reports_synthesis_on_stderr_and_a_cache_hit_is_silent(tmp_path, capsys):
+    a = speech.make_corpus(random.key(3), 5, SMALL, cache_dir=tmp_path, workers=1, progress=True)
+    err = capsys.readouterr().err
+    assert "[speech] train corpus: 5/5 utterances synthesized (1 process)" in err
+    b = speech.make_corpus(random.key(3), 5, SMALL, cache_dir=tmp_path, progress=True)
+    assert capsys.readouterr().err == ""
+    assert all(torch.equal(x.waveform, y.waveform) for x, y in zip(a, b))
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        speech.make_corpus(random.key(1), 2, SMALL, workers=0)
+
+
 def test_augmented_corpus_has_no_energy_above_the_highest_low_pass():
     for u in speech.make_corpus(random.key(12), 4, AUG):
         spec = torch.fft.rfft(u.waveform.double()).abs().pow(2)

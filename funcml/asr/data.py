@@ -63,7 +63,8 @@ def data_key(cfg: AsrTrainConfig, split: str) -> torch.Tensor:
 def speech_examples(cfg: AsrTrainConfig, split: str, n: int, tok: Tokenizer) -> list[Example]:
     """`n` synthesized utterances of split `split` (the test split: the held-out voices) as log-mel Examples."""
     voices = "test" if split == "test" else "train"
-    utts = make_corpus(data_key(cfg, split), n, cfg.speech, split=voices, cache_dir=cfg.cache_dir)
+    utts = make_corpus(data_key(cfg, split), n, cfg.speech, split=voices, cache_dir=cfg.cache_dir,
+                       progress=True)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # per-utterance tensors are small; one thread is faster on a busy machine
     try:

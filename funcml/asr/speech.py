@@ -48,15 +48,19 @@ regenerated with a warning).
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -503,8 +507,29 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
+def _make_many(keys: torch.Tensor, cfg: SpeechConfig, voices: Sequence[str]) -> list[Utterance]:
+    """The utterances of `keys` (`[m, 2]`), one thread: a worker's share of `make_corpus`."""
+    with _one_thread():
+        return [_make_utterance(k, cfg, voices) for k in keys]
+
+
+# Below this many utterances a worker process costs more than it saves.
+_PARALLEL_MIN = 64
+
+
+def _workers(n: int, workers: int | None) -> int:
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1 (or None for one per core), got {workers}")
+        return min(workers, max(n, 1))
+    if n < _PARALLEL_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+
+
 def make_corpus(key: torch.Tensor, n: int, cfg: SpeechConfig = SpeechConfig(), split: str = "train",
-                cache_dir: str | os.PathLike | None = None) -> list[Utterance]:
+                cache_dir: str | os.PathLike | None = None, *, workers: int | None = None,
+                progress: bool = False) -> list[Utterance]:
     """`n` synthetic utterances, a pure function of `(key, n, cfg, split)`.
 
     Utterance `i` is drawn from `split(key, n)[i]` alone (text, voice, rate, pitch, gain,
@@ -514,6 +539,12 @@ def make_corpus(key: torch.Tensor, n: int, cfg: SpeechConfig = SpeechConfig(), s
     With `cache_dir`, the corpus is stored as one `.npz` named by a hash of the config, key,
     `n`, split and the espeak/torch versions, and loaded from there on the next call; a
     corrupt file is regenerated with a warning. Without it nothing touches the disk.
+
+    `workers` processes synthesize contiguous shares of the keys (None: one per core, for 64
+    utterances or more, where fork is available); each utterance depends on its key alone and
+    runs on one thread, so the corpus is the same bits for any number of workers.
+    `progress`: a line on stderr every 10 s of synthesis and one at the end (a cache hit prints
+    nothing).
 
     Returns: a list of `Utterance` (waveforms `[N_i] float32` at `cfg.sample_rate`).
     """
@@ -529,8 +560,28 @@ def make_corpus(key: torch.Tensor, n: int, cfg: SpeechConfig = SpeechConfig(), s
         except Exception as e:  # a truncated or foreign file: regenerate rather than fail
             warnings.warn(f"speech corpus cache {path} is unreadable ({type(e).__name__}: {e}); regenerating it")
     voices = cfg.train_voices if split == "train" else cfg.test_voices
-    with _one_thread():
-        utts = [_make_utterance(k, cfg, voices) for k in random.split(key, n)] if n else []
+    keys = random.split(key, n) if n else random.split(key, 1)[:0]
+    w = _workers(n, workers)
+    # contiguous chunks, in order: about 8 per worker, so that progress can be reported as they finish
+    m = 8 * w if progress or w > 1 else 1
+    chunks = [keys[i * n // m:(i + 1) * n // m] for i in range(m)]
+    t0, last, utts = time.perf_counter(), time.perf_counter(), []
+    with contextlib.ExitStack() as stack:
+        if w == 1:
+            parts = (_make_many(c, cfg, voices) for c in chunks)
+        else:  # fork: the children inherit the loaded library and config; each result comes back pickled
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                w, mp_context=multiprocessing.get_context("fork")))
+            parts = pool.map(_make_many, chunks, [cfg] * m, [voices] * m)
+        for part in parts:
+            utts += part
+            now = time.perf_counter()
+            if progress and (now - last >= 10.0 or len(utts) == n):
+                last, done = now, len(utts)
+                eta = (now - t0) / done * (n - done) if done else float("nan")
+                print(f"[speech] {split} corpus: {done}/{n} utterances synthesized ({w} process"
+                      f"{'es' if w > 1 else ''}), {now - t0:.0f} s" + (f", eta {eta:.0f} s" if done < n else ""),
+                      file=sys.stderr, flush=True)
     if path is not None:
         _save(path, utts)
     return utts
