@@ -522,6 +522,24 @@ class CheckpointManager:
             _set_aside(path, "corrupt", why)
         return self.latest_verified()
 
+    def rewind(self, step: int) -> Path:
+        """Make the checkpoint of `step` the newest, to continue a run from it: it must exist and
+        verify (else a CheckpointError listing the steps there are, or saying why it is broken); every
+        later checkpoint is set aside as `step_*.superseded` (renamed, never deleted, named on stderr),
+        so that the continued run can save those steps again. Returns its path."""
+        path = self.path(step)
+        if not path.is_dir():
+            raise CheckpointError(f"no checkpoint of step {step} under {self.root}; the run has steps "
+                                  f"{self.steps() or 'none'}")
+        why = _why_broken(path)
+        if why is not None:
+            raise CheckpointError(f"the checkpoint of step {step} cannot be restored: {why}; the run has steps "
+                                  f"{self.steps()}")
+        for later, later_path, _ in self._complete():
+            if later > step:
+                _set_aside(later_path, "superseded", f"continuing from step {step}")
+        return path
+
     def restore_step(self, step: int, like: Any, *, device: torch.device | str | None = None) -> Any:
         """Restore the checkpoint of `step` (a CheckpointError listing the steps there are if it has none)."""
         path = self.path(step)

@@ -93,6 +93,9 @@ class TrainConfig:
     """The run's folder name under runs_dir."""
     resume: Path | None = None
     """Continue this run directory from its latest verified checkpoint (same model and data)."""
+    resume_step: int | None = None
+    """With --resume: continue from this step's checkpoint instead of the newest (later ones are set aside as
+    step_*.superseded, never deleted)."""
     patience: int = 0
     """Stop after this many evaluations without a better best metric (seg: val/miou, ASR: val/cer; 0 = never)."""
     keep_last: int = 2
@@ -119,6 +122,8 @@ class TrainConfig:
         config_lib.require(self.weight_decay >= 0 and self.grad_clip >= 0, self,
                            "weight_decay and grad_clip must be >= 0")
         config_lib.require_one_of(self, "precision", ("fp32", "bf16"))
+        config_lib.require(self.resume_step is None or (self.resume is not None and self.resume_step >= 0), self,
+                           f"resume_step ({self.resume_step}) needs --resume RUN and a step >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +193,9 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
     and `run`. Raises `TrainingInterrupted` (a checkpoint saved) on Ctrl-C.
     """
     ts, tx = initial_state(cfg, params)
+    # what the run records: the step to continue from is a one-off choice (saved, it would rewind every later
+    # `--config RUN/config.json --resume RUN`)
+    record = dataclasses.replace(cfg, resume_step=None)
     run = None
     if cfg.resume is not None:
         run = distributed.on_main(open_for_resume, cfg.resume, cfg, task.config_class, fields=task.resume_fields)
@@ -198,7 +206,7 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
     if run is None:
         run = distributed.on_main(create_run, cfg.runs_dir, cfg.experiment, config=cfg)
     else:
-        distributed.on_main(config_lib.save, cfg, run.path / "config.json")
+        distributed.on_main(config_lib.save, record, run.path / "config.json")
     if on_run is not None:
         distributed.on_main(on_run, run)
     if cfg.tensorboard and distributed.is_main():
@@ -212,7 +220,8 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
     early = EarlyStop(task.best_metric, mode=task.mode, patience=cfg.patience) if cfg.patience > 0 else None
     result = fit(ts, make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile), get_batch,
                  num_steps=cfg.steps, eval_fn=lambda ts: validate(ts.params, ts.model_state, val),
-                 eval_every=cfg.eval_every, run=run, checkpoints=manager, config=cfg, resume=cfg.resume is not None,
+                 eval_every=cfg.eval_every, run=run, checkpoints=manager, config=record,
+                 resume=cfg.resume is not None, resume_step=cfg.resume_step,
                  early_stop=early, progress=progress, desc=cfg.experiment)
     summary = {**result.summary, "data_seconds": round(data_s, 1)}
     if summary["interrupted"]:

@@ -618,3 +618,16 @@ def test_any_state_with_the_checkpoint_protocol_saves_and_restores_its_named_tre
         ckpt.restore(path, EmaState(ema={"w": torch.zeros(3, 2), "n": torch.tensor(0), "v": torch.zeros(1)}, step=0))
     with pytest.raises(CheckpointError, match="holds a 'ema' tree that `like` does not have"):
         ckpt.restore(path, make_state(key))
+
+
+def test_rewind_sets_later_checkpoints_aside_and_refuses_a_broken_or_missing_step(tmp_path, key):
+    mgr = ckpt.CheckpointManager(tmp_path, keep_last=None)
+    save_steps(mgr, key, {1: None, 2: None, 3: None})
+    assert mgr.rewind(2) == mgr.path(2)
+    assert mgr.steps() == [1, 2] and (tmp_path / "step_000000003.superseded").is_dir()
+    with pytest.raises(CheckpointError, match=r"no checkpoint of step 7 .* steps \[1, 2\]"):
+        mgr.rewind(7)
+    (mgr.path(1) / "params.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="step 1 cannot be restored"):
+        mgr.rewind(1)
+    assert mgr.steps() == [1, 2]  # nothing moved by a refused rewind

@@ -20,6 +20,7 @@ from funcml.asr.task import AsrTrainConfig
 from funcml.errors import CheckpointError, ConfigError
 from funcml.nn import model as models
 from funcml.nn.reference import MLPConfig
+from funcml.runs import open_run
 from funcml.seg.task import TASK as SEG_TASK
 from funcml.seg.task import SegTrainConfig
 from funcml.trainer import Task, TrainConfig, load_run, train_task
@@ -110,6 +111,33 @@ def test_resume_of_a_third_application_is_bit_identical(regression_run, tmp_path
     assert summary["start_step"] == 20 and summary["steps"] == 30
     final = "checkpoints/step_000000030"
     assert tree.equal(checkpoint.load_params(copy / final), checkpoint.load_params(run.path / final))
+
+
+def test_resume_step_continues_from_an_older_checkpoint_bit_for_bit_and_sets_the_later_ones_aside(
+        regression_run, tmp_path):
+    """`--resume RUN --resume-step 20`: step 30 renamed `.superseded` (never deleted), the metrics rows
+    past 20 dropped, the run retrained to the same bits, and config.json keeps no resume_step."""
+    cfg, run, _ = regression_run
+    copy = tmp_path / "rewound"
+    shutil.copytree(run.path, copy)
+    assert checkpoint.CheckpointManager(copy / "checkpoints").steps() == [20, 30]  # keep_last 2
+    _, summary = train_regression(dataclasses.replace(cfg, resume=copy, resume_step=20))
+    assert summary["start_step"] == 20 and summary["steps"] == 30
+    assert (copy / "checkpoints" / "step_000000030.superseded").is_dir()
+    final = "checkpoints/step_000000030"
+    assert tree.equal(checkpoint.load_params(copy / final), checkpoint.load_params(run.path / final))
+    assert [r["step"] for r in open_run(copy).metrics("val")] == [10, 20, 30]  # no duplicated rows
+    assert config_lib.load(RegressionConfig, copy / "config.json").resume_step is None
+
+
+def test_resume_step_without_its_checkpoint_names_the_steps_there_are(regression_run, tmp_path):
+    cfg, run, _ = regression_run
+    copy = tmp_path / "rewound"
+    shutil.copytree(run.path, copy)
+    with pytest.raises(CheckpointError, match=r"no checkpoint of step 15 .* steps \[20, 30\]"):
+        train_regression(dataclasses.replace(cfg, resume=copy, resume_step=15))
+    with pytest.raises(ConfigError, match="resume_step .* needs --resume"):
+        dataclasses.replace(cfg, resume_step=20)
 
 
 # ------------------------------------------------------------------------------ the shared config fields

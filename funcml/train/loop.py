@@ -100,7 +100,8 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
         get_batch: Callable[[int], Any], *, num_steps: int,
         eval_fn: Callable[[TrainState], dict[str, Any]] | None = None, eval_every: int = 0,
         run: RunDir | None = None, checkpoints: CheckpointManager | None = None, ckpt_every: int = 0,
-        config: Any = None, log_every: int = 10, resume: bool = False, early_stop: EarlyStop | None = None,
+        config: Any = None, log_every: int = 10, resume: bool = False, resume_step: int | None = None,
+        early_stop: EarlyStop | None = None,
         progress: bool = True, desc: str = "train", on_eval: Callable[[int, dict], None] | None = None,
         data_parallel: bool | None = None) -> FitResult:
     """Train from `ts` up to step `num_steps` (see the module docstring).
@@ -113,7 +114,9 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
         eval_fn: `ts -> {name: value}` (e.g. {"val/miou": 0.8}); run every `eval_every` steps and at the end.
         run: where metrics and the summary go (None: nothing written).
         checkpoints: a `CheckpointManager` (None: no checkpoints).
-        resume: continue from `checkpoints.latest()` when there is one.
+        resume: continue from `checkpoints.latest_verified()` when there is one.
+        resume_step: with `resume`, continue from this step's checkpoint instead (`CheckpointManager.rewind`:
+            later checkpoints are set aside as `step_*.superseded`, never deleted).
         progress: report progress on stderr (a bar in a terminal, plain lines elsewhere); False: silent.
         early_stop: stop on an eval metric that stopped improving.
         data_parallel: None: on when a process group with more than one process is active
@@ -130,7 +133,10 @@ def fit(ts: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState
     def restore() -> None:
         nonlocal ts
         if resume and checkpoints is not None:
-            path = checkpoints.latest_verified()  # broken newer checkpoints are set aside, and named
+            if resume_step is not None:
+                path = checkpoints.rewind(resume_step)
+            else:
+                path = checkpoints.latest_verified()  # broken newer checkpoints are set aside, and named
             if path is None:
                 return
             ts = restore_checkpoint(path, ts, device=ts.key.device)
