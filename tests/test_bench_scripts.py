@@ -355,3 +355,19 @@ def test_without_out_a_benchmark_writes_a_fresh_file_and_never_the_committed_one
     second = common.fresh_results_path("bench_optim")
     assert first.parent == tmp_path and first.name.startswith("bench_optim-") and first.suffix == ".json"
     assert second != first and not second.exists() and committed.read_text() == "{}"
+
+
+# ------------------------------------------------------------------------------ kill_during_save
+
+
+def test_kill_during_save_counts_no_broken_checkpoint_and_no_dead_end(tmp_path):
+    from benchmarks import kill_during_save
+
+    out = tmp_path / "kill.json"
+    payload = kill_during_save.main(["--kills", "2", "--damage-trials", "10", "--mb", "1", "--max-delay-s", "0.3",
+                                     "--out", str(out)])
+    s = _json(out)["summary"]
+    assert s == payload["summary"]
+    assert (s["kills"], s["broken_after_kill"], s["damage_trials"], s["dead_end_resumes"]) == (2, 0, 10, 0)
+    assert all(r["killed"] for r in payload["kills"])
+    assert len({r["damage"] for r in payload["damage"]}) == 10
