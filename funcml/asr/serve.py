@@ -9,7 +9,8 @@ Endpoints:
                           multipart/form-data   a WAV file in the field "file" (curl -F file=@clip.wav)
                           audio/wav             the WAV file as the body
         -> 200 {"text", "tokens", "timestamps": [[start_s, end_s], ...], "rtf", "audio_seconds", "batch_size"}
-    GET  /healthz         {"status": "ok"}
+    GET  /healthz         {"status": "ok"}: ready; the model is loaded (and checked) in `create_app`,
+                          before the server opens its port, so a 200 means it can transcribe
     GET  /v1/model        checkpoint and step, config summary, vocabulary size, feature dim, limits
 
 The model is loaded once (`funcml.asr.task.load_model`: names, shapes and dtypes checked)
