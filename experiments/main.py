@@ -3,7 +3,7 @@
     python experiments/main.py                                   # both presets (under 10 minutes on 2 CPU cores)
     python experiments/main.py --only seg                        # one application
     python experiments/main.py --seg.steps 20 --asr.steps 20 --runs-dir /tmp/runs   # a quick smoke run
-    python experiments/main.py --threads 2                       # torch threads (default 1, see below)
+    python experiments/main.py --threads 1                       # torch threads (default: the cores, at most 4)
 
 Segmentation: trains `funcml.seg.task.PRESETS["unet-transformer"]` (U-Net with a transformer
 bottleneck on hard 32x32 synthetic shapes: 1-3 objects, rotated, overlapping, an occluding
@@ -21,9 +21,10 @@ transcripts. `python benchmarks/asr_real.py DIR --run RUN` scores it on real rec
 Every preset field is a flag under `--seg.` or `--asr.` (`--help` lists them all). The
 results of both go to `<runs>/main-summary.json` (`--only` replaces its part and keeps the other's).
 
-Threads. The default is one torch thread: on a small machine shared with other work, OpenMP's
-spinning worker threads make small convolutions many times slower when a core is busy, while
-one thread degrades gracefully; on an idle machine `--threads 2` is faster.
+Threads. The default is one torch thread per available core, at most 4: on an idle 2-core
+machine 2 threads ran the whole job in 481 s against 614 s with 1 (benchmarks/RESULTS.md). On a
+machine shared with other work pass `--threads 1`: OpenMP's spinning worker threads make small
+convolutions many times slower when a core is busy, while one thread degrades gracefully.
 """
 
 from __future__ import annotations
@@ -60,16 +61,22 @@ class MainConfig:
     """Run both applications, or one."""
     runs_dir: Path | None = None
     """Put both runs under this folder (default: each config's runs_dir, `runs/`)."""
-    threads: int = 1
-    """torch intra-op threads (1 is robust on a shared 2-core machine)."""
+    threads: int | None = None
+    """torch intra-op threads (None: the available cores, at most 4; 1 is robust on a busy machine)."""
     overlays: int = 8
     """Validation images in the overlay grid (0 = none)."""
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
+        if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.overlays < 0:
             raise ConfigError(f"--overlays is a number of images (0 = none), got {self.overlays}")
+
+
+def default_threads() -> int:
+    """The available cores (this process's CPU affinity), at most 4: small convolutions gain little beyond."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4))
 
 
 def _fmt(x: float) -> str:
@@ -178,7 +185,10 @@ def write_summary(path: Path, result: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(MainConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]),
                    config=(tyro.conf.AvoidSubcommands,))
-    torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or default_threads()
+    torch.set_num_threads(threads)
+    if distributed.is_main():
+        print(f"[main] {threads} torch thread(s) (--threads; 1 on a busy machine)", file=sys.stderr, flush=True)
     seg_cfg, asr_cfg = cfg.seg, cfg.asr
     if cfg.runs_dir is not None:
         seg_cfg = dataclasses.replace(seg_cfg, runs_dir=cfg.runs_dir)
@@ -190,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.only in ("all", "asr"):
         result["asr"] = _run_asr(asr_cfg)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["threads"] = threads
     if not distributed.is_main():
         return result
     root = cfg.runs_dir or (seg_cfg.runs_dir if cfg.only != "asr" else asr_cfg.runs_dir)
