@@ -113,8 +113,9 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int |
     def apply(grads, state, params, *, finite=None):
         accept, new_state = decide(grads, state, finite)
         new_params, inner_state = update_and_apply(inner, grads, state.inner_state, params)
-        if compiler.plain_eager() and bool(accept):
-            return new_params, new_state(inner_state)  # the host reads the flag: no `where` per leaf
+        if compiler.plain_eager() and accept.device.type == "cpu" and bool(accept):
+            return new_params, new_state(inner_state)  # the host reads the flag: no `where` per leaf (on a GPU
+            # the read would wait for the step each time, so the selects run there)
         return _select(accept, new_params, params), new_state(_select(accept, inner_state, state.inner_state))
 
     return GradientTransformation(init, update, apply)
