@@ -210,12 +210,12 @@ def test_encoder_dropout_with_the_same_key_gives_the_same_output(key, x):
     assert not torch.allclose(a, encoder(params, x, num_heads=H))
 
 
-def test_encoder_gives_layer_i_the_ith_split_of_its_key(key, x):
+def test_encoder_gives_layer_i_the_key_folded_with_its_param_path(key, x):
     params = init_encoder(key, 2, D, H, FF)
-    keys = random.split(key, 2)
     h = x
     for i in range(2):
-        h = encoder_block(params["layers"][str(i)], h, num_heads=H, dropout_rate=0.3, key=keys[i], train=True)
+        h = encoder_block(params["layers"][str(i)], h, num_heads=H, dropout_rate=0.3,
+                          key=random.fold_in(key, f"layers.{i}"), train=True)
     want = layer_norm(params["ln_f"], h)
     assert torch.equal(encoder(params, x, num_heads=H, dropout_rate=0.3, key=key, train=True), want)
 
@@ -239,7 +239,8 @@ def test_missing_key_while_training_with_dropout_raises(key, x, memory, which):
         "decoder": lambda: decoder(init_decoder(key, 1, D, H, FF), x, memory, num_heads=H, dropout_rate=0.1,
                                    train=True),
     }[which]
-    with pytest.raises(PRNGKeyError, match=f"{which}: train=True with dropout_rate=0.1 needs an explicit key"):
+    with pytest.raises(PRNGKeyError, match=rf"{which}: train=True with dropout_rate=0.1 needs a PRNG key; "
+                                           rf"pass {which}\(\.\.\., key=k, train=True\)"):
         run()
 
 

@@ -80,7 +80,8 @@ def init_cif_predictor(key: torch.Tensor, d_model: int, *, kernel_size: int = 3,
     """Parameters of the CIF weight predictor (Paraformer's predictor: conv, relu, dense, sigmoid).
 
     Returns: `{"conv": {"w": [H, D, k], "b": [H]}, "proj": {"w": [H, 1], "b": [1]}}` with
-    `D = d_model`, `H = hidden` (default `d_model`), `k = kernel_size`.
+    `D = d_model`, `H = hidden` (default `d_model`), `k = kernel_size`; each from
+    `random.fold_in(key, name)`.
     """
     if not isinstance(d_model, int) or d_model < 1:
         raise ConfigError(f"init_cif_predictor: d_model must be a positive int, got {d_model!r}")
@@ -89,10 +90,9 @@ def init_cif_predictor(key: torch.Tensor, d_model: int, *, kernel_size: int = 3,
     hidden = d_model if hidden is None else hidden
     if not isinstance(hidden, int) or hidden < 1:
         raise ConfigError(f"init_cif_predictor: hidden must be a positive int or None, got {hidden!r}")
-    k_conv, k_proj = random.split(key)
     return {
-        "conv": init_conv1d(k_conv, d_model, hidden, kernel_size, dtype=dtype),
-        "proj": init_dense(k_proj, hidden, 1, dtype=dtype),
+        "conv": init_conv1d(random.fold_in(key, "conv"), d_model, hidden, kernel_size, dtype=dtype),
+        "proj": init_dense(random.fold_in(key, "proj"), hidden, 1, dtype=dtype),
     }
 
 
@@ -237,12 +237,11 @@ def cif(h: torch.Tensor, alpha: torch.Tensor, *, mask: torch.Tensor | None = Non
     `[B T, D]` rows), and the whole tokens inside a frame heavier than `beta`, one gathered frame
     each; the backward pass is the same gathers and scatters transposed. Each pair's weight is
     the dense formula itself, so embeddings and gradients equal those of the dense
-    `einsum("bnt,btd->bnd", w, h)` of earlier versions up to summation order (~1e-15 relative
-    in float64, derivatives at exact boundaries included); in float32 both carry the rounding
-    of the cumulative sum, about `eps c_t` per weight. Measured forward + backward
-    (`benchmarks/bench_cif.py`, B=8, D=256, one CPU thread): 50 ms at T=2000 (N=508) against
-    415 ms for the dense form, and 116 MB of peak growth against 280 MB; 24 vs 57 ms at T=1000;
-    at T=250 (N=61) the dense form's single matmul is still a little faster (5.0 vs 7.1 ms).
+    `einsum("bnt,btd->bnd", w, h)` up to summation order (~1e-15 relative in float64,
+    derivatives at exact boundaries included); in float32 both carry the rounding of the
+    cumulative sum, about `eps c_t` per weight. Faster and smaller than the dense form for
+    long inputs, a little slower for short ones (measured: see benchmarks/RESULTS.md, section
+    "4. CIF").
     The pairs are found assuming `c` is non-decreasing, i.e. `alpha >= 0` as required. On CUDA
     `index_add` accumulates with atomics, so the last bits can vary between runs. Everything is
     computed in at least float32 and in one graph (no Python loop over time or batch), so it

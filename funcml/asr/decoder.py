@@ -12,7 +12,9 @@ token, plus sinusoidal positions; each block is
     x = x + cross_attn(ln2(x), memory, memory_mask)      the encoder output
     x = x + ffn(ln3(x))
 
-(`funcml.nn.transformer.decoder` with `causal=False`), then `logits = dense(ln_f(x))`.
+(`funcml.nn.transformer.decoder` with `causal=False`), then `logits = dense(ln_f(x))`. Keys
+follow the sub-key rule of `funcml.nn.model`: `embed`, `blocks` and `out` are initialized from
+`random.fold_in(key, name)`, and the blocks' dropout draws from `fold_in(key, "blocks")`.
 
 Glancing language model (GLM) sampling (Qian et al., "Glancing Transformer for
 non-autoregressive neural machine translation", ACL 2021; Paraformer section 2.3). Training
@@ -37,6 +39,7 @@ from .. import random
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError
 from ..nn.layers import dense, embedding, init_dense, init_embedding
+from ..nn.model import subkey
 from ..nn.posenc import sinusoidal_1d
 from ..nn.transformer import decoder as _decoder_stack
 from ..nn.transformer import init_decoder as _init_decoder_stack
@@ -50,18 +53,18 @@ def init_nar_decoder(key: torch.Tensor, *, vocab_size: int, d_model: int, num_he
 
     Returns `{"embed": {"table": [V, D]}, "blocks": decoder stack, "out": dense [D, V]}`; `embed`
     is the target-token table the glancing sampler reads (std `D ** -0.5`, the scale of the
-    acoustic embeddings), `d_memory` the encoder width (default `d_model`).
+    acoustic embeddings), `d_memory` the encoder width (default `d_model`); each entry is
+    initialized from `random.fold_in(key, name)`.
     """
     for name, v in (("vocab_size", vocab_size), ("d_model", d_model), ("num_heads", num_heads), ("d_ff", d_ff),
                     ("num_layers", num_layers)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"init_nar_decoder: {name} must be a positive int, got {v!r}")
-    k_emb, k_blocks, k_out = random.split(key, 3)
     return {
-        "embed": init_embedding(k_emb, vocab_size, d_model, std=d_model ** -0.5, dtype=dtype),
-        "blocks": _init_decoder_stack(k_blocks, num_layers, d_model, num_heads, d_ff, d_memory=d_memory,
-                                      dtype=dtype),
-        "out": init_dense(k_out, d_model, vocab_size, dtype=dtype),
+        "embed": init_embedding(random.fold_in(key, "embed"), vocab_size, d_model, std=d_model ** -0.5, dtype=dtype),
+        "blocks": _init_decoder_stack(random.fold_in(key, "blocks"), num_layers, d_model, num_heads, d_ff,
+                                      d_memory=d_memory, dtype=dtype),
+        "out": init_dense(random.fold_in(key, "out"), d_model, vocab_size, dtype=dtype),
     }
 
 
@@ -75,7 +78,8 @@ def nar_decoder(params: dict, queries: torch.Tensor, token_mask: torch.Tensor, m
         queries: `[B, N, D]` float, the acoustic embeddings (or GLM-mixed ones).
         token_mask: `[B, N]` bool, True on the positions that hold a token.
         memory: `[B, T, Dm]` float, the encoder output; memory_mask: `[B, T]` bool, True on valid frames.
-        num_heads, dropout_rate, key, train, impl, activation: as `funcml.nn.transformer.decoder`.
+        num_heads, dropout_rate, key, train, impl, activation: as `funcml.nn.transformer.decoder`
+            (the stack draws its dropout from `fold_in(key, "blocks")`).
 
     Returns `logits: [B, N, V]` (float32 or the autocast dtype); rows of padded positions are
     computed but meaningless (mask them in the loss).
@@ -90,8 +94,8 @@ def nar_decoder(params: dict, queries: torch.Tensor, token_mask: torch.Tensor, m
     # A query row with no valid key at all (a padded position) attends to nothing and gets
     # zeros from funcml attention, so padded positions never produce NaNs.
     x = _decoder_stack(params["blocks"], x, memory, num_heads=num_heads, self_mask=token_mask,
-                       memory_mask=memory_mask, causal=False, dropout_rate=dropout_rate, key=key, train=train,
-                       impl=impl, activation=activation)
+                       memory_mask=memory_mask, causal=False, dropout_rate=dropout_rate, key=subkey(key, "blocks"),
+                       train=train, impl=impl, activation=activation)
     return dense(params["out"], x)
 
 

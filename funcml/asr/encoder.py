@@ -70,11 +70,13 @@ an item are the same however much padding its batch adds (tested to 1e-5).
 
 Dropout (rate `cfg.dropout`, train mode only) is applied after the positional encoding, to
 the attention weights, after the FFN's activation, to the FSMN memory, and to each sublayer
-output before its residual add. Each draws its mask from a named stream
-`random.fold_in(key, name)`; layer `i` gets `random.split(key, L)[i]`, the input dropout
-`fold_in(key, "input.dropout")`. `encode` reads tensor values only for its eager-mode range
-checks, which it skips under `torch.compile`, so it compiles with `fullgraph=True` and runs
-under `torch.func.grad`.
+output before its residual add. Keys follow the sub-key rule of `funcml.nn.model`: the
+sub-tree at path `P` gets `random.fold_in(key, P)` at init and in apply, so layer `i` is
+initialized from and draws its dropout from `fold_in(key, f"layers.{i}")` (adding a layer
+changes no other layer), the input layer's convolutions from `fold_in(key, "input.conv1")`,
+..., and each dropout site is a named stream (`"input.dropout"`, `"attn.dropout"`, ...).
+`encode` reads tensor values only for its eager-mode range checks, which it skips under
+`torch.compile`, so it compiles with `fullgraph=True` and runs under `torch.func.grad`.
 """
 
 from __future__ import annotations
@@ -89,13 +91,14 @@ from einops import rearrange
 from .. import random
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError, RangeError
-from ..nn.attention import _check_heads, init_mha, mha
-from ..nn.layers import _values_readable, conv2d, dense, depthwise_conv1d, dropout, init_conv2d, init_dense
+from ..nn.attention import check_heads, init_mha, mha
 from ..nn.layers import activation as _activation
-from ..nn.layers import init_depthwise_conv1d, relu, silu
+from ..nn.layers import (conv2d, dense, depthwise_conv1d, dropout, init_conv2d, init_dense, init_depthwise_conv1d,
+                         relu, silu, values_readable)
+from ..nn.model import require_key, subkey
 from ..nn.norm import init_layer_norm, layer_norm
 from ..nn.posenc import sinusoidal_1d
-from ..nn.transformer import _require_key, _stream, encoder_block, ffn, init_encoder_block, init_ffn
+from ..nn.transformer import encoder_block, ffn, init_encoder_block, init_ffn
 from .batching import lengths_to_mask, subsampled_lengths
 
 __all__ = [
@@ -162,7 +165,7 @@ class EncoderConfig:
         if (not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool)
                 or not 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"EncoderConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        _check_heads(self.d_model, self.num_heads, "EncoderConfig")
+        check_heads(self.d_model, self.num_heads, "EncoderConfig")
         if self.d_model % 2:
             raise ConfigError(f"EncoderConfig.d_model must be even (sinusoidal positions come in "
                               f"sin/cos pairs), got {self.d_model}")
@@ -213,24 +216,25 @@ def init_conformer_block(key: torch.Tensor, d_model: int, num_heads: int, d_ff: 
     """Parameters of a Conformer block:
 
     `{"ln_ffn1", "ffn1", "ln_attn", "attn", "ln_conv", "conv": {"pw1": dense [D, 2D],
-    "dw": {"w": [D, 1, k], "b": [D]}, "ln", "pw2": dense [D, D]}, "ln_ffn2", "ffn2", "ln_out"}`.
+    "dw": {"w": [D, 1, k], "b": [D]}, "ln", "pw2": dense [D, D]}, "ln_ffn2", "ffn2", "ln_out"}`,
+    each sub-module from `random.fold_in(key, path)` (`"ffn1"`, `"conv.pw1"`, ...).
     """
-    k_ffn1, k_attn, k_pw1, k_dw, k_pw2, k_ffn2 = random.split(key, 6)
+    k = lambda path: random.fold_in(key, path)  # noqa: E731 - the sub-key rule, eight times
     ln = lambda: init_layer_norm(d_model, dtype=dtype)  # noqa: E731 - five identical norms
     return {
         "ln_ffn1": ln(),
-        "ffn1": init_ffn(k_ffn1, d_model, d_ff, dtype=dtype),
+        "ffn1": init_ffn(k("ffn1"), d_model, d_ff, dtype=dtype),
         "ln_attn": ln(),
-        "attn": init_mha(k_attn, d_model, num_heads, dtype=dtype),
+        "attn": init_mha(k("attn"), d_model, num_heads, dtype=dtype),
         "ln_conv": ln(),
         "conv": {
-            "pw1": init_dense(k_pw1, d_model, 2 * d_model, dtype=dtype),
-            "dw": init_depthwise_conv1d(k_dw, d_model, conv_kernel, bias=True, dtype=dtype),
+            "pw1": init_dense(k("conv.pw1"), d_model, 2 * d_model, dtype=dtype),
+            "dw": init_depthwise_conv1d(k("conv.dw"), d_model, conv_kernel, bias=True, dtype=dtype),
             "ln": ln(),
-            "pw2": init_dense(k_pw2, d_model, d_model, dtype=dtype),
+            "pw2": init_dense(k("conv.pw2"), d_model, d_model, dtype=dtype),
         },
         "ln_ffn2": ln(),
-        "ffn2": init_ffn(k_ffn2, d_model, d_ff, dtype=dtype),
+        "ffn2": init_ffn(k("ffn2"), d_model, d_ff, dtype=dtype),
         "ln_out": ln(),
     }
 
@@ -264,23 +268,24 @@ def conformer_block(params: dict, x: torch.Tensor, *, num_heads: int, mask: torc
 
     Returns: `y: [B, T, D]`.
     """
-    _require_key(key, dropout_rate, train, "conformer_block")
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="conformer_block",
+                why=f"dropout_rate={dropout_rate}", call="conformer_block")
     dims = check_shape(x, "b t d", name="conformer_block: x", d=params["ln_attn"]["scale"].shape[0])
     m = _frame_mask(mask, dims, "conformer_block")
     drop = dict(dropout_rate=dropout_rate, train=train)
 
     def residual(name: str, h: torch.Tensor) -> torch.Tensor:
-        return dropout(_stream(key, f"{name}.residual_dropout"), h, dropout_rate, train=train)
+        return dropout(subkey(key, f"{name}.residual_dropout"), h, dropout_rate, train=train)
 
     h = ffn(params["ffn1"], layer_norm(params["ln_ffn1"], x), activation=activation,
-            key=_stream(key, "ffn1.dropout"), **drop)
+            key=subkey(key, "ffn1.dropout"), **drop)
     x = x + 0.5 * residual("ffn1", h)
     h = mha(params["attn"], layer_norm(params["ln_attn"], x), num_heads=num_heads, mask=mask,
-            key=_stream(key, "attn.dropout"), impl=impl, **drop)
+            key=subkey(key, "attn.dropout"), impl=impl, **drop)
     x = x + residual("attn", h)
     x = x + residual("conv", _conformer_conv(params["conv"], layer_norm(params["ln_conv"], x), m))
     h = ffn(params["ffn2"], layer_norm(params["ln_ffn2"], x), activation=activation,
-            key=_stream(key, "ffn2.dropout"), **drop)
+            key=subkey(key, "ffn2.dropout"), **drop)
     x = x + 0.5 * residual("ffn2", h)
     return layer_norm(params["ln_out"], x)
 
@@ -291,14 +296,14 @@ def conformer_block(params: dict, x: torch.Tensor, *, num_heads: int, mask: torc
 def init_sanm_block(key: torch.Tensor, d_model: int, num_heads: int, d_ff: int, *, fsmn_kernel: int = 11,
                     dtype: torch.dtype = torch.float32) -> dict:
     """Parameters of a SAN-M block: `{"ln1", "attn": mha, "fsmn": {"w": [D, 1, k]}, "ln2", "ffn"}`
-    (the FSMN memory is a depthwise convolution without bias)."""
-    k_attn, k_fsmn, k_ffn = random.split(key, 3)
+    (the FSMN memory is a depthwise convolution without bias); `attn`, `fsmn` and `ffn` from
+    `random.fold_in(key, name)`."""
     return {
         "ln1": init_layer_norm(d_model, dtype=dtype),
-        "attn": init_mha(k_attn, d_model, num_heads, dtype=dtype),
-        "fsmn": init_depthwise_conv1d(k_fsmn, d_model, fsmn_kernel, bias=False, dtype=dtype),
+        "attn": init_mha(random.fold_in(key, "attn"), d_model, num_heads, dtype=dtype),
+        "fsmn": init_depthwise_conv1d(random.fold_in(key, "fsmn"), d_model, fsmn_kernel, bias=False, dtype=dtype),
         "ln2": init_layer_norm(d_model, dtype=dtype),
-        "ffn": init_ffn(k_ffn, d_model, d_ff, dtype=dtype),
+        "ffn": init_ffn(random.fold_in(key, "ffn"), d_model, d_ff, dtype=dtype),
     }
 
 
@@ -324,20 +329,21 @@ def sanm_block(params: dict, x: torch.Tensor, *, num_heads: int, mask: torch.Ten
 
     Returns: `y: [B, T, D]`.
     """
-    _require_key(key, dropout_rate, train, "sanm_block")
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="sanm_block",
+                why=f"dropout_rate={dropout_rate}", call="sanm_block")
     dims = check_shape(x, "b t d", name="sanm_block: x", d=params["ln1"]["scale"].shape[0])
     m = _frame_mask(mask, dims, "sanm_block")
     drop = dict(dropout_rate=dropout_rate, train=train)
     h = layer_norm(params["ln1"], x)
-    attn = mha(params["attn"], h, num_heads=num_heads, mask=mask, key=_stream(key, "attn.dropout"), impl=impl,
+    attn = mha(params["attn"], h, num_heads=num_heads, mask=mask, key=subkey(key, "attn.dropout"), impl=impl,
                **drop)
     v = _zero_padding(dense(params["attn"]["v"], h), m)                           # [B, T, D]
-    memory = dropout(_stream(key, "fsmn.dropout"), v + _time_conv(params["fsmn"], v), dropout_rate, train=train)
+    memory = dropout(subkey(key, "fsmn.dropout"), v + _time_conv(params["fsmn"], v), dropout_rate, train=train)
     memory = _zero_padding(memory, m)
-    x = x + dropout(_stream(key, "attn.residual_dropout"), attn + memory, dropout_rate, train=train)
-    h = ffn(params["ffn"], layer_norm(params["ln2"], x), activation=activation, key=_stream(key, "ffn.dropout"),
+    x = x + dropout(subkey(key, "attn.residual_dropout"), attn + memory, dropout_rate, train=train)
+    h = ffn(params["ffn"], layer_norm(params["ln2"], x), activation=activation, key=subkey(key, "ffn.dropout"),
             **drop)
-    return x + dropout(_stream(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
+    return x + dropout(subkey(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
 
 
 # --------------------------------------------------------------------------------- encoder
@@ -371,24 +377,22 @@ def init_encoder(key: torch.Tensor, cfg: EncoderConfig, *, dtype: torch.dtype = 
          "layers": {"0": block, ..., str(L-1): block},
          "ln_f": layer norm [D]}
 
-    Block `i` is initialized from `random.split(k_layers, L)[i]`. For `block="transformer"`,
-    `{"layers", "ln_f"}` is exactly a `funcml.nn.transformer.init_encoder` stack.
+    Every sub-tree at path `P` is initialized from `random.fold_in(key, P)` (`"input.conv1"`,
+    `"input.proj"`, `"layers.{i}"`). For `block="transformer"`, `{"layers", "ln_f"}` is exactly a
+    `funcml.nn.transformer.init_encoder` stack from the same key.
     """
     if not isinstance(cfg, EncoderConfig):
         raise ConfigError(f"init_encoder: cfg must be an EncoderConfig, got {type(cfg).__name__}")
-    k_input, k_layers = random.split(key)
-    k_conv1, k_conv2, k_proj = random.split(k_input, 3)
     d, c = cfg.d_model, _conv_channels(cfg)
-    proj = init_dense(k_proj, _input_width(cfg), d, dtype=dtype)
+    proj = init_dense(random.fold_in(key, "input.proj"), _input_width(cfg), d, dtype=dtype)
     if cfg.input_layer == "conv2d":
-        input_layer = {"conv1": init_conv2d(k_conv1, 1, c, 3, dtype=dtype),
-                       "conv2": init_conv2d(k_conv2, c, c, 3, dtype=dtype), "proj": proj}
+        input_layer = {"conv1": init_conv2d(random.fold_in(key, "input.conv1"), 1, c, 3, dtype=dtype),
+                       "conv2": init_conv2d(random.fold_in(key, "input.conv2"), c, c, 3, dtype=dtype), "proj": proj}
     else:
         input_layer = {"proj": proj}
-    keys = random.split(k_layers, cfg.num_layers)
     return {
         "input": input_layer,
-        "layers": {str(i): _init_block(keys[i], cfg, dtype) for i in range(cfg.num_layers)},
+        "layers": {str(i): _init_block(random.fold_in(key, f"layers.{i}"), cfg, dtype) for i in range(cfg.num_layers)},
         "ln_f": init_layer_norm(d, dtype=dtype),
     }
 
@@ -446,7 +450,7 @@ def _check_lengths(lengths: torch.Tensor, dims: dict[str, int], cfg: EncoderConf
         raise RangeError(f"x: T={t} frames is too short for conv2d subsampling, which needs at least "
                          f"{_CONV2D_MIN_FRAMES} frames to produce one output frame; drop shorter utterances "
                          "or use input_layer='linear'")
-    if lengths.numel() == 0 or not _values_readable(lengths):
+    if lengths.numel() == 0 or not values_readable(lengths):
         return
     lo, hi = int(lengths.min()), int(lengths.max())
     if lo < 1 or hi > t:
@@ -483,7 +487,8 @@ def encode(params: dict, x: torch.Tensor, lengths: torch.Tensor, cfg: EncoderCon
     """
     if not isinstance(cfg, EncoderConfig):
         raise ConfigError(f"encode: cfg must be an EncoderConfig, got {type(cfg).__name__}")
-    _require_key(key, cfg.dropout, train, "encode")
+    require_key(key, train=train, needs_key=cfg.dropout > 0, model="encode", why=f"dropout={cfg.dropout}",
+                call="encode")
     dims = check_shape(x, "b t f", name="x", f=cfg.input_dim)
     check_dtype(x, "float", name="x")
     _check_lengths(lengths, dims, cfg)
@@ -496,12 +501,11 @@ def encode(params: dict, x: torch.Tensor, lengths: torch.Tensor, cfg: EncoderCon
     mask = lengths_to_mask(out_lengths, t_out)                               # [B, T']
     pe = sinusoidal_1d(t_out, d, dtype=u.dtype, device=u.device)
     z = u * math.sqrt(d) + rearrange(pe, "t d -> 1 t d")
-    z = dropout(_stream(key, "input.dropout"), z, cfg.dropout, train=train)
+    z = dropout(subkey(key, "input.dropout"), z, cfg.dropout, train=train)
 
     block = {"transformer": encoder_block, "conformer": conformer_block, "sanm": sanm_block}[cfg.block]
-    layer_keys = [None] * cfg.num_layers if key is None else list(random.split(key, cfg.num_layers))
-    for i, k in enumerate(layer_keys):
-        z = block(params["layers"][str(i)], z, num_heads=cfg.num_heads, mask=mask, dropout_rate=cfg.dropout, key=k,
-                  train=train, impl=cfg.impl, activation=cfg.activation)
+    for i in range(cfg.num_layers):
+        z = block(params["layers"][str(i)], z, num_heads=cfg.num_heads, mask=mask, dropout_rate=cfg.dropout,
+                  key=subkey(key, f"layers.{i}"), train=train, impl=cfg.impl, activation=cfg.activation)
     h = _zero_padding(layer_norm(params["ln_f"], z), rearrange(mask, "b t -> b t 1"))
     return h, out_lengths, mask

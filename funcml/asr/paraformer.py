@@ -26,6 +26,12 @@ tail threshold) and decoding is one parallel pass and an argmax.
 
 `predict_eos=True` trains the predictor to fire one extra token, `<eos>`, after the text (the
 "+1" of FunASR's predictor bias); `greedy_decode` drops it with the other specials.
+
+Keys follow the sub-key rule of `funcml.nn.model`: `encoder`, `predictor`, `decoder` and
+`ctc` are initialized from `random.fold_in(key, name)` (so turning the CTC head on, or giving
+the decoder another layer, changes no other part's initial params), the encoder's and the
+decoder's dropout draw from `fold_in(key, "encoder")` and `fold_in(key, "decoder")`, and the
+glancing sampler from the named stream `fold_in(key, "glance")`.
 """
 
 from __future__ import annotations
@@ -157,17 +163,18 @@ class ParaformerOutput(NamedTuple):
 
 
 def init_paraformer(key: torch.Tensor, cfg: ParaformerConfig) -> tuple[dict, dict]:
-    """`params = {"encoder", "predictor", "decoder"[, "ctc"]}`, `state = {}`."""
-    k_enc, k_pred, k_dec, k_ctc = random.split(key, 4)
+    """`params = {"encoder", "predictor", "decoder"[, "ctc"]}` (each from `random.fold_in(key, name)`),
+    `state = {}`."""
     e = cfg.encoder
     params = {
-        "encoder": init_encoder(k_enc, e),
-        "predictor": init_cif_predictor(k_pred, e.d_model, kernel_size=cfg.predictor_kernel),
-        "decoder": init_nar_decoder(k_dec, vocab_size=cfg.vocab_size, d_model=e.d_model, num_heads=e.num_heads,
-                                    d_ff=cfg.decoder_d_ff or e.d_ff, num_layers=cfg.decoder_layers),
+        "encoder": init_encoder(random.fold_in(key, "encoder"), e),
+        "predictor": init_cif_predictor(random.fold_in(key, "predictor"), e.d_model, kernel_size=cfg.predictor_kernel),
+        "decoder": init_nar_decoder(random.fold_in(key, "decoder"), vocab_size=cfg.vocab_size, d_model=e.d_model,
+                                    num_heads=e.num_heads, d_ff=cfg.decoder_d_ff or e.d_ff,
+                                    num_layers=cfg.decoder_layers),
     }
     if cfg.ctc:
-        params["ctc"] = init_dense(k_ctc, e.d_model, cfg.vocab_size)
+        params["ctc"] = init_dense(random.fold_in(key, "ctc"), e.d_model, cfg.vocab_size)
     return params, {}
 
 
@@ -193,16 +200,13 @@ def _decoder_kwargs(cfg: ParaformerConfig) -> dict:
     return dict(num_heads=e.num_heads, dropout_rate=e.dropout, impl=e.impl, activation=e.activation)
 
 
-def _dropout_keys(key: torch.Tensor | None, n: int, cfg: ParaformerConfig, train: bool) -> list:
-    """`n` sub-keys of `key`; the first two (encoder, decoder dropout) are None when there is no
-    dropout to draw (eval mode or rate 0), so the blocks skip deriving their per-layer streams:
-    each is a Threefry block, and in eager mode ~40 of them per step cost tens of ms."""
-    if key is None:
-        return [None] * n
-    keys = list(random.split(key, n))
+def _dropout_keys(key: torch.Tensor | None, cfg: ParaformerConfig, train: bool) -> tuple:
+    """The encoder's and the decoder's dropout keys, `fold_in(key, "encoder")` and
+    `fold_in(key, "decoder")`; None when there is no dropout to draw (eval mode or rate 0), so
+    the blocks derive no per-layer streams (each one a Threefry block)."""
     if not (train and cfg.encoder.dropout > 0):
-        keys[0] = keys[1] = None
-    return keys
+        return None, None
+    return models.subkey(key, "encoder"), models.subkey(key, "decoder")
 
 
 def _fired_lengths(cfg: ParaformerConfig, target_lengths: torch.Tensor | None) -> torch.Tensor | None:
@@ -229,7 +233,7 @@ def apply_paraformer(params: dict, state: dict, x: dict, cfg: ParaformerConfig, 
     `train=True`."""
     models.require_key(key, train=train, needs_key=cfg.encoder.dropout > 0, model="ParaformerConfig")
     feats, lens, tl = _inputs(x, "apply_paraformer")
-    k_enc, k_dec = _dropout_keys(key, 2, cfg, train)
+    k_enc, k_dec = _dropout_keys(key, cfg, train)
     h, enc_lengths, enc_mask, alpha, out, token_mask = _forward(params, feats, lens, cfg, tl, k_enc, train)
     logits = nar_decoder(params["decoder"], out.embeds, token_mask, h, enc_mask, key=k_dec, train=train,
                          **_decoder_kwargs(cfg))
@@ -294,7 +298,7 @@ def paraformer_loss(params: dict, batch: dict, cfg: ParaformerConfig, loss_cfg: 
     check_shape(tl, "b", name="paraformer_loss: token_lengths", b=feats.shape[0])
     if train and key is None and (cfg.encoder.dropout > 0 or loss_cfg.glance_ratio > 0):
         models.require_key(key, train=True, needs_key=True, model="paraformer_loss", why="dropout and glancing")
-    k_enc, k_dec, k_glm = _dropout_keys(key, 3, cfg, train)
+    k_enc, k_dec = _dropout_keys(key, cfg, train)
     h, enc_lengths, enc_mask, alpha, out, token_mask = _forward(params, feats, lens, cfg, tl, k_enc, train)
     targets = _with_eos(tokens, tl, cfg.eos_id) if cfg.predict_eos else tokens
     dec = params["decoder"]
@@ -305,8 +309,8 @@ def paraformer_loss(params: dict, batch: dict, cfg: ParaformerConfig, loss_cfg: 
         frozen = tree.tree_map(torch.Tensor.detach, dec)
         with torch.no_grad():
             logits0 = nar_decoder(frozen, queries.detach(), token_mask, h.detach(), enc_mask, train=False, **kw)
-        queries, replaced = glance(k_glm, queries, logits0, targets, token_mask, embed_tokens(dec, targets),
-                                   ratio=loss_cfg.glance_ratio)
+        queries, replaced = glance(models.subkey(key, "glance"), queries, logits0, targets, token_mask,
+                                   embed_tokens(dec, targets), ratio=loss_cfg.glance_ratio)
         glanced = replaced.sum() / token_mask.sum().clamp(min=1)
     logits = nar_decoder(dec, queries, token_mask, h, enc_mask, key=k_dec, train=train, **kw)
     ce = masked_cross_entropy(logits, targets, token_mask, label_smoothing=loss_cfg.label_smoothing)

@@ -33,15 +33,18 @@ from einops import rearrange
 
 from .. import random
 from ..checks import check_dtype, check_shape
-from ..errors import ConfigError, PRNGKeyError, ShapeError
+from ..errors import ConfigError, ShapeError
 from .layers import dense, dropout, init_dense
+from .model import require_key
 
-__all__ = ["init_mha", "mha", "make_attention_mask"]
+__all__ = ["init_mha", "mha", "make_attention_mask", "check_heads"]
 
 _IMPLS = ("sdpa", "math")
 
 
-def _check_heads(d_model: int, num_heads: int, where: str) -> int:
+def check_heads(d_model: int, num_heads: int, where: str) -> int:
+    """`d_head = d_model // num_heads`, or a `ConfigError` naming `where` when `num_heads` is not
+    a positive int or does not divide `d_model` (the check every attention config makes)."""
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ConfigError(f"{where}: num_heads must be a positive int, got {num_heads!r}")
     if d_model % num_heads:
@@ -65,19 +68,16 @@ def init_mha(key: torch.Tensor, d_model: int, num_heads: int, *, d_kv: int | Non
         bias: whether the four projections have biases.
 
     Returns: `{"q": dense [D, D], "k": dense [Dkv, D], "v": dense [Dkv, D], "o": dense [D, D]}`
-    (dense params are `{"w": [din, dout], "b": [dout]}`, Xavier-uniform weights).
+    (dense params are `{"w": [din, dout], "b": [dout]}`, Xavier-uniform weights), each
+    projection from `random.fold_in(key, name)`.
 
     Raises: ConfigError if `d_model % num_heads != 0`.
     """
-    _check_heads(d_model, num_heads, "init_mha")
+    check_heads(d_model, num_heads, "init_mha")
     d_kv = d_model if d_kv is None else d_kv
-    k_q, k_k, k_v, k_o = random.split(key, 4)
-    return {
-        "q": init_dense(k_q, d_model, d_model, bias=bias, dtype=dtype),
-        "k": init_dense(k_k, d_kv, d_model, bias=bias, dtype=dtype),
-        "v": init_dense(k_v, d_kv, d_model, bias=bias, dtype=dtype),
-        "o": init_dense(k_o, d_model, d_model, bias=bias, dtype=dtype),
-    }
+    sizes = {"q": (d_model, d_model), "k": (d_kv, d_model), "v": (d_kv, d_model), "o": (d_model, d_model)}
+    return {name: init_dense(random.fold_in(key, name), din, dout, bias=bias, dtype=dtype)
+            for name, (din, dout) in sizes.items()}
 
 
 def _causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
@@ -188,7 +188,7 @@ def mha(params: dict, x: torch.Tensor, context: torch.Tensor | None = None, *, n
     if impl not in _IMPLS:
         raise ConfigError(f"mha: impl must be one of {_IMPLS}, got {impl!r}")
     d_model = params["q"]["w"].shape[1]
-    d_head = _check_heads(d_model, num_heads, "mha")
+    d_head = check_heads(d_model, num_heads, "mha")
     dims = check_shape(x, "b t d", name="x", d=params["q"]["w"].shape[0])
     check_dtype(x, "float", name="x")
     if context is None:
@@ -197,11 +197,8 @@ def mha(params: dict, x: torch.Tensor, context: torch.Tensor | None = None, *, n
         check_dtype(context, "float", name="context")
     dims = check_shape(context, "b s dkv", name="context", **dims, dkv=params["k"]["w"].shape[0])
     use_dropout = train and dropout_rate > 0
-    if use_dropout and key is None:
-        raise PRNGKeyError(
-            f"mha: train=True with dropout_rate={dropout_rate} needs an explicit key= "
-            "(pass a funcml.random key, or train=False / dropout_rate=0)"
-        )
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="mha", why=f"dropout_rate={dropout_rate}",
+                call="mha")
     valid = _valid_mask(mask, causal, dims, x.device)
 
     # A query row with no valid key would be softmax over all -inf = NaN. Let such rows attend

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from .. import random
 from ..checks import check_dtype, check_shape
-from ..errors import ConfigError, PRNGKeyError, RangeError, ShapeError
+from ..errors import ConfigError, RangeError, ShapeError
 from . import init as _init
+from .model import require_key
 
 __all__ = [
     "init_dense",
@@ -46,6 +47,7 @@ __all__ = [
     "leaky_relu",
     "activation",
     "dropout",
+    "values_readable",
 ]
 
 Params = dict[str, torch.Tensor]
@@ -96,8 +98,9 @@ def _check_conv_padding(layer: str, padding, stride) -> None:
                               "pass an explicit padding for strided convolutions")
 
 
-def _values_readable(t: torch.Tensor) -> bool:
-    """Whether `t`'s values can be read on the host: not while tracing (compile, vmap, meta)."""
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether `t`'s values can be read on the host (not while tracing: torch.compile, a
+    `torch.func` transform, the meta device); eager-only value checks run when it holds."""
     if torch.compiler.is_compiling() or t.device.type == "meta":
         return False
     return not torch._C._functorch.is_functorch_wrapped_tensor(t)
@@ -286,7 +289,7 @@ def embedding(params: Params, ids: torch.Tensor) -> torch.Tensor:
     if not isinstance(ids, torch.Tensor):
         raise ShapeError(f"embedding: ids: expected an integer tensor, got {type(ids).__name__}")
     check_dtype(ids, "int", name="embedding: ids")
-    if ids.numel() and _values_readable(ids):
+    if ids.numel() and values_readable(ids):
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= dims["v"]:
             bad = lo if lo < 0 else hi
@@ -369,9 +372,7 @@ def dropout(key: torch.Tensor | None, x: torch.Tensor, rate: float, *, train: bo
         raise ShapeError(f"dropout: x: expected a tensor, got {type(x).__name__}")
     if not train or rate == 0.0:
         return x
-    if key is None:
-        raise PRNGKeyError(f"dropout: a PRNG key is required when train=True and rate={rate} > 0; pass "
-                           "key=funcml.random.fold_in(step_key, 'dropout') (or train=False for evaluation)")
+    require_key(key, train=True, needs_key=True, model="dropout", why=f"rate={rate}", call="dropout")
     keep = 1.0 - rate
     mask = random.bernoulli(key, keep, tuple(x.shape)).to(x.device)
     return torch.where(mask, x / keep, torch.zeros((), dtype=x.dtype, device=x.device))

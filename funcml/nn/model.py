@@ -14,9 +14,19 @@ benchmark code relies on nothing else:
 * `apply` never mutates its arguments: a model with state returns the new state, and in
   eval mode returns the state it was given.
 * `key` is keyword-only. `train=True` on a model with dropout needs one: a missing key
-  raises `PRNGKeyError` (`require_key`), never a silent default. A model derives its
-  sub-keys with `funcml.random.split` / `fold_in` (a named stream per dropout layer), so
-  the same key gives the same bits.
+  raises `PRNGKeyError` (`require_key`, the one guard every model and layer calls), never a
+  silent default.
+* Sub-keys are derived by name, never by position: the sub-tree at path `P` of a
+  function's param tree (relative to the `key` that function receives, dot-joined as in
+  `funcml.tree.flatten_with_names`) is initialized from `random.fold_in(key, P)`, and in
+  `apply` draws its randomness from the same path (`subkey(key, P)`); a dropout site that is
+  not a sub-tree is a named stream under its owner (`"attn.dropout"`). So the same key gives
+  the same bits, and adding a layer or a sub-module never changes the params or the dropout
+  masks of the others:
+
+      init_paraformer:  params["encoder"] = init_encoder(fold_in(key, "encoder"), ...)
+      init_encoder:     params["layers"]["3"] = init_block(fold_in(key, "layers.3"), ...)
+      init_unet:        params["enc"]["0"]["conv1"] = init_conv2d(fold_in(key, "enc.0.conv1"), ...)
 
 The registry maps a config class to its `Model(init, apply)`. Adding a variant is adding a
 config class, its `init` and `apply`, and one call:
@@ -46,9 +56,10 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from .. import random
 from ..errors import ConfigError, PRNGKeyError
 
-__all__ = ["Model", "register", "get", "registered", "init", "apply", "require_key"]
+__all__ = ["Model", "register", "get", "registered", "init", "apply", "require_key", "subkey"]
 
 PyTree = Any
 InitFn = Callable[..., tuple[PyTree, PyTree]]
@@ -130,13 +141,23 @@ def apply(params: PyTree, state: PyTree, x: Any, cfg: Any, *, key: torch.Tensor 
     return get(cfg).apply(params, state, x, cfg, key=key, train=train)
 
 
-def require_key(key: torch.Tensor | None, *, train: bool, needs_key: bool, model: str, why: str = "dropout") -> None:
+def require_key(key: torch.Tensor | None, *, train: bool, needs_key: bool, model: str, why: str = "dropout",
+                call: str = "apply") -> None:
     """Raise `PRNGKeyError` when `train` and the model needs randomness but `key` is None.
 
-    Models call this first thing in `apply`, so the error names the model and says what to
-    pass instead of failing deep inside a layer.
+    The one key guard of funcml: every model and layer with randomness calls it first thing,
+    so the error names the model (`model`), the randomness (`why`, e.g. `"dropout_rate=0.1"`)
+    and the call to fix (`call`: `"apply"` for a model, the function's name for a layer),
+    instead of failing deep inside a layer.
     """
     if train and needs_key and key is None:
         raise PRNGKeyError(
-            f"{model}: train=True with {why} needs a PRNG key; pass apply(..., key=k, train=True) "
+            f"{model}: train=True with {why} needs a PRNG key; pass {call}(..., key=k, train=True) "
             f"with k from funcml.random (e.g. random.fold_in(root_key, step)), or train=False for evaluation")
+
+
+def subkey(key: torch.Tensor | None, path: str) -> torch.Tensor | None:
+    """The key of the sub-tree (or named random stream) at dotted `path` below the owner of
+    `key`: `random.fold_in(key, path)`, the sub-key rule of every model (see the module doc).
+    None stays None, so `apply` in eval mode derives nothing."""
+    return None if key is None else random.fold_in(key, path)

@@ -168,7 +168,7 @@ def batch_norm(params: Params, state: dict[str, torch.Tensor], x: torch.Tensor, 
 
     Training runs torch's fused kernel, `torch.native_batch_norm`: two passes over x forward
     and two backward, where the same formula written with `var_mean` and elementwise ops takes
-    about ten (it was a third of the eager U-Net step; benchmarks/RESULTS.md). Eagerly the
+    about ten (measured: see benchmarks/RESULTS.md, "Performance work: before and after"). Eagerly the
     kernel also updates the running statistics, on copies of `state` made for the purpose;
     traced or inside a torch.func transform it gets no running statistics and the new state
     is computed from the `mu` and `1 / sqrt(sigma^2 + eps)` it returns (equal to float32

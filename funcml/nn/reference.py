@@ -74,11 +74,11 @@ class MLPConfig:
 def init_mlp(key: torch.Tensor, cfg: MLPConfig) -> tuple[PyTree, PyTree]:
     """Params `{"layers": {"0": {"w": [in_dim, h0], "b": [h0]}, "1": ..., str(L-1): ...}}`, state `{}`.
 
-    Layer `i` is initialized from `random.split(key, L)[i]`.
+    Layer `i` is initialized from `random.fold_in(key, f"layers.{i}")`.
     """
     dims = (cfg.in_dim, *cfg.hidden, cfg.out_dim)
-    keys = random.split(key, len(dims) - 1)
-    layers = {str(i): init_dense(keys[i], din, dout) for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:]))}
+    layers = {str(i): init_dense(random.fold_in(key, f"layers.{i}"), din, dout)
+              for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:]))}
     return {"layers": layers}, {}
 
 
@@ -141,19 +141,19 @@ class CNNConfig:
 def init_cnn(key: torch.Tensor, cfg: CNNConfig) -> tuple[PyTree, PyTree]:
     """Params `{"blocks": {"0": {"conv": {"w": [c0, in_channels, 3, 3]}, "norm": {...}}, ...},
     "head": {"w": [c_last, num_classes], "b": [num_classes]}}`; with norm="batch" the state is
-    `{"blocks": {"0": {"norm": {running stats}}, ...}}`, else `{}`.
+    `{"blocks": {"0": {"norm": {running stats}}, ...}}`, else `{}`. Each weight is initialized
+    from `random.fold_in(key, path)`: `"blocks.{i}.conv"`, `"head"`.
     """
-    keys = random.split(key, len(cfg.channels) + 1)
     use_bn = cfg.norm == "batch"
     blocks, states = {}, {}
     cin = cfg.in_channels
     for i, cout in enumerate(cfg.channels):
-        blocks[str(i)] = {"conv": init_conv2d(keys[i], cin, cout, 3, bias=not use_bn)}
+        blocks[str(i)] = {"conv": init_conv2d(random.fold_in(key, f"blocks.{i}.conv"), cin, cout, 3, bias=not use_bn)}
         if use_bn:
             blocks[str(i)]["norm"], bn_state = init_batch_norm(cout)
             states[str(i)] = {"norm": bn_state}
         cin = cout
-    params = {"blocks": blocks, "head": init_dense(keys[-1], cin, cfg.num_classes)}
+    params = {"blocks": blocks, "head": init_dense(random.fold_in(key, "head"), cin, cfg.num_classes)}
     return params, ({"blocks": states} if use_bn else {})
 
 

@@ -15,9 +15,15 @@ pre-norm as in Xiong et al., "On layer normalization in the transformer architec
 
 With `dropout_rate > 0` and `train=True`, dropout is applied to the attention weights, after
 the FFN's activation, and to each sublayer's output before the residual add (as in the
-original paper); it needs an explicit `key`. A block draws each dropout from a named stream
-`random.fold_in(key, name)`; a stack gives layer `i` the key `random.split(key, L)[i]`.
-Masks follow `funcml.nn.attention`: boolean, True = attend.
+original paper); it needs an explicit `key` (`funcml.nn.model.require_key`).
+
+Keys follow the sub-key rule of `funcml.nn.model`: a sub-tree at path `P` gets
+`random.fold_in(key, P)`, at init and in apply. A stack gives layer `i` the key
+`fold_in(key, f"layers.{i}")` (so adding a layer changes no other layer's params or dropout
+masks), a block gives its sub-modules `fold_in(key, "attn")`, `fold_in(key, "ffn")`, ...,
+and draws each dropout from a named stream under its site (`"attn.dropout"`,
+`"attn.residual_dropout"`, `"ffn.dropout"`, ...). Masks follow `funcml.nn.attention`:
+boolean, True = attend.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import torch
 
 from .. import random
 from ..checks import check_shape
-from ..errors import ConfigError, PRNGKeyError
-from .attention import _check_heads, init_mha, mha
+from ..errors import ConfigError
+from .attention import check_heads, init_mha, mha
 from .layers import activation as _activation
 from .layers import dense, dropout, init_dense
+from .model import require_key, subkey
 from .norm import init_layer_norm, layer_norm
 
 __all__ = [
@@ -66,7 +73,7 @@ class TransformerConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"TransformerConfig.{field} must be a positive int, got {value!r}")
-        _check_heads(self.d_model, self.num_heads, "TransformerConfig")
+        check_heads(self.d_model, self.num_heads, "TransformerConfig")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.impl not in ("sdpa", "math"):
@@ -74,25 +81,13 @@ class TransformerConfig:
         _activation(self.activation)  # an unknown name fails when the config is made
 
 
-def _require_key(key: torch.Tensor | None, dropout_rate: float, train: bool, where: str) -> None:
-    if train and dropout_rate > 0 and key is None:
-        raise PRNGKeyError(
-            f"{where}: train=True with dropout_rate={dropout_rate} needs an explicit key= "
-            "(pass a funcml.random key, or train=False / dropout_rate=0)"
-        )
-
-
-def _stream(key: torch.Tensor | None, name: str) -> torch.Tensor | None:
-    return None if key is None else random.fold_in(key, name)
-
-
 # -------------------------------------------------------------------------------- feed-forward
 
 
 def init_ffn(key: torch.Tensor, d_model: int, d_ff: int, *, dtype: torch.dtype = torch.float32) -> dict:
-    """`{"fc1": dense [D, d_ff], "fc2": dense [d_ff, D]}`."""
-    k1, k2 = random.split(key)
-    return {"fc1": init_dense(k1, d_model, d_ff, dtype=dtype), "fc2": init_dense(k2, d_ff, d_model, dtype=dtype)}
+    """`{"fc1": dense [D, d_ff], "fc2": dense [d_ff, D]}`, each from `fold_in(key, name)`."""
+    return {"fc1": init_dense(random.fold_in(key, "fc1"), d_model, d_ff, dtype=dtype),
+            "fc2": init_dense(random.fold_in(key, "fc2"), d_ff, d_model, dtype=dtype)}
 
 
 def ffn(params: dict, x: torch.Tensor, *, activation: str = "gelu", dropout_rate: float = 0.0,
@@ -106,7 +101,8 @@ def ffn(params: dict, x: torch.Tensor, *, activation: str = "gelu", dropout_rate
 
     Returns: `[..., D]`.
     """
-    _require_key(key, dropout_rate, train, "ffn")
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="ffn",
+                why=f"dropout_rate={dropout_rate}", call="ffn")
     check_shape(x, "... d", name="x", d=params["fc1"]["w"].shape[0])
     h = _activation(activation)(dense(params["fc1"], x))
     h = dropout(key, h, dropout_rate, train=train)
@@ -118,13 +114,13 @@ def ffn(params: dict, x: torch.Tensor, *, activation: str = "gelu", dropout_rate
 
 def init_encoder_block(key: torch.Tensor, d_model: int, num_heads: int, d_ff: int, *,
                        dtype: torch.dtype = torch.float32) -> dict:
-    """`{"ln1": layer norm, "attn": mha, "ln2": layer norm, "ffn": ffn}`."""
-    k_attn, k_ffn = random.split(key)
+    """`{"ln1": layer norm, "attn": mha, "ln2": layer norm, "ffn": ffn}`; `attn` and `ffn` from
+    `fold_in(key, "attn")` and `fold_in(key, "ffn")`."""
     return {
         "ln1": init_layer_norm(d_model, dtype=dtype),
-        "attn": init_mha(k_attn, d_model, num_heads, dtype=dtype),
+        "attn": init_mha(random.fold_in(key, "attn"), d_model, num_heads, dtype=dtype),
         "ln2": init_layer_norm(d_model, dtype=dtype),
-        "ffn": init_ffn(k_ffn, d_model, d_ff, dtype=dtype),
+        "ffn": init_ffn(random.fold_in(key, "ffn"), d_model, d_ff, dtype=dtype),
     }
 
 
@@ -146,29 +142,30 @@ def encoder_block(params: dict, x: torch.Tensor, *, num_heads: int, mask: torch.
 
     Returns: `y: [B, T, D]`.
     """
-    _require_key(key, dropout_rate, train, "encoder_block")
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="encoder_block",
+                why=f"dropout_rate={dropout_rate}", call="encoder_block")
     check_shape(x, "b t d", name="x", d=params["ln1"]["scale"].shape[0])
     drop = dict(dropout_rate=dropout_rate, train=train)
     h = mha(params["attn"], layer_norm(params["ln1"], x), num_heads=num_heads, mask=mask, causal=causal,
-            key=_stream(key, "attn.dropout"), impl=impl, **drop)
-    x = x + dropout(_stream(key, "attn.residual_dropout"), h, dropout_rate, train=train)
+            key=subkey(key, "attn.dropout"), impl=impl, **drop)
+    x = x + dropout(subkey(key, "attn.residual_dropout"), h, dropout_rate, train=train)
     h = ffn(params["ffn"], layer_norm(params["ln2"], x), activation=activation,
-            key=_stream(key, "ffn.dropout"), **drop)
-    return x + dropout(_stream(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
+            key=subkey(key, "ffn.dropout"), **drop)
+    return x + dropout(subkey(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
 
 
 def init_decoder_block(key: torch.Tensor, d_model: int, num_heads: int, d_ff: int, *,
                        d_memory: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """`{"ln1", "self_attn", "ln2", "cross_attn", "ln3", "ffn"}`; `d_memory` is the feature dim
-    of the memory the cross-attention reads (default `d_model`)."""
-    k_self, k_cross, k_ffn = random.split(key, 3)
+    of the memory the cross-attention reads (default `d_model`); each sub-module from
+    `fold_in(key, name)`."""
     return {
         "ln1": init_layer_norm(d_model, dtype=dtype),
-        "self_attn": init_mha(k_self, d_model, num_heads, dtype=dtype),
+        "self_attn": init_mha(random.fold_in(key, "self_attn"), d_model, num_heads, dtype=dtype),
         "ln2": init_layer_norm(d_model, dtype=dtype),
-        "cross_attn": init_mha(k_cross, d_model, num_heads, d_kv=d_memory, dtype=dtype),
+        "cross_attn": init_mha(random.fold_in(key, "cross_attn"), d_model, num_heads, d_kv=d_memory, dtype=dtype),
         "ln3": init_layer_norm(d_model, dtype=dtype),
-        "ffn": init_ffn(k_ffn, d_model, d_ff, dtype=dtype),
+        "ffn": init_ffn(random.fold_in(key, "ffn"), d_model, d_ff, dtype=dtype),
     }
 
 
@@ -194,26 +191,23 @@ def decoder_block(params: dict, x: torch.Tensor, memory: torch.Tensor, *, num_he
 
     Returns: `y: [B, T, D]`.
     """
-    _require_key(key, dropout_rate, train, "decoder_block")
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="decoder_block",
+                why=f"dropout_rate={dropout_rate}", call="decoder_block")
     dims = check_shape(x, "b t d", name="x", d=params["ln1"]["scale"].shape[0])
     check_shape(memory, "b s dm", name="memory", b=dims["b"], dm=params["cross_attn"]["k"]["w"].shape[0])
     drop = dict(dropout_rate=dropout_rate, train=train)
     h = mha(params["self_attn"], layer_norm(params["ln1"], x), num_heads=num_heads, mask=self_mask,
-            causal=causal, key=_stream(key, "self_attn.dropout"), impl=impl, **drop)
-    x = x + dropout(_stream(key, "self_attn.residual_dropout"), h, dropout_rate, train=train)
+            causal=causal, key=subkey(key, "self_attn.dropout"), impl=impl, **drop)
+    x = x + dropout(subkey(key, "self_attn.residual_dropout"), h, dropout_rate, train=train)
     h = mha(params["cross_attn"], layer_norm(params["ln2"], x), memory, num_heads=num_heads, mask=memory_mask,
-            key=_stream(key, "cross_attn.dropout"), impl=impl, **drop)
-    x = x + dropout(_stream(key, "cross_attn.residual_dropout"), h, dropout_rate, train=train)
+            key=subkey(key, "cross_attn.dropout"), impl=impl, **drop)
+    x = x + dropout(subkey(key, "cross_attn.residual_dropout"), h, dropout_rate, train=train)
     h = ffn(params["ffn"], layer_norm(params["ln3"], x), activation=activation,
-            key=_stream(key, "ffn.dropout"), **drop)
-    return x + dropout(_stream(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
+            key=subkey(key, "ffn.dropout"), **drop)
+    return x + dropout(subkey(key, "ffn.residual_dropout"), h, dropout_rate, train=train)
 
 
 # -------------------------------------------------------------------------------------- stacks
-
-
-def _layer_keys(key: torch.Tensor | None, n: int) -> list[torch.Tensor | None]:
-    return [None] * n if key is None else list(random.split(key, n))
 
 
 def _num_layers(params: dict) -> int:
@@ -223,9 +217,9 @@ def _num_layers(params: dict) -> int:
 def init_encoder(key: torch.Tensor, num_layers: int, d_model: int, num_heads: int, d_ff: int, *,
                  dtype: torch.dtype = torch.float32) -> dict:
     """`{"layers": {"0": block, ..., str(L-1): block}, "ln_f": layer norm}`; block `i` is
-    initialized from `random.split(key, L)[i]`."""
-    keys = random.split(key, num_layers)
-    layers = {str(i): init_encoder_block(keys[i], d_model, num_heads, d_ff, dtype=dtype) for i in range(num_layers)}
+    initialized from `random.fold_in(key, f"layers.{i}")`."""
+    layers = {str(i): init_encoder_block(random.fold_in(key, f"layers.{i}"), d_model, num_heads, d_ff, dtype=dtype)
+              for i in range(num_layers)}
     return {"layers": layers, "ln_f": init_layer_norm(d_model, dtype=dtype)}
 
 
@@ -234,23 +228,25 @@ def encoder(params: dict, x: torch.Tensor, *, num_heads: int, mask: torch.Tensor
             train: bool = False, impl: str = "sdpa", activation: str = "gelu") -> torch.Tensor:
     """`y = ln_f(block_{L-1}(... block_0(x)))` with `encoder_block`s.
 
-    Arguments: as `encoder_block`; block `i` gets the key `random.split(key, L)[i]`.
+    Arguments: as `encoder_block`; block `i` gets the key `random.fold_in(key, f"layers.{i}")`.
 
     Returns: `y: [B, T, D]`.
     """
-    _require_key(key, dropout_rate, train, "encoder")
-    n = _num_layers(params)
-    for i, k in enumerate(_layer_keys(key, n)):
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="encoder",
+                why=f"dropout_rate={dropout_rate}", call="encoder")
+    for i in range(_num_layers(params)):
         x = encoder_block(params["layers"][str(i)], x, num_heads=num_heads, mask=mask, causal=causal,
-                          dropout_rate=dropout_rate, key=k, train=train, impl=impl, activation=activation)
+                          dropout_rate=dropout_rate, key=subkey(key, f"layers.{i}"), train=train, impl=impl,
+                          activation=activation)
     return layer_norm(params["ln_f"], x)
 
 
 def init_decoder(key: torch.Tensor, num_layers: int, d_model: int, num_heads: int, d_ff: int, *,
                  d_memory: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """`{"layers": {"0": block, ..., str(L-1): block}, "ln_f": layer norm}` of decoder blocks."""
-    keys = random.split(key, num_layers)
-    layers = {str(i): init_decoder_block(keys[i], d_model, num_heads, d_ff, d_memory=d_memory, dtype=dtype)
+    """`{"layers": {"0": block, ..., str(L-1): block}, "ln_f": layer norm}` of decoder blocks; block
+    `i` is initialized from `random.fold_in(key, f"layers.{i}")`."""
+    layers = {str(i): init_decoder_block(random.fold_in(key, f"layers.{i}"), d_model, num_heads, d_ff,
+                                         d_memory=d_memory, dtype=dtype)
               for i in range(num_layers)}
     return {"layers": layers, "ln_f": init_layer_norm(d_model, dtype=dtype)}
 
@@ -261,14 +257,15 @@ def decoder(params: dict, x: torch.Tensor, memory: torch.Tensor, *, num_heads: i
             train: bool = False, impl: str = "sdpa", activation: str = "gelu") -> torch.Tensor:
     """`y = ln_f(block_{L-1}(... block_0(x, memory), memory))` with `decoder_block`s.
 
-    Arguments: as `decoder_block`; block `i` gets the key `random.split(key, L)[i]`.
+    Arguments: as `decoder_block`; block `i` gets the key `random.fold_in(key, f"layers.{i}")`.
 
     Returns: `y: [B, T, D]`.
     """
-    _require_key(key, dropout_rate, train, "decoder")
-    n = _num_layers(params)
-    for i, k in enumerate(_layer_keys(key, n)):
+    require_key(key, train=train, needs_key=dropout_rate > 0, model="decoder",
+                why=f"dropout_rate={dropout_rate}", call="decoder")
+    for i in range(_num_layers(params)):
         x = decoder_block(params["layers"][str(i)], x, memory, num_heads=num_heads, self_mask=self_mask,
-                          memory_mask=memory_mask, causal=causal, dropout_rate=dropout_rate, key=k,
+                          memory_mask=memory_mask, causal=causal, dropout_rate=dropout_rate,
+                          key=subkey(key, f"layers.{i}"),
                           train=train, impl=impl, activation=activation)
     return layer_norm(params["ln_f"], x)

@@ -37,14 +37,13 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from .. import random
-from ..errors import ConfigError
+from .. import config, random
 from ..nn import model as _model
 from ..nn.layers import dense, init_dense
 from ..nn.posenc import init_learned_posenc, learned_posenc, sinusoidal_2d
 from ..nn.transformer import encoder, init_encoder
-from .unet import (UNetConfig, _check_choice, _check_positive_int, _check_rate, _crop, _prepare_input,
-                   init_unet_decoder, init_unet_encoder, unet_decoder, unet_encoder)
+from .unet import (UNetConfig, crop_logits, init_unet_decoder, init_unet_encoder, prepare_input, unet_decoder,
+                   unet_encoder)
 
 __all__ = ["UNetTransformerConfig", "init_unet_transformer", "apply_unet_transformer", "UNetTransformer"]
 
@@ -74,23 +73,23 @@ class UNetTransformerConfig(UNetConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        name = type(self).__name__
-        if not isinstance(self.num_layers, int) or isinstance(self.num_layers, bool) or self.num_layers < 0:
-            raise ConfigError(f"{name}.num_layers must be a non-negative int, got {self.num_layers!r}")
-        _check_positive_int(name, "num_heads", self.num_heads)
-        _check_positive_int(name, "max_tokens", self.max_tokens)
-        for field in ("d_model", "d_ff"):
-            if getattr(self, field) is not None:
-                _check_positive_int(name, field, getattr(self, field))
-        _check_rate(name, "transformer_dropout", self.transformer_dropout)
-        _check_choice(name, "posenc", self.posenc, ("sinusoidal", "learned"))
-        _check_choice(name, "impl", self.impl, ("sdpa", "math"))
-        if self.token_dim % self.num_heads:
-            raise ConfigError(f"{name}: d_model={self.token_dim} is not divisible by num_heads={self.num_heads}; "
-                              f"choose num_heads among the divisors of {self.token_dim}")
-        if self.posenc == "sinusoidal" and self.token_dim % 4:
-            raise ConfigError(f"{name}: posenc='sinusoidal' needs d_model={self.token_dim} divisible by 4 "
-                              "(a sin/cos pair per axis); set d_model or use posenc='learned'")
+        config.require(_is_int(self.num_layers) and self.num_layers >= 0, self,
+                       f"num_layers must be a non-negative int, got {self.num_layers!r}")
+        for field in ("num_heads", "max_tokens", "d_model", "d_ff"):
+            value = getattr(self, field)
+            if value is not None or field in ("num_heads", "max_tokens"):
+                config.require(_is_int(value) and value >= 1, self, f"{field} must be a positive int, got {value!r}")
+        rate = self.transformer_dropout
+        config.require(not isinstance(rate, bool) and isinstance(rate, (int, float)) and 0.0 <= rate < 1.0, self,
+                       f"transformer_dropout must be a number in [0, 1), got {rate!r}")
+        config.require_one_of(self, "posenc", ("sinusoidal", "learned"))
+        config.require_one_of(self, "impl", ("sdpa", "math"))
+        config.require(self.token_dim % self.num_heads == 0, self,
+                       f"d_model={self.token_dim} is not divisible by num_heads={self.num_heads}; "
+                       f"choose num_heads among the divisors of {self.token_dim}")
+        config.require(self.posenc != "sinusoidal" or self.token_dim % 4 == 0, self,
+                       f"posenc='sinusoidal' needs d_model={self.token_dim} divisible by 4 "
+                       "(a sin/cos pair per axis); set d_model or use posenc='learned'")
 
     @property
     def token_dim(self) -> int:
@@ -106,6 +105,10 @@ class UNetTransformerConfig(UNetConfig):
     def projects(self) -> bool:
         """Whether tokens are projected `C -> D -> C` (D differs from the bottleneck width C)."""
         return self.token_dim != self.bottleneck_width
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def init_unet_transformer(key: torch.Tensor, cfg: UNetTransformerConfig) -> tuple[PyTree, PyTree]:
@@ -168,13 +171,13 @@ def apply_unet_transformer(params: PyTree, state: PyTree, x: torch.Tensor, cfg: 
     """
     needs_key = cfg.dropout > 0 or (cfg.transformer_dropout > 0 and cfg.num_layers > 0)
     _model.require_key(key, train=train, needs_key=needs_key, model="UNetTransformer")
-    x, size = _prepare_input(x, cfg, "UNetTransformer")
+    x, size = prepare_input(x, cfg, "UNetTransformer")
     z, skips, enc_state = unet_encoder(params, state, x, cfg, key=key, train=train)
     uses_key = train and key is not None and cfg.transformer_dropout > 0
     t_key = random.fold_in(key, "transformer") if uses_key else None
     z = _bottleneck_transformer(params, z, cfg, key=t_key, train=train)
     logits, dec_state = unet_decoder(params, state, z, skips, cfg, train=train)
-    return _crop(logits, size), ({**enc_state, **dec_state} if train else state)
+    return crop_logits(logits, size), ({**enc_state, **dec_state} if train else state)
 
 
 UNetTransformer = _model.register(UNetTransformerConfig, init_unet_transformer, apply_unet_transformer)

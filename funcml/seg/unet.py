@@ -35,8 +35,9 @@ padding without repeating the edge pixel, or `"zeros"`), and the logits are crop
 and the multiple.
 
 Layout. With `channels_last=True` (default) the input is laid out channels-last once, and
-every convolution keeps that layout (10-15% faster train steps on CPU, measured); shapes and
-indexing are unchanged, the logits are `[B, num_classes, H, W]` with channels-last strides.
+every convolution keeps that layout (faster train steps on CPU; measured: see
+benchmarks/RESULTS.md, "channels_last"); shapes and indexing are unchanged, the logits are
+`[B, num_classes, H, W]` with channels-last strides.
 
 The encoder and decoder are public (`init_unet_encoder` / `unet_encoder`,
 `init_unet_decoder` / `unet_decoder`) so that variants such as
@@ -61,7 +62,7 @@ from ..nn.norm import (batch_norm, group_norm, init_batch_norm, init_group_norm,
 
 __all__ = [
     "UNetConfig", "init_unet", "apply_unet", "UNet",
-    "init_unet_encoder", "unet_encoder", "init_unet_decoder", "unet_decoder",
+    "init_unet_encoder", "unet_encoder", "init_unet_decoder", "unet_decoder", "prepare_input", "crop_logits",
 ]
 
 PyTree = Any
@@ -346,10 +347,15 @@ def unet_decoder(params: PyTree, state: PyTree, z: torch.Tensor, skips: list[tor
 # ------------------------------------------------------------------------------------ model
 
 
-def _prepare_input(x: torch.Tensor, cfg: UNetConfig, model: str) -> tuple[torch.Tensor, tuple[int, int]]:
+def prepare_input(x: torch.Tensor, cfg: UNetConfig, model: str) -> tuple[torch.Tensor, tuple[int, int]]:
     """Check `x: [B, in_channels, H, W]` float, pad H, W up to multiples of `2^depth` (bottom
-    and right) or reject them, and lay it out as `cfg.channels_last` says (every conv output
-    then follows that layout). Returns the prepared x and the original `(H, W)`."""
+    and right) or reject them, as `cfg.pad_mode` and `cfg.pad_fill` say, and lay it out as
+    `cfg.channels_last` says (every conv output then follows that layout). Errors name `model`.
+
+    Returns: `(x: [B, in_channels, H', W'], (H, W))`, the prepared input and the original size
+    for `crop_logits`. Raises: ShapeError for a wrong shape, a size `pad_mode="reject"` refuses
+    or one too small to reflect-pad; DTypeError for a non-float x.
+    """
     check_shape(x, "b c h w", name=f"{model}: x", c=cfg.in_channels)
     check_dtype(x, "float", name=f"{model}: x")
     h, w = x.shape[-2:]
@@ -369,7 +375,9 @@ def _prepare_input(x: torch.Tensor, cfg: UNetConfig, model: str) -> tuple[torch.
     return x, (h, w)
 
 
-def _crop(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def crop_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`logits: [B, K, H', W']` -> `[B, K, H, W]` with `(H, W) = size`: undoes `prepare_input`'s
+    padding (bottom and right); the same tensor when nothing was padded."""
     h, w = size
     if logits.shape[-2:] == (h, w):
         return logits
@@ -398,10 +406,10 @@ def apply_unet(params: PyTree, state: PyTree, x: torch.Tensor, cfg: UNetConfig, 
     Returns: `(logits: [B, num_classes, H, W], state)`; the input `state` is never modified.
     """
     _model.require_key(key, train=train, needs_key=cfg.dropout > 0, model="UNet")
-    x, size = _prepare_input(x, cfg, "UNet")
+    x, size = prepare_input(x, cfg, "UNet")
     z, skips, enc_state = unet_encoder(params, state, x, cfg, key=key, train=train)
     logits, dec_state = unet_decoder(params, state, z, skips, cfg, train=train)
-    return _crop(logits, size), ({**enc_state, **dec_state} if train else state)
+    return crop_logits(logits, size), ({**enc_state, **dec_state} if train else state)
 
 
 UNet = _model.register(UNetConfig, init_unet, apply_unet)
