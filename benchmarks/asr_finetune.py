@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 from benchmarks.common import fresh_results_path, markdown_table, start, write_json  # noqa: E402
-from funcml import config  # noqa: E402
+from funcml import config, devices  # noqa: E402
 from funcml.asr import manifest, task  # noqa: E402
 from funcml.errors import ConfigError, DataError, cli_main  # noqa: E402
 
@@ -92,7 +92,7 @@ class FinetuneBenchConfig:
     threads: int = 1
     """torch threads (1 on the shared machine)."""
     device: str = "cpu"
-    """Only "cpu": the fold runs use funcml's CPU training loop."""
+    """Where the fold runs train and are scored: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
     runs_dir: Path = Path("runs/asr-finetune")
     """Where the manifests and the fold runs go."""
     cache_dir: Path = Path(".cache/funcml-speech")
@@ -123,7 +123,7 @@ def _train(cfg: FinetuneBenchConfig, paths: dict[str, Path], runs: Path, init: b
             "--test-manifest", str(paths["test"]), "--steps", str(cfg.steps), "--lr", str(cfg.lr),
             "--warmup-steps", str(cfg.warmup_steps), "--batch-size", str(cfg.batch_size),
             "--eval-every", str(cfg.eval_every), "--seed", str(cfg.seed), "--runs-dir", str(runs),
-            "--cache-dir", str(cfg.cache_dir), "--speed-perturb", *map(str, cfg.speed_perturb)]
+            "--cache-dir", str(cfg.cache_dir), "--speed-perturb", *map(str, cfg.speed_perturb), "--device", cfg.device]
     unit = cfg.tokenizer or (task.load_model(cfg.init_from)[0].tokenizer if cfg.init_from is not None else "word")
     args += ["--init-from", str(cfg.init_from)] if init else ["--tokenizer", unit]
     if cfg.mix_speech and (init or unit == "word"):
@@ -140,7 +140,7 @@ def _train(cfg: FinetuneBenchConfig, paths: dict[str, Path], runs: Path, init: b
 
 
 def _zero_shot(cfg: FinetuneBenchConfig, test: Path) -> dict[str, Any]:
-    train_cfg, params, tok = task.load_model(cfg.init_from)
+    train_cfg, params, tok = task.load_model(cfg.init_from, device=devices.resolve(cfg.device))
     m = task.evaluate(params, dataclasses.replace(train_cfg, cache_dir=cfg.cache_dir),
                       task.manifest_examples(dataclasses.replace(train_cfg, cache_dir=cfg.cache_dir), test, tok), tok,
                       num_examples=3)
@@ -153,8 +153,6 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     if cfg.init_from is None and not cfg.scratch_only:
         raise ConfigError("give --init-from RUN (the run to fine-tune), or --scratch-only for the from-scratch runs")
     _, info = start(cfg.device, cfg.threads)
-    if cfg.device != "cpu":
-        raise ConfigError("asr_finetune trains with funcml's CPU loop; pass --device cpu")
     found = sorted({m[2] for p in cfg.folder.glob("*.wav") if (m := re.match(r"^(\d)_([^_]+)_(\d+)\.wav$", p.name))}
                    ) if cfg.folder.is_dir() else []
     if len(found) < 2:

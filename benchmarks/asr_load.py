@@ -52,7 +52,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import fresh_results_path, ROOT, machine_info, machine_line, markdown_table, write_json  # noqa: E402
+from benchmarks.common import (fresh_results_path, ROOT, machine_info, machine_line, markdown_table,  # noqa: E402
+                               resolve_device, write_json)
 from funcml.errors import ConfigError, DataError, cli_main  # noqa: E402
 
 
@@ -78,6 +79,8 @@ class LoadConfig:
     """The server's --max-wait-ms."""
     threads: int = 1
     """The server's torch threads."""
+    device: str = "cpu"
+    """The server's --device (and the tiny run's): auto (CUDA when a GPU is visible, else the CPU), cpu, cuda, cuda:N."""
     request_timeout_s: float = 60.0
     """A request slower than this counts as an error."""
     startup_timeout_s: float = 120.0
@@ -109,7 +112,7 @@ class LoadConfig:
 # --------------------------------------------------------------------------- model and payloads
 
 
-def _train_tiny(workdir: Path) -> Path:
+def _train_tiny(workdir: Path, device: str = "cpu") -> Path:
     """The `tiny` preset on 8 synthesized utterances, 3 steps (about 10 s): a speech model to serve."""
     import torch
 
@@ -118,7 +121,7 @@ def _train_tiny(workdir: Path) -> Path:
     base = task.PRESETS["tiny"][1]
     cfg = dataclasses.replace(base, data="speech", num_train=8, num_val=4, num_test=4, steps=3, eval_every=3,
                               speech=dataclasses.replace(base.speech, digits_len=(1, 2)),
-                              runs_dir=workdir / "runs", cache_dir=workdir / "cache")
+                              runs_dir=workdir / "runs", cache_dir=workdir / "cache", device=device)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -168,7 +171,7 @@ def _free_port() -> int:
 def _start_server(cfg: LoadConfig, run: Path, port: int, log_dir: Path) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "experiments" / "asr_serve.py"), "--run", str(run), "--port", str(port),
            "--max-batch", str(cfg.max_batch), "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads),
-           "--body-timeout-s", str(cfg.body_timeout_s),
+           "--body-timeout-s", str(cfg.body_timeout_s), "--device", cfg.device,
            *(["--max-inflight-bodies", str(cfg.max_inflight_bodies)] if cfg.max_inflight_bodies else [])]
     return subprocess.Popen(cmd, stdout=open(log_dir / "access.jsonl", "wb"), stderr=open(log_dir / "server.err", "wb"),
                             start_new_session=True)
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too
     try:
         t0 = time.perf_counter()
-        run = cfg.run if cfg.run is not None else _train_tiny(work)
+        run = cfg.run if cfg.run is not None else _train_tiny(work, cfg.device)
         payloads = _payloads(run, cfg.payload, cfg.utterances)
         print(f"[asr_load] model {run} ready in {time.perf_counter() - t0:.1f} s; "
               f"{len(payloads)} {cfg.payload} payloads of {min(len(b) for b, _ in payloads)}-"
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    info = machine_info(torch.device("cpu"))
+    info = machine_info(resolve_device(cfg.device))
     info["torch_threads"] = cfg.threads  # the server's; the client does no tensor work while timing
     by_c = {r["concurrency"]: r for r in rows}
     speedup = round(by_c[8]["rps"] / by_c[1]["rps"], 2) if 1 in by_c and 8 in by_c else None

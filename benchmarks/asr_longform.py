@@ -47,6 +47,8 @@ class LongformConfig:
     """Key of the synthesized utterances (the test voices of the run's corpus)."""
     threads: int = 1
     """torch threads."""
+    device: str = "cpu"
+    """Where the model runs: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
     out: Path | None = None
     """The JSON to write (default: a fresh benchmarks/results/asr_longform-<time>.json)."""
 
@@ -59,8 +61,8 @@ class LongformConfig:
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(LongformConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
-    _, machine = start("cpu", cfg.threads)
-    train_cfg, params, tok = task.load_model(cfg.run)
+    device, machine = start(cfg.device, cfg.threads)
+    train_cfg, params, tok = task.load_model(cfg.run, device=device)
     if train_cfg.data != "speech":
         raise ConfigError(f"--run {cfg.run}: needs a model trained on synthesized speech (data=speech)")
     rate = train_cfg.frontend.sample_rate

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from funcml import devices  # noqa: E402
 from funcml.errors import ConfigError  # noqa: E402
 from funcml.repro import env_info  # noqa: E402
 
@@ -57,25 +58,9 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device a `--device` flag names ("cpu", "cuda", "cuda:1").
-
-    Raises: `ConfigError` for an unknown name, or for "cuda" on a machine without a usable
-    CUDA device (saying what torch was built with and what to pass instead).
-    """
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device name; pass 'cpu' or 'cuda'") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__} "
-                              f"built {built}, no GPU visible); run on a GPU machine or pass --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif device.type != "cpu":
-        raise ConfigError(f"--device {name!r}: the benchmarks run on 'cpu' or 'cuda', got type {device.type!r}")
-    return device
+    """The torch device a `--device` flag names: `funcml.devices.resolve` (auto, cpu, cuda, cuda:N;
+    `ConfigError` for a misspelt name or CUDA asked for without a GPU)."""
+    return devices.resolve(name)
 
 
 def set_threads(threads: int) -> int:
@@ -87,10 +72,8 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on CPU, where ops are synchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+synchronize = devices.synchronize
+"""Wait for the device's queued work (a no-op on CPU, where ops are synchronous): `funcml.devices.synchronize`."""
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

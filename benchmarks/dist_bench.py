@@ -48,15 +48,17 @@ class BenchConfig:
     """The global batch (each of the 2 ranks gets half)."""
     out: Path = ROOT / "benchmarks" / "results" / "dist_bench.json"
     """The JSON file to write."""
+    device: str = "cpu"
+    """Where each rank computes: cpu, or auto / cuda (rank r on its local GPU, cuda:LOCAL_RANK; NCCL between them)."""
     worker: str = ""
     """Internal: run one timing in this process (`<model>:<json path>`)."""
 
 
-def _setup(model: str, batch_size: int, steps: int):
-    """`(ts, train_step, batches)`: this rank's shards of `steps` global batches."""
+def _setup(model: str, batch_size: int, steps: int, device: str = "cpu"):
+    """`(ts, train_step, batches)`: this rank's shards of `steps` global batches, on `device`."""
     import torch
 
-    from funcml import optim, random
+    from funcml import devices, optim, random
     from funcml.nn import model as models
     from funcml.nn.reference import MLPConfig
     from funcml.seg.losses import ce_dice_loss
@@ -88,8 +90,9 @@ def _setup(model: str, batch_size: int, steps: int):
             return preprocess(images, seg), masks
     tx = optim.adamw(1e-3)
     params, state = models.init(random.key(0), cfg)
-    ts = init_train_state(params, state, tx, random.key(1))
-    batches = [distributed.shard(make(i)) for i in range(steps)]
+    where = devices.resolve(device)  # under torchrun with CUDA: the local rank's GPU (set by init_from_env)
+    ts = devices.put(init_train_state(params, state, tx, random.key(1)), where)
+    batches = [devices.put(distributed.shard(make(i)), where) for i in range(steps)]
     return ts, make_train_step(loss_fn, tx, compile=False), batches, torch
 
 
@@ -98,7 +101,7 @@ def _worker(spec: str, cfg: BenchConfig) -> None:
 
     model, out = spec.split(":", 1)
     distributed.init_from_env()
-    ts, step, batches, torch = _setup(model, cfg.batch_size, cfg.warmup + cfg.steps)
+    ts, step, batches, torch = _setup(model, cfg.batch_size, cfg.warmup + cfg.steps, cfg.device)
     for b in batches[:cfg.warmup]:
         ts, m = step(ts, b)
     float(m["loss"])
@@ -117,7 +120,7 @@ def _worker(spec: str, cfg: BenchConfig) -> None:
 def _run(model: str, cfg: BenchConfig, procs: int, threads: int, tmp: Path) -> dict:
     out = tmp / f"{model}-{procs}x{threads}.json"
     args = ["benchmarks/dist_bench.py", "--worker", f"{model}:{out}", "--steps", str(cfg.steps), "--warmup",
-            str(cfg.warmup), "--batch-size", str(cfg.batch_size)]
+            str(cfg.warmup), "--batch-size", str(cfg.batch_size), "--device", cfg.device]
     cmd = [sys.executable, *args] if procs == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import ROOT, fresh_results_path, machine_info, machine_line, write_json  # noqa: E402
+from benchmarks.common import ROOT, fresh_results_path, machine_info, machine_line, resolve_device, write_json  # noqa: E402
 from funcml import checkpoint, random  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 from funcml.train import TrainState  # noqa: E402
@@ -55,6 +55,9 @@ class KillConfig:
     """Kills land uniformly in [0, this] seconds after the writer is ready to save (imports done)."""
     seed: int = 0
     """Key of the kill delays."""
+    device: str = "cpu"
+    """Where the saved tensors live (auto, cpu, cuda, cuda:N): a CUDA state is written from CPU copies and
+    restored onto the device."""
     out: Path | None = None
     """The JSON file to write (default: a fresh benchmarks/results/kill_during_save-<time>.json)."""
 
@@ -73,45 +76,46 @@ _WRITER = textwrap.dedent("""
     from funcml import checkpoint, random
     from funcml.train import TrainState
 
-    root, n = sys.argv[1], int(sys.argv[2])
+    root, n, dev = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     mgr = checkpoint.CheckpointManager(root, keep_last=2)
     start = max(mgr.steps(), default=0) + 1
     print("ready", flush=True)
     for step in range(start, start + 1000):
-        ts = TrainState(step=torch.tensor(step), params={"w": torch.full((n,), float(step))}, model_state={},
-                        opt_state=(), key=random.key(step))
+        ts = TrainState(step=torch.tensor(step, device=dev), params={"w": torch.full((n,), float(step), device=dev)},
+                        model_state={}, opt_state=(), key=random.key(step, dev))
         mgr.save(ts)
 """)
 
 
-def _state(step: int, n: int) -> TrainState:
-    return TrainState(step=torch.tensor(step), params={"w": torch.full((n,), float(step))}, model_state={},
-                      opt_state=(), key=random.key(step))
+def _state(step: int, n: int, device: torch.device = torch.device("cpu")) -> TrainState:
+    return TrainState(step=torch.tensor(step, device=device), params={"w": torch.full((n,), float(step), device=device)},
+                      model_state={}, opt_state=(), key=random.key(step, device))
 
 
-def _check(root: Path, n: int) -> tuple[bool, str, int]:
+def _check(root: Path, n: int, device: torch.device) -> tuple[bool, str, int]:
     """A fresh manager on `root`: every listed checkpoint verifies, the latest restores with its own
     values, and the next step saves. `(ok, why, latest step or -1)`."""
     try:
         mgr = checkpoint.CheckpointManager(root, keep_last=2)
         path = mgr.latest_verified()
         if path is None:
-            mgr.save(_state(1, n))
+            mgr.save(_state(1, n, device))
             return True, "no checkpoint yet; saved step 1", -1
-        ts = mgr.restore_latest(_state(0, n))
+        ts = mgr.restore_latest(_state(0, n, device), device=device)
         step = int(ts.step)
-        if not torch.equal(ts.params["w"], torch.full((n,), float(step))):
-            return False, f"step {step} restored wrong values", step
-        mgr.save(_state(step + 1, n))
+        if ts.params["w"].device != device or not torch.equal(ts.params["w"], torch.full((n,), float(step),
+                                                                                          device=device)):
+            return False, f"step {step} restored wrong values (or onto {ts.params['w'].device})", step
+        mgr.save(_state(step + 1, n, device))
         return True, "", step
     except Exception as e:  # anything at all is a broken trial
         return False, f"{type(e).__name__}: {e}", -1
 
 
-def _kill_trial(root: Path, n: int, delay: float) -> dict:
+def _kill_trial(root: Path, n: int, delay: float, device: torch.device) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(n)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(n), str(device)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env)
     try:
         proc.stdout.readline()  # "ready": the imports are done, the saves start now
@@ -120,7 +124,7 @@ def _kill_trial(root: Path, n: int, delay: float) -> dict:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
     temps = sorted(p.name for p in root.iterdir() if p.name.startswith(".tmp-")) if root.exists() else []
-    ok, why, step = _check(root, n)
+    ok, why, step = _check(root, n, device)
     return {"delay_s": round(delay, 3), "killed": proc.returncode == -signal.SIGKILL, "ok": ok, "why": why,
             "latest_step": step, "temp_dirs_left_by_the_kill": len(temps)}
 
@@ -160,19 +164,20 @@ def _damage_trial(root: Path, n: int, kind: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(KillConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     n = cfg.mb * 2**20 // 4
+    device = resolve_device(cfg.device)
     u = random.uniform(random.key(cfg.seed), (max(cfg.kills, 1),), dtype=torch.float64).tolist()
     kills, damages = [], []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kill-save-") as tmp:
         root = Path(tmp) / "checkpoints"
         for i in range(cfg.kills):
-            row = _kill_trial(root, n, u[i] * cfg.max_delay_s)
+            row = _kill_trial(root, n, u[i] * cfg.max_delay_s, device)
             kills.append(row)
             print(f"  kill {i + 1:3d}/{cfg.kills}: after {row['delay_s']:.2f} s, latest step {row['latest_step']}, "
                   f"{'ok' if row['ok'] else 'BROKEN: ' + row['why']}", file=sys.stderr, flush=True)
         for i in range(cfg.damage_trials):
             damages.append(_damage_trial(Path(tmp) / f"damage-{i}", n, i))
-    info = machine_info(torch.device("cpu"))
+    info = machine_info(device)
     summary = {"kills": len(kills), "broken_after_kill": sum(not r["ok"] for r in kills),
                "kills_that_left_a_temp_dir": sum(r["temp_dirs_left_by_the_kill"] > 0 for r in kills),
                "final_step": kills[-1]["latest_step"] if kills else None,

@@ -41,6 +41,8 @@ class TargetConfig:
     """Target: the ASR part alone within this many seconds."""
     check: bool = True
     """Exit 1 when a target is missed."""
+    device: str = "auto"
+    """The main job's --device: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
     main_args: str = ""
     """Extra flags for experiments/main.py, as one string: `--main-args="--seg.steps 5"`."""
     out: Path = ROOT / "benchmarks" / "results" / "main_target.json"
@@ -49,7 +51,8 @@ class TargetConfig:
 
 def main(cfg: TargetConfig) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "experiments" / "main.py"), "--runs-dir", tmp, *shlex.split(cfg.main_args)]
+        cmd = [sys.executable, str(ROOT / "experiments" / "main.py"), "--runs-dir", tmp, "--device", cfg.device,
+               *shlex.split(cfg.main_args)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - t0

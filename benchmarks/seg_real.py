@@ -101,6 +101,8 @@ class SegRealConfig:
     """torch threads (the target is 2 cores; pass 1 on a shared machine)."""
     seed: int = 0
     """Model / augmentation seed."""
+    device: str = "cpu"
+    """Where the run trains and is scored: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
     out: Path | None = None
     """JSON output (default benchmarks/results/seg_real-<time>.json)."""
     runs_dir: Path | None = None
@@ -144,20 +146,20 @@ def _overrides(cfg: task.SegTrainConfig, sets: tuple[str, ...]) -> tuple[task.Se
 def main(cfg: SegRealConfig) -> dict[str, Any]:
     if not cfg.folder.is_dir():
         raise DataError(f"{cfg.folder} does not exist; pass the EM folder (e.g. ../shared/data/em-membranes)")
-    device, info = start("cpu", cfg.threads)
+    device, info = start(cfg.device, cfg.threads)
     base = task.PRESETS["folder"][1]
     steps = base.steps if cfg.steps is None else cfg.steps
     tmp = tempfile.TemporaryDirectory() if cfg.runs_dir is None else None
     runs_dir = Path(tmp.name) if tmp is not None else cfg.runs_dir
     train_cfg = dataclasses.replace(base, folder=cfg.folder, class_map=cfg.class_map, val_stems=cfg.test_stems,
                                     steps=steps, eval_every=max(1, steps), seed=cfg.seed,
-                                    runs_dir=runs_dir, experiment="seg-real")
+                                    runs_dir=runs_dir, experiment="seg-real", device=cfg.device)
     train_cfg, override_args = _overrides(ablation_config(train_cfg, cfg.ablation), cfg.set)
     try:
         t0 = time.perf_counter()
         run, summary = task.train(train_cfg, progress=True)
         wall = time.perf_counter() - t0
-        saved, model_cfg, params, state = task.load_model(run.path)
+        saved, model_cfg, params, state = task.load_model(run.path, device=device)
         folder = FolderSplit(saved)
         pairs, n_train = folder.val_pairs(), len(folder.train_idx)
         sw = saved.sliding

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
+from funcml import devices  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
@@ -203,15 +204,18 @@ class AblationsConfig:
     """Train runs again even when their experiment folder already holds a finished run."""
     threads: int = 1
     """torch intra-op threads for the runs."""
+    device: str = "auto"
+    """Where the runs compute: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
 
 
 def _selected(name: str | None) -> list[str]:
     return list(GROUPS) if name in (None, "all") else [name]
 
 
-def run_argv(run: Run, runs_dir: Path, smoke: bool) -> list[str]:
+def run_argv(run: Run, runs_dir: Path, smoke: bool, device: str = "auto") -> list[str]:
     """The argv of the run's script (what follows `python experiments/<script>.py`)."""
-    argv = (*run.args, "--experiment", run.experiment, "--runs-dir", str(runs_dir))
+    argv = (*run.args, "--experiment", run.experiment, "--runs-dir", str(runs_dir),
+            *(("--device", device) if device != "auto" else ()))
     return list(_with(argv, _SMOKE[run.data]) if smoke else argv)
 
 
@@ -222,9 +226,9 @@ def summary_argv(name: str, runs_dir: Path) -> list[str]:
             "--metrics", *group.metrics]
 
 
-def commands(name: str, runs_dir: Path, smoke: bool = False) -> list[str]:
+def commands(name: str, runs_dir: Path, smoke: bool = False, device: str = "auto") -> list[str]:
     """The shell commands of group `name`: its runs, then its summary."""
-    out = [shlex.join(["python", f"experiments/{r.script}.py", *run_argv(r, runs_dir, smoke)])
+    out = [shlex.join(["python", f"experiments/{r.script}.py", *run_argv(r, runs_dir, smoke, device)])
            for r in GROUPS[name].runs]
     return out + [shlex.join(["python", "experiments/summarize.py", *summary_argv(name, runs_dir)])]
 
@@ -261,14 +265,15 @@ def _run_group(name: str, cfg: AblationsConfig, done: set[str]) -> Path:
     group = GROUPS[name]
     print(f"\n== {name}: {group.title} ==", flush=True)
     for i, run in enumerate(group.runs, 1):
-        command = shlex.join(["python", f"experiments/{run.script}.py", *run_argv(run, cfg.runs_dir, cfg.smoke)])
+        argv = run_argv(run, cfg.runs_dir, cfg.smoke, cfg.device)
+        command = shlex.join(["python", f"experiments/{run.script}.py", *argv])
         previous = finished_run(cfg.runs_dir / run.experiment)
         if run.experiment in done or (previous is not None and not cfg.force):
             print(f"[ablations] ({i}/{len(group.runs)}) reusing {previous}: {command}", flush=True)
             continue
         print(f"[ablations] ({i}/{len(group.runs)}) {command}", flush=True)
         t0 = time.perf_counter()
-        _load(run.script).main(run_argv(run, cfg.runs_dir, cfg.smoke))
+        _load(run.script).main(argv)
         done.add(run.experiment)
         print(f"[ablations] {run.experiment} took {time.perf_counter() - t0:.1f} s", flush=True)
     _load("summarize").main(summary_argv(name, cfg.runs_dir))
@@ -280,11 +285,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     cfg = tyro.cli(AblationsConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if cfg.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
+    devices.check_name(cfg.device)
     names = _selected(cfg.group)
     if cfg.list:
         for name in names:
             print(f"# {name}: {GROUPS[name].title}")
-            print("\n".join(commands(name, cfg.runs_dir, cfg.smoke)) + "\n")
+            print("\n".join(commands(name, cfg.runs_dir, cfg.smoke, cfg.device)) + "\n")
         return []
     if cfg.group is None:
         raise ConfigError(f"name a group to run ({', '.join(GROUPS)}, or all), or pass --list to see the commands")

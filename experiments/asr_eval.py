@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tyro  # noqa: E402
 
-from funcml import checkpoint  # noqa: E402
+from funcml import checkpoint, devices  # noqa: E402
 from funcml.asr import task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 from funcml.runs import output_dir  # noqa: E402
@@ -58,6 +58,8 @@ class EvalConfig:
     oov: Literal["error", "drop", "strip", "unk"] = "error"
     """With --manifest: a transcript with characters / words outside the model's vocabulary is an
     error naming its line, or is dropped, stripped of them, or scored with <unk>."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
         if self.num_test < 0 or self.batch_size < 1:
@@ -79,9 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(EvalConfig, args=argv, description="\n\n".join(__doc__.split("\n\n")[:2]))
     if cfg.batch_size < 1 or cfg.num_test < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --num-test >= 0, got {cfg.batch_size}, {cfg.num_test}")
+    device = devices.resolve(cfg.device)
     ckpt = task.checkpoint_of(cfg.run)
     print(f"[asr] checkpoint {ckpt} (step {checkpoint.load_meta(ckpt)['step']})", file=sys.stderr)
-    train_cfg, params, tok = task.load_model(ckpt)
+    train_cfg, params, tok = task.load_model(ckpt, device=device)
     if cfg.num_test:
         field = "num_test" if cfg.split == "test" else "num_val"
         train_cfg = dataclasses.replace(train_cfg, **{field: cfg.num_test})

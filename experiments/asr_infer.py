@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
-from funcml import checkpoint  # noqa: E402
+from funcml import checkpoint, devices  # noqa: E402
 from funcml.asr import audio, longform, manifest, speech, task  # noqa: E402
 from funcml.asr.metrics import cer, wer  # noqa: E402
 from funcml.asr.viz import save_cif_plot  # noqa: E402
@@ -85,6 +85,8 @@ class InferConfig:
     on_error: Literal["stop", "skip"] = "stop"
     """With --folder / --manifest: a file that cannot be read stops the run (exit 2), or is skipped and
     listed with its error in the output."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -216,9 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
     if len(given) != 1:
         raise ConfigError(f"give exactly one input: --wav, --features, --text, --folder or --manifest "
                           f"(got {given or 'none'})")
+    device = devices.resolve(cfg.device)
     ckpt = task.checkpoint_of(cfg.run)
     print(f"[asr] checkpoint {ckpt} (step {checkpoint.load_meta(ckpt)['step']})", file=sys.stderr)
-    train_cfg, params, tok = task.load_model(ckpt)
+    train_cfg, params, tok = task.load_model(ckpt, device=device)
     if cfg.folder is not None or cfg.manifest is not None:
         return transcribe_many(cfg, train_cfg, params, tok)
     t0 = time.perf_counter()

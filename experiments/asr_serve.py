@@ -61,6 +61,8 @@ class ServeConfig:
     """Body bytes held by the bodies being received (plus a new one's declared length); beyond it 503 (bounds memory)."""
     threads: int = 1
     """torch intra-op threads of the inference thread."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -75,7 +77,7 @@ def build(argv: list[str] | None = None):
     app = create_app(cfg.run, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                      max_body_bytes=cfg.max_body_bytes, max_audio_seconds=cfg.max_audio_seconds,
                      body_timeout_s=cfg.body_timeout_s, max_inflight_bodies=cfg.max_inflight_bodies,
-                     max_inflight_bytes=cfg.max_inflight_bytes)
+                     max_inflight_bytes=cfg.max_inflight_bytes, device=cfg.device)
     return cfg, app
 
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     sock = _bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
     print(f"[asr_serve] {cfg.run} on http://{cfg.host}:{port} (max batch {cfg.max_batch}, max wait "
-          f"{cfg.max_wait_ms:g} ms, {cfg.threads} torch thread(s))", file=sys.stderr, flush=True)
+          f"{cfg.max_wait_ms:g} ms, {cfg.threads} torch thread(s), device {cfg.device})", file=sys.stderr, flush=True)
     if cfg.port_file is not None:
         tmp = cfg.port_file.with_name(f".{cfg.port_file.name}.tmp")
         tmp.write_text(f"{port}\n")

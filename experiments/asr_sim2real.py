@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import asr_real  # noqa: E402
-from funcml import config  # noqa: E402
+from funcml import config, devices  # noqa: E402
 from funcml.asr import task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 
@@ -76,20 +76,24 @@ class Sim2RealConfig:
     """Print the recipe as experiments/main.py flags and exit."""
     check_run: Path | None = None
     """Train nothing: score this existing run (held-out espeak checks and real recordings)."""
+    device: str = "auto"
+    """Where the run trains and is scored: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ConfigError(f"--recipe: expected one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        devices.check_name(self.device)
 
 
 recipe_config = task.sim2real_config
 
 
-def heldout_checks(run: Path) -> dict[str, dict[str, float]]:
+def heldout_checks(run: Path, device: str = "cpu") -> dict[str, dict[str, float]]:
     """The run's held-out espeak voices, two ways: its own test split ("own": the run's speech config,
     augmentations included) and the preset's test split ("preset": 3-6 digit strings, white noise
-    15-35 dB, no other augmentation) at the run's sample rate. CER / WER / length accuracy of each."""
-    cfg, params, tok = task.load_model(run)
+    15-35 dB, no other augmentation) at the run's sample rate. CER / WER / length accuracy of each.
+    The model runs on `device` (a `--device` name)."""
+    cfg, params, tok = task.load_model(run, device=devices.resolve(device))
     preset = dataclasses.replace(task.PRESETS["speech"][1].speech, sample_rate=cfg.speech.sample_rate)
     out = {}
     for name, c in (("own", cfg), ("preset", dataclasses.replace(cfg, speech=preset))):
@@ -136,14 +140,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary.setdefault("data_seconds", None)
         cfg, wall = task.load_model(path)[0], None
     else:
-        cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir, experiment=f"asr-sim2real-{args.recipe}")
+        cfg = dataclasses.replace(cfg, runs_dir=args.runs_dir, experiment=f"asr-sim2real-{args.recipe}",
+                                  device=args.device)
         t0 = time.perf_counter()
         run, summary = task.train(cfg, progress=True)
         wall = round(time.perf_counter() - t0, 1)
         path = run.path
     real = asr_real.main([str(args.folder), "--run", str(path), "--strings", str(args.strings),
-                          "--out", str(path / "asr_real.json")])
-    held = heldout_checks(path)
+                          "--out", str(path / "asr_real.json"), "--device", args.device])
+    held = heldout_checks(path, args.device)
     print(f"held-out espeak voices: own test split CER {100 * held['own']['cer']:.1f}%, "
           f"preset test split CER {100 * held['preset']['cer']:.1f}% (WER {100 * held['preset']['wer']:.1f}%)")
     row = {"recipe": args.recipe, "run": str(path), "steps": summary.get("steps"), "num_train": cfg.num_train,

@@ -4,6 +4,7 @@
     python experiments/main.py --only seg                        # one application
     python experiments/main.py --seg.steps 20 --asr.steps 20 --runs-dir /tmp/runs   # a quick smoke run
     python experiments/main.py --threads 1                       # torch threads (default: the cores, at most 4)
+    python experiments/main.py --device cuda                     # both runs on the GPU (default auto: CUDA if any)
 
 Segmentation: trains `funcml.seg.task.PRESETS["unet-transformer"]` (U-Net with a transformer
 bottleneck on hard 32x32 synthetic shapes: 1-3 objects, rotated, overlapping, an occluding
@@ -25,6 +26,10 @@ Threads. The default is one torch thread per available core, at most 4: on an id
 machine 2 threads ran the whole job in 481 s against 614 s with 1 (benchmarks/RESULTS.md). On a
 machine shared with other work pass `--threads 1`: OpenMP's spinning worker threads make small
 convolutions many times slower when a core is busy, while one thread degrades gracefully.
+
+Device. `--device auto` (each config's default) trains on CUDA when a GPU is visible, else on the
+CPU; `--device cpu|cuda|cuda:N` chooses. The device of each part is printed and written beside its
+figures in main-summary.json.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
+from funcml import devices  # noqa: E402
 from funcml.asr import task as asr_task  # noqa: E402
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 from funcml.seg import task  # noqa: E402
@@ -65,12 +71,17 @@ class MainConfig:
     """torch intra-op threads (None: the available cores, at most 4; 1 is robust on a busy machine)."""
     overlays: int = 8
     """Validation images in the overlay grid (0 = none)."""
+    device: str | None = None
+    """Where both runs compute: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N (None: each
+    config's --seg.device / --asr.device, both auto by default)."""
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.overlays < 0:
             raise ConfigError(f"--overlays is a number of images (0 = none), got {self.overlays}")
+        if self.device is not None:
+            devices.check_name(self.device)
 
 
 def default_threads() -> int:
@@ -97,7 +108,7 @@ def _overlay_grid(run_path: Path, cfg: task.SegTrainConfig, n: int) -> Path | No
     """plots/overlays.png: `n` validation images with ground truth and prediction (funcml.seg.viz)."""
     if n <= 0:
         return None
-    _, model_cfg, params, state = task.load_model(run_path)
+    _, model_cfg, params, state = task.load_model(run_path, device=devices.resolve(cfg.device))
     images, masks = next(task.val_batches(cfg, batch_size=n))
     pred, _ = task.predict(params, state, model_cfg, task.preprocess(images, cfg))
     return save_overlay_grid(images, masks, pred, task.class_names(cfg), run_path / "plots" / "overlays.png",
@@ -193,6 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.runs_dir is not None:
         seg_cfg = dataclasses.replace(seg_cfg, runs_dir=cfg.runs_dir)
         asr_cfg = dataclasses.replace(asr_cfg, runs_dir=cfg.runs_dir)
+    if cfg.device is not None:
+        seg_cfg = dataclasses.replace(seg_cfg, device=cfg.device)
+        asr_cfg = dataclasses.replace(asr_cfg, device=cfg.device)
+    used = {part: str(devices.resolve(c.device)) for part, c in (("seg", seg_cfg), ("asr", asr_cfg))
+            if cfg.only in ("all", part)}  # a missing GPU fails here, before any work
+    if distributed.is_main():
+        print(f"[main] device: {', '.join(f'{p} {d}' for p, d in used.items())} (--device)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     result: dict = {}
     if cfg.only in ("all", "seg"):
@@ -201,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["asr"] = _run_asr(asr_cfg)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["threads"] = threads
+    for part, dev in used.items():  # beside each part's figures (an --only run keeps the other part's entry)
+        result[part]["device"] = dev
     if not distributed.is_main():
         return result
     root = cfg.runs_dir or (seg_cfg.runs_dir if cfg.only != "asr" else asr_cfg.runs_dir)

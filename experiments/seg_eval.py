@@ -58,7 +58,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from funcml import config
+from funcml import config, devices
 from funcml.checks import check_shape
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.seg import task, viz
@@ -90,6 +90,8 @@ class EvalConfig:
     """Sliding windows (patch-trained runs): overlap fraction; default: the run's (0.5)."""
     tta: bool = False
     """Sliding windows: also predict mirrored windows and average (flip test-time augmentation, 4x compute)."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
 
 
 def _write_atomic(path: Path, text: str) -> Path:
@@ -198,7 +200,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     if not cfg.run.exists():
         raise DataError(f"--run {cfg.run} does not exist; pass a run directory (e.g. runs/seg/20260101-120000-"
                         "abc12300) or one of its checkpoints/ directories")
-    train_cfg, model_cfg, params, model_state = task.load_model(cfg.run)
+    train_cfg, model_cfg, params, model_state = task.load_model(cfg.run, device=devices.resolve(cfg.device))
     k = model_cfg.num_classes
     ignore_index = train_cfg.ignore_index if cfg.ignore_index is None else cfg.ignore_index
     sliding = dataclasses.replace(train_cfg.sliding, tta=cfg.tta,

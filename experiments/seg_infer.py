@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from funcml import config
+from funcml import config, devices
 from funcml.errors import ConfigError, DataError, cli_main
 from funcml.runs import output_dir
 from funcml.seg import task
@@ -83,6 +83,8 @@ class InferConfig:
     """Sliding windows (patch-trained runs): overlap fraction; default: the run's (0.5)."""
     tta: bool = False
     """Sliding windows: also predict mirrored windows and average (flip test-time augmentation, 4x compute)."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -165,6 +167,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
     if not cfg.run.exists():
         raise DataError(f"--run {cfg.run} does not exist; pass a run directory (e.g. runs/seg/20260101-120000-"
                         "abc12300) or one of its checkpoints/ directories")
+    device = devices.resolve(cfg.device)
     out = output_dir(cfg.out if cfg.out is not None else _default_out(cfg.run), create=False)  # before the work
     paths = _list_inputs(cfg.input)
     if cfg.masks is not None:
@@ -176,7 +179,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, Any]:
             raise DataError(f"--masks {cfg.masks}: no mask {missing[0]}.png for image {missing[0]}{more}; "
                             "add the masks or leave out --masks")
 
-    train_cfg, model_cfg, params, model_state = task.load_model(cfg.run)
+    train_cfg, model_cfg, params, model_state = task.load_model(cfg.run, device=device)
     k, channels = model_cfg.num_classes, model_cfg.in_channels
     ignore_index = train_cfg.ignore_index if cfg.ignore_index is None else cfg.ignore_index
     class_map = parse_class_map(train_cfg.class_map if cfg.class_map is None else cfg.class_map)

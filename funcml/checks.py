@@ -8,6 +8,9 @@ meets and must then match; an integer literal (`"b 3 h w"`) fixes the size; `_` 
 size; a leading `...` accepts any number of leading dimensions. Shape checks read only
 static shapes, so they are free under `torch.compile` and see the per-example shape under
 `vmap`. `check_range` and `check_finite` read values: call them outside compiled code.
+Checks of values inside a per-step path (lengths, ids) run when `host_readable(x)`: on an
+accelerator a read would wait for the device's queue every step, so there the values are
+checked where the data is made (on the host, e.g. by `collate`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from .errors import DTypeError, NonFiniteError, RangeError, ShapeError
 
-__all__ = ["check_shape", "check_dtype", "check_range", "check_finite", "check_same_device"]
+__all__ = ["check_shape", "check_dtype", "check_range", "check_finite", "check_same_device", "host_readable"]
 
 
 def _parse(spec: str) -> tuple[bool, list[str]]:
@@ -128,3 +131,11 @@ def check_same_device(*tensors: torch.Tensor, names: Iterable[str] | None = None
     if len(devices) > 1:
         where = ", ".join(f"{n} on {t.device}" for n, t in zip(names, tensors))
         raise DTypeError(f"tensors must be on one device: {where}")
+
+
+def host_readable(x: torch.Tensor) -> bool:
+    """Whether reading `x`'s values is free: a CPU tensor, outside `torch.compile` tracing and
+    `torch.func` transforms (false on CUDA, where a read waits for the device, and on "meta")."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)

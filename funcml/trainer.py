@@ -35,6 +35,7 @@ processes; rank 0 alone writes the run directory, validates and reports.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import sys
 import time
@@ -42,7 +43,9 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from . import checkpoint, optim, random
+import torch
+
+from . import checkpoint, devices, optim, random
 from . import config as config_lib
 from .errors import CheckpointError, ConfigError, TrainingInterrupted
 from .nn import model as models
@@ -51,7 +54,7 @@ from .tasks import checkpoint_dir, make_optimizer, open_for_resume, write_curves
 from .train import EarlyStop, TrainState, distributed, fit, init_train_state, make_train_step
 
 __all__ = ["TrainConfig", "Task", "optimizer", "initial_state", "check_global_batch", "train_task",
-           "checkpoint_of", "config_of", "load_run"]
+           "checkpoint_of", "config_of", "load_run", "Prefetched"]
 
 PyTree = Any
 
@@ -76,8 +79,11 @@ class TrainConfig:
     """Linear warmup steps."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = off)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Autocast dtype of the train step (master weights stay fp32)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast dtype of the train step (master weights stay fp32); fp16 adds a dynamic loss scale (for CUDA)."""
+    device: str = "auto"
+    """Where the run computes: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N. Params,
+    keys, batches and metrics live there; checkpoints load on any device."""
     compile: bool = False
     """torch.compile the train step (inductor: a one-off cost of minutes on a small CPU; pays off for long runs
     with fixed shapes)."""
@@ -121,7 +127,8 @@ class TrainConfig:
         config_lib.require(self.lr > 0, self, f"lr must be > 0, got {self.lr}")
         config_lib.require(self.weight_decay >= 0 and self.grad_clip >= 0, self,
                            "weight_decay and grad_clip must be >= 0")
-        config_lib.require_one_of(self, "precision", ("fp32", "bf16"))
+        config_lib.require_one_of(self, "precision", ("fp32", "bf16", "fp16"))
+        devices.check_name(self.device)
         config_lib.require(self.resume_step is None or (self.resume is not None and self.resume_step >= 0), self,
                            f"resume_step ({self.resume_step}) needs --resume RUN and a step >= 0")
 
@@ -153,11 +160,13 @@ def optimizer(cfg: TrainConfig) -> optim.GradientTransformation:
 
 def initial_state(cfg: TrainConfig, params: PyTree | None = None) -> tuple[TrainState, optim.GradientTransformation]:
     """The step-0 train state of `cfg` and its optimizer: a fresh `cfg.model` from `fold_in(key(seed), "init")`
-    (or the given `params` with its model state), keyed `fold_in(key(seed), "train")`."""
+    (or the given `params` with its model state), keyed `fold_in(key(seed), "train")`, with a loss scale
+    under fp16; on the CPU (`train_task` puts it on the run's device)."""
     root = random.key(cfg.seed)
     fresh, model_state = models.init(random.fold_in(root, "init"), cfg.model)
     tx = optimizer(cfg)
-    return init_train_state(fresh if params is None else params, model_state, tx, random.fold_in(root, "train")), tx
+    return init_train_state(fresh if params is None else params, model_state, tx, random.fold_in(root, "train"),
+                            precision=cfg.precision), tx
 
 
 def check_global_batch(batch_size: int) -> int:
@@ -170,7 +179,7 @@ def check_global_batch(batch_size: int) -> int:
     return world
 
 
-def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callable[[int], Any], Any]],
+def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[torch.device], tuple[Callable[[int], Any], Any]],
                loss_fn: Callable, validate: Callable[[PyTree, PyTree, Any], dict[str, float]],
                report: Callable[[PyTree, PyTree, Any, RunDir], dict[str, Any]],
                params: PyTree | None = None, on_run: Callable[[RunDir], None] | None = None,
@@ -178,9 +187,10 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
     """Train `cfg` (already resolved from its data) as a run of `task`; returns the run and a summary.
 
     Hooks (the application's own):
-        data: `() -> (get_batch, val)`: `get_batch(step) -> batch`, this rank's share of step `step`'s
-            global batch, a pure function of the step; `val`, the validation data the other hooks take.
-            Called after a resume is checked and before the run directory is made.
+        data: `(device) -> (get_batch, val)`: `get_batch(step) -> batch`, this rank's share of step `step`'s
+            global batch, a pure function of the step, made on `device` where it can be (batches still on
+            the host are put there); `val`, the validation data the other hooks take. Called after a resume
+            is checked and before the run directory is made.
         loss_fn: `(params, model_state, batch, key) -> (loss, (metrics, model_state))` (`make_train_step`).
         validate: `(params, model_state, val) -> {"val/...": float}`, holding `task.best_metric`.
         report: `(params, model_state, val, run) -> dict`, written to eval.json with the checkpoint and
@@ -192,7 +202,9 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
     summary.json and eval.json. The summary is `fit`'s plus `data_seconds`, `plots`, `eval_json`
     and `run`. Raises `TrainingInterrupted` (a checkpoint saved) on Ctrl-C.
     """
+    device = devices.resolve(cfg.device)
     ts, tx = initial_state(cfg, params)
+    ts = devices.put(ts, device)
     # what the run records: the step to continue from is a one-off choice (saved, it would rewind every later
     # `--config RUN/config.json --resume RUN`)
     record = dataclasses.replace(cfg, resume_step=None)
@@ -201,7 +213,14 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
         run = distributed.on_main(open_for_resume, cfg.resume, cfg, task.config_class, fields=task.resume_fields)
     check_global_batch(cfg.batch_size)
     t0 = time.perf_counter()
-    get_batch, val = data()
+    make_batch, val = data(device)
+
+    def on_device(step: int) -> Any:
+        return devices.put(make_batch(step), device)
+
+    # On CUDA the next batch is made while the device runs this step (the host waits for it anyway)
+    get_batch = Prefetched(on_device) if device.type == "cuda" else on_device
+
     data_s = time.perf_counter() - t0
     if run is None:
         run = distributed.on_main(create_run, cfg.runs_dir, cfg.experiment, config=cfg)
@@ -212,7 +231,8 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
     if cfg.tensorboard and distributed.is_main():
         run.enable_tensorboard()
     if distributed.is_main():
-        print(f"[{task.name}] run directory: {run.path} (data ready in {data_s:.1f} s)", file=sys.stderr)
+        print(f"[{task.name}] run directory: {run.path} (data ready in {data_s:.1f} s; device "
+              f"{devices.describe(device)})", file=sys.stderr)
 
     main = distributed.is_main()
     manager = checkpoint.CheckpointManager(run.checkpoints, keep_last=cfg.keep_last, keep_best=1,
@@ -231,7 +251,7 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
         return run, {**summary, "run": str(run.path)}
     summary["plots"] = [str(p) for p in write_curves(run, task.curves)]
     if manager.latest() is not None:
-        _, best, ckpt = load_run(task, run.path)
+        _, best, ckpt = load_run(task, run.path, device=device)
         metrics = {**report(best.params, best.model_state, val, run), "checkpoint": str(ckpt),
                    "step": checkpoint.load_meta(ckpt)["step"]}
         run.write_json("eval.json", metrics)
@@ -243,6 +263,24 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[], tuple[Callabl
         summary["tensorboard"] = str(run.path / "tensorboard")
     summary["run"] = str(run.path)
     return run, summary
+
+
+class Prefetched:
+    """`get_batch(step)` that also starts making batch `step + 1` in a background thread, so that it is
+    ready when the loop asks for it. `fn` must be a pure function of the step (every `get_batch` of
+    a run is): a prefetched batch is the one `fn(step + 1)` returns, and a step out of order is made
+    on the spot."""
+
+    def __init__(self, fn: Callable[[int], Any]):
+        self.fn = fn
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="funcml-prefetch")
+        self._next: tuple[int, concurrent.futures.Future] | None = None
+
+    def __call__(self, step: int) -> Any:
+        ahead, self._next = self._next, None
+        batch = ahead[1].result() if ahead is not None and ahead[0] == step else self.fn(step)
+        self._next = (step + 1, self._pool.submit(self.fn, step + 1))
+        return batch
 
 
 def checkpoint_of(task: Task, path: str | Path) -> Path:
@@ -263,11 +301,12 @@ def config_of(task: Task, ckpt: Path) -> Any:
         raise CheckpointError(f"{ckpt}: its config is not a {task.config_class.__name__} ({e})") from None
 
 
-def load_run(task: Task, path: str | Path) -> tuple[Any, TrainState, Path]:
+def load_run(task: Task, path: str | Path, *, device: torch.device | str = "cpu") -> tuple[Any, TrainState, Path]:
     """`(cfg, train_state, ckpt)` of a run directory (its best checkpoint, see `checkpoint_of`) or of one
-    checkpoint directory (`step_*`). Names, shapes and dtypes are checked against `initial_state(cfg)`;
-    a wrong path is a `DataError`, a missing or corrupt checkpoint a `CheckpointError`."""
+    checkpoint directory (`step_*`), its tensors on `device` (wherever the run was trained). Names, shapes
+    and dtypes are checked against `initial_state(cfg)`; a wrong path is a `DataError`, a missing or
+    corrupt checkpoint a `CheckpointError`."""
     ckpt = checkpoint_of(task, path)
     cfg = config_of(task, ckpt)
     like, _ = initial_state(cfg)
-    return cfg, checkpoint.restore(ckpt, like), ckpt
+    return cfg, checkpoint.restore(ckpt, like, device=device), ckpt

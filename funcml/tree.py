@@ -152,8 +152,20 @@ def cast(tree: PyTree, dtype: torch.dtype, *, only_floating: bool = True) -> PyT
 
 
 def to(tree: PyTree, device: torch.device | str) -> PyTree:
-    """Move every tensor leaf to `device`."""
-    return tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tree)
+    """Move every tensor leaf to `device` (leaves already there are returned as they are). Host tensors
+    bound for CUDA are copied from pinned memory without blocking the host; the copy is ordered
+    before any later kernel on the current stream, as every CUDA copy is."""
+    device = torch.device(device)
+    to_cuda = device.type == "cuda"
+
+    def move(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor) or x.device == device:
+            return x
+        if to_cuda and x.device.type == "cpu":
+            return x.pin_memory().to(device, non_blocking=True)
+        return x.to(device)
+
+    return tree_map(move, tree)
 
 
 def zeros_like(tree: PyTree) -> PyTree:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +48,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skipif(True, reason="needs a CUDA device (run on a GPU machine)")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:  # the marker, not a parameter id that says "cuda"
             item.add_marker(skip)
 
 
@@ -53,6 +56,81 @@ def pytest_collection_modifyitems(config, items):
 # named by FUNCML_SHARED_DATA. Tests that need it take the `real_data` fixture and skip, saying
 # where they looked, when it is absent (CI has `../shared`).
 SHARED_DATA = Path(os.environ.get("FUNCML_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test, and every fixture set up between tests, runs with the one thread set above: a
+    test that sets more (a CLI's `--threads`, the main job) gets one back when it ends."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
+# Trained tiny runs, one per session: each is trained once, the first time a test asks for it,
+# into a session temporary folder. They are shared, so a test only reads them; a test that
+# writes into a run (an eval folder, a resumed checkpoint) works on a copy
+# (`shutil.copytree(run, tmp_path / "run")`).
+# At the end of the session each run must be as it was trained (checked: a test that wrote
+# into one fails the session, naming the files).
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(run: Path) -> dict[str, int]:
+    return {str(p.relative_to(run)): p.stat().st_size for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@contextlib.contextmanager
+def _read_only(run: Path):
+    before = _snapshot(run)
+    yield run
+    after = _snapshot(run)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, (f"a test wrote into the shared run {run} (copy it first: "
+                         f"shutil.copytree(run, tmp_path / 'run')): {changed[:10]}")
+
+
+def _asr_train(argv: list[str], runs: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import asr_train
+
+    asr_train.main([*argv, "--runs-dir", str(runs)])
+    (run,) = runs.glob("asr-tiny/*")
+    return run
+
+
+TINY_SPEECH = ["tiny", "--data", "speech", "--num-train", "8", "--num-val", "4", "--num-test", "4",
+               "--speech.digits-len", "1", "2", "--spec-augment", "--steps", "3", "--eval-every", "3"]
+"""`experiments/asr_train.py` arguments of the shared speech run (`asr_speech_run`)."""
+
+
+@pytest.fixture(scope="session")
+def asr_toy_run(tmp_path_factory) -> Path:
+    """`python experiments/asr_train.py tiny`: the ASR tiny preset on toy features (read-only)."""
+    with _read_only(_asr_train(["tiny"], tmp_path_factory.mktemp("asr_toy_runs"))) as run:
+        yield run
+
+
+@pytest.fixture(scope="session")
+def asr_speech_run(tmp_path_factory) -> Path:
+    """The ASR tiny preset on 8 synthesized utterances (digits, 1-2 words, SpecAugment), 3 steps (read-only)."""
+    cache = tmp_path_factory.mktemp("asr_speech_cache")
+    run = _asr_train([*TINY_SPEECH, "--cache-dir", str(cache)], tmp_path_factory.mktemp("asr_speech_runs"))
+    with _read_only(run):
+        yield run
+
+
+@pytest.fixture(scope="session")
+def seg_tiny_run(tmp_path_factory) -> Path:
+    """The segmentation `tiny` preset (16x16 shapes, U-Net+Transformer) trained for 2 steps (read-only)."""
+    from funcml.seg import task
+
+    cfg = dataclasses.replace(task.PRESETS["tiny"][1], steps=2, eval_every=2, val_size=8,
+                              runs_dir=tmp_path_factory.mktemp("seg_tiny_runs"))
+    run, _ = task.train(cfg, progress=False)
+    with _read_only(Path(run.path)) as path:
+        yield path
 
 
 @pytest.fixture

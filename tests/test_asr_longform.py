@@ -15,7 +15,6 @@ from funcml.errors import RangeError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
-import asr_train  # noqa: E402
 
 SR = 8000
 
@@ -70,17 +69,11 @@ def test_silence_and_trimming():
     assert abs(start - (SR // 2 - int(0.05 * SR))) <= SR // 100 and abs(end - (SR + int(0.05 * SR))) <= SR // 100
 
 
-@pytest.fixture(scope="module")
-def speech_run(tmp_path_factory) -> Path:
-    runs, cache = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("cache")
-    asr_train.main(["tiny", "--data", "speech", "--num-train", "8", "--num-val", "4", "--num-test", "4",
-                    "--speech.digits-len", "1", "2", "--steps", "2", "--eval-every", "2",
-                    "--runs-dir", str(runs), "--cache-dir", str(cache)])
-    return next((runs / "asr-tiny").iterdir())
+# The trained speech run is the session's shared one (tests/conftest.py): asr_speech_run.
 
 
-def test_long_audio_is_transcribed_segment_by_segment_on_the_original_timeline(speech_run):
-    cfg, params, tok = task.load_model(speech_run)
+def test_long_audio_is_transcribed_segment_by_segment_on_the_original_timeline(asr_speech_run):
+    cfg, params, tok = task.load_model(asr_speech_run)
     x, _ = _with_pauses(6, word_s=0.6, pause_s=0.5)
     hyp, info = longform.transcribe_long(params, cfg, tok, x, SR, max_seconds=2.0)
     assert len(info["segments"]) == 6 and info["seconds"] == pytest.approx(len(x) / SR, abs=1e-3)
@@ -92,15 +85,15 @@ def test_long_audio_is_transcribed_segment_by_segment_on_the_original_timeline(s
     assert hyp.text == " ".join(s["text"].strip() for s in info["segments"] if s["text"].strip())
 
 
-def test_silence_gives_empty_text_without_running_the_model(speech_run, monkeypatch):
-    cfg, params, tok = task.load_model(speech_run)
+def test_silence_gives_empty_text_without_running_the_model(asr_speech_run, monkeypatch):
+    cfg, params, tok = task.load_model(asr_speech_run)
     monkeypatch.setattr(task, "transcribe_features", lambda *a, **k: pytest.fail("the model ran on silence"))
     hyp, info = longform.transcribe_long(params, cfg, tok, torch.zeros(30 * SR), SR)
     assert hyp.text == "" and hyp.tokens == [] and all(s["silent"] for s in info["segments"])
 
 
-def test_a_segment_that_fills_the_token_budget_is_reported(speech_run):
-    cfg, params, tok = task.load_model(speech_run)
+def test_a_segment_that_fills_the_token_budget_is_reported(asr_speech_run):
+    cfg, params, tok = task.load_model(asr_speech_run)
     small = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, max_tokens=1))
     x, _ = _with_pauses(3)
     hyp, info = longform.transcribe_long(params, small, tok, x, SR)
@@ -108,25 +101,25 @@ def test_a_segment_that_fills_the_token_budget_is_reported(speech_run):
     assert filled and info["truncated"] == filled          # an untrained model fires on every word-like burst
 
 
-def test_asr_infer_transcribes_a_long_wav_in_segments(speech_run, tmp_path, capsys):
+def test_asr_infer_transcribes_a_long_wav_in_segments(asr_speech_run, tmp_path, capsys):
     import asr_infer
     from funcml.asr import audio
 
     x, _ = _with_pauses(12, word_s=0.6, pause_s=0.5)                               # 12.7 s
     audio.write_wav(tmp_path / "long.wav", x, SR)
-    result = asr_infer.main(["--run", str(speech_run), "--wav", str(tmp_path / "long.wav"), "--json",
+    result = asr_infer.main(["--run", str(asr_speech_run), "--wav", str(tmp_path / "long.wav"), "--json",
                              "--segment-seconds", "3"])
     assert result["segments"] == 12 and result["audio_seconds"] == pytest.approx(len(x) / SR, abs=1e-3)
     assert all(0 <= s <= e <= result["audio_seconds"] for s, e in result["timestamps"])
     assert '"segments": 12' in capsys.readouterr().out
 
 
-def test_the_longform_benchmark_scores_one_recording_against_its_parts(speech_run, tmp_path):
+def test_the_longform_benchmark_scores_one_recording_against_its_parts(asr_speech_run, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import asr_longform
 
     out = tmp_path / "longform.json"
-    result = asr_longform.main(["--run", str(speech_run), "--minutes", "0.1", "--out", str(out)])
+    result = asr_longform.main(["--run", str(asr_speech_run), "--minutes", "0.1", "--out", str(out)])
     assert out.is_file() and result["utterances"] >= 2 and result["audio_minutes"] >= 0.1
     assert result["long_form"]["segments"] >= 1 and result["peak_rss_mb"] > 0
     assert result["per_utterance"]["cer"] >= 0 and result["long_form"]["cer"] >= 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import json
 import logging
@@ -40,42 +39,18 @@ TOY_MAX_SECONDS = 1.0     # 100 toy frames of 10 ms
 SPEECH_MAX_SECONDS = 2.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _train(cfg: task.AsrTrainConfig) -> Path:
-    run, _ = task.train(cfg, progress=False)
-    return run.path
+# The trained runs are the session's shared ones (tests/conftest.py): asr_toy_run, asr_speech_run.
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
-    return _train(dataclasses.replace(task.PRESETS["tiny"][1], runs_dir=tmp_path_factory.mktemp("runs")))
-
-
-@pytest.fixture(scope="module")
-def speech_run(tmp_path_factory) -> Path:
-    base = task.PRESETS["tiny"][1]
-    return _train(dataclasses.replace(base, data="speech", num_train=8, num_val=4, num_test=4, steps=3, eval_every=3,
-                                      speech=dataclasses.replace(base.speech, digits_len=(1, 2)),
-                                      runs_dir=tmp_path_factory.mktemp("speech_runs"),
-                                      cache_dir=tmp_path_factory.mktemp("cache")))
-
-
-@pytest.fixture(scope="module")
-def toy_client(toy_run):
-    with TestClient(create_app(toy_run, max_body_bytes=TOY_MAX_BODY, max_audio_seconds=TOY_MAX_SECONDS)) as client:
+def toy_client(asr_toy_run):
+    with TestClient(create_app(asr_toy_run, max_body_bytes=TOY_MAX_BODY, max_audio_seconds=TOY_MAX_SECONDS)) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def speech_client(speech_run):
-    with TestClient(create_app(speech_run, max_audio_seconds=SPEECH_MAX_SECONDS)) as client:
+def speech_client(asr_speech_run):
+    with TestClient(create_app(asr_speech_run, max_audio_seconds=SPEECH_MAX_SECONDS)) as client:
         yield client
 
 
@@ -143,7 +118,7 @@ def test_healthz_answers_ok(toy_client):
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-def test_a_large_json_body_is_parsed_off_the_event_loop_with_the_same_result(toy_run, monkeypatch):
+def test_a_large_json_body_is_parsed_off_the_event_loop_with_the_same_result(asr_toy_run, monkeypatch):
     x = _feats(4, 2000)  # about 330 kB of JSON, above the inline-parse size
     body = json.dumps({"features": x.tolist()}).encode()
     threaded = []
@@ -154,35 +129,35 @@ def test_a_large_json_body_is_parsed_off_the_event_loop_with_the_same_result(toy
         return await real(fn, *args, **kwargs)
 
     monkeypatch.setattr(asyncio, "to_thread", spy)
-    with TestClient(create_app(toy_run)) as client:
+    with TestClient(create_app(asr_toy_run)) as client:
         r = client.post("/v1/transcribe", content=body, headers=_J)
     assert len(threaded) == 1 and len(body) > 256 * 1024
-    assert r.status_code == 200 and _same_transcript(r.json(), _expected(toy_run, [x])[0])
+    assert r.status_code == 200 and _same_transcript(r.json(), _expected(asr_toy_run, [x])[0])
 
 
-def test_model_endpoint_reports_step_vocabulary_feature_dim_and_limits(toy_client, toy_run):
+def test_model_endpoint_reports_step_vocabulary_feature_dim_and_limits(toy_client, asr_toy_run):
     info = toy_client.get("/v1/model").json()
-    cfg, params, tok = task.load_model(toy_run)
+    cfg, params, tok = task.load_model(asr_toy_run)
     assert info["step"] == checkpoint.load_meta(info["checkpoint"])["step"] == cfg.steps
     assert info["vocab_size"] == tok.vocab_size and info["feature_dim"] == 8 and info["accepts"] == ["features"]
     assert info["model"]["encoder"]["d_model"] == cfg.model.encoder.d_model
     assert info["limits"]["max_frames"] == 100 and info["limits"]["max_body_bytes"] == TOY_MAX_BODY
 
 
-def test_json_features_give_the_transcript_of_transcribe_features(toy_client, toy_run):
+def test_json_features_give_the_transcript_of_transcribe_features(toy_client, asr_toy_run):
     x = _feats(0, 40)
     r = toy_client.post("/v1/transcribe", json={"features": x.tolist()})
     assert r.status_code == 200
     body = r.json()
-    assert _same_transcript(body, _expected(toy_run, [x])[0])
+    assert _same_transcript(body, _expected(asr_toy_run, [x])[0])
     assert body["audio_seconds"] == pytest.approx(0.4) and body["rtf"] > 0 and body["batch_size"] == 1
 
 
-def test_wav_upload_gives_the_transcript_of_the_offline_pipeline(speech_client, speech_run, clip):
+def test_wav_upload_gives_the_transcript_of_the_offline_pipeline(speech_client, asr_speech_run, clip):
     data, decoded, sr = clip
     r = speech_client.post("/v1/transcribe", files={"file": ("clip.wav", data, "audio/wav")})
     assert r.status_code == 200
-    cfg, params, tok = task.load_model(speech_run)
+    cfg, params, tok = task.load_model(asr_speech_run)
     hyp, _, _ = task.transcribe_waveform(params, cfg, tok, decoded, sr)
     body = r.json()
     assert body["text"] == hyp.text and body["tokens"] == hyp.tokens
@@ -212,12 +187,12 @@ def test_wav_in_any_pcm_or_float_format_gives_the_16bit_transcript(speech_client
 
 
 @pytest.mark.parametrize("rate", [44100, 44101])
-def test_wav_at_44100_hz_in_stereo_is_resampled_and_mixed_down(speech_client, speech_run, clip, rate):
+def test_wav_at_44100_hz_in_stereo_is_resampled_and_mixed_down(speech_client, asr_speech_run, clip, rate):
     _, decoded, sr = clip
     x = audio.resample(decoded, sr, rate).clamp(-1, 1).numpy()
     data = _wav_bytes(x, rate, channels=2)
     r = speech_client.post("/v1/transcribe", content=data, headers={"content-type": "audio/wav"})
-    cfg, params, tok = task.load_model(speech_run)
+    cfg, params, tok = task.load_model(asr_speech_run)
     mono = torch.from_numpy(np.frombuffer(data[44:], dtype="<i2")[::2].astype(np.float32) / 32768.0)
     hyp, _, _ = task.transcribe_waveform(params, cfg, tok, mono, rate)
     assert r.status_code == 200 and r.json()["text"] == hyp.text
@@ -285,11 +260,11 @@ BAD = [
 
 
 @pytest.fixture(scope="module")
-def good_requests(toy_run, speech_client, clip):
+def good_requests(asr_toy_run, speech_client, clip):
     """For each client, a good request and the answer it must keep getting."""
     x = _feats(1, 30)
     speech_answer = speech_client.post("/v1/transcribe", content=clip[0], headers=_W).json()
-    return {"toy": (dict(json={"features": x.tolist()}), _expected(toy_run, [x])[0]),
+    return {"toy": (dict(json={"features": x.tolist()}), _expected(asr_toy_run, [x])[0]),
             "speech": (dict(content=clip[0], headers=_W), speech_answer)}
 
 
@@ -307,21 +282,21 @@ def test_bad_request_gets_a_4xx_naming_the_problem_and_the_next_good_request_suc
     assert ok.status_code == 200 and _same_transcript(ok.json(), answer)
 
 
-def test_a_bug_in_inference_gives_a_json_500_and_the_service_recovers(toy_run, monkeypatch):
+def test_a_bug_in_inference_gives_a_json_500_and_the_service_recovers(asr_toy_run, monkeypatch):
     x = _feats(3, 20)
     real = task.transcribe_features
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    with TestClient(create_app(toy_run), raise_server_exceptions=False) as client:
+    with TestClient(create_app(asr_toy_run), raise_server_exceptions=False) as client:
         monkeypatch.setattr(task, "transcribe_features", broken)
         r = client.post("/v1/transcribe", json={"features": x.tolist()})
         assert r.status_code == 500
         assert r.json() == {"error": "internal_error", "message": "RuntimeError: simulated bug"}
         monkeypatch.setattr(task, "transcribe_features", real)
         ok = client.post("/v1/transcribe", json={"features": x.tolist()})
-        assert ok.status_code == 200 and _same_transcript(ok.json(), _expected(toy_run, [x])[0])
+        assert ok.status_code == 200 and _same_transcript(ok.json(), _expected(asr_toy_run, [x])[0])
 
 
 # ---------------------------------------------------------------------------------- access log
@@ -345,8 +320,8 @@ def test_access_log_writes_one_json_line_per_request_with_latency(toy_client, ca
 # ------------------------------------------------------------------------------------ batching
 
 
-def test_concurrent_requests_share_batches_and_each_gets_its_own_transcript(toy_run):
-    app = create_app(toy_run, max_batch=4, max_wait_ms=500)
+def test_concurrent_requests_share_batches_and_each_gets_its_own_transcript(asr_toy_run):
+    app = create_app(asr_toy_run, max_batch=4, max_wait_ms=500)
     feats = [_feats(10 + i, 12 + 3 * i) for i in range(8)]
 
     async def go():
@@ -358,7 +333,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_transcript(toy_
 
     replies = [r.json() for r in asyncio.run(go())]
     assert sorted(r["batch_size"] for r in replies) == [4] * 8
-    for got, want in zip(replies, _expected(toy_run, feats)):
+    for got, want in zip(replies, _expected(asr_toy_run, feats)):
         assert _same_transcript(got, want)
 
 
@@ -458,17 +433,17 @@ def test_micro_batcher_rejects_bad_settings():
 # ---------------------------------------------------------------------------------- start-up, CLI
 
 
-def test_create_app_names_a_missing_run_and_rejects_bad_limits(tmp_path, toy_run):
+def test_create_app_names_a_missing_run_and_rejects_bad_limits(tmp_path, asr_toy_run):
     with pytest.raises(DataError, match="does not exist"):
         create_app(tmp_path / "nope")
     with pytest.raises(ConfigError, match="max_audio_seconds"):
-        create_app(toy_run, max_audio_seconds=0)
+        create_app(asr_toy_run, max_audio_seconds=0)
     with pytest.raises(ConfigError, match="max_body_bytes"):
-        create_app(toy_run, max_body_bytes=0)
+        create_app(asr_toy_run, max_body_bytes=0)
 
 
-def test_cli_builds_the_app_from_its_flags(toy_run):
-    cfg, app = asr_serve.build(["--run", str(toy_run), "--max-batch", "3", "--max-audio-seconds", "2",
+def test_cli_builds_the_app_from_its_flags(asr_toy_run):
+    cfg, app = asr_serve.build(["--run", str(asr_toy_run), "--max-batch", "3", "--max-audio-seconds", "2",
                                 "--port", "8123"])
     assert (cfg.host, cfg.port) == ("127.0.0.1", 8123)
     with TestClient(app) as client:
@@ -519,8 +494,8 @@ async def _asgi_call(app, receive, content_length: int | None = None) -> tuple[i
     return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")), sent
 
 
-def test_a_client_that_disconnects_mid_body_is_logged_as_499_without_a_traceback(toy_run, caplog):
-    app = create_app(toy_run)
+def test_a_client_that_disconnects_mid_body_is_logged_as_499_without_a_traceback(asr_toy_run, caplog):
+    app = create_app(asr_toy_run)
     messages = iter([{"type": "http.request", "body": b'{"features": [[0.1', "more_body": True},
                      {"type": "http.disconnect"}])
 
@@ -534,8 +509,8 @@ def test_a_client_that_disconnects_mid_body_is_logged_as_499_without_a_traceback
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
-def test_a_body_that_stalls_gets_408_and_excess_bodies_get_503(toy_run):
-    app = create_app(toy_run, body_timeout_s=0.2, max_inflight_bodies=1)
+def test_a_body_that_stalls_gets_408_and_excess_bodies_get_503(asr_toy_run):
+    app = create_app(asr_toy_run, body_timeout_s=0.2, max_inflight_bodies=1)
 
     async def stalled():
         await asyncio.sleep(3600)
@@ -554,10 +529,10 @@ def test_a_body_that_stalls_gets_408_and_excess_bodies_get_503(toy_run):
     assert results[-1][0] == 503 and results[-1][1]["error"] == "busy" and results[0][0] != 503
 
 
-def test_stalled_clients_hold_only_their_bytes_and_the_byte_budget_sheds_large_bodies(toy_run):
+def test_stalled_clients_hold_only_their_bytes_and_the_byte_budget_sheds_large_bodies(asr_toy_run):
     """Many stalled uploads that sent little do not lock a small request out; a body whose declared
     length would take the bytes being received past max_inflight_bytes gets 503 at once."""
-    app = create_app(toy_run, body_timeout_s=0.5, max_body_bytes=1000, max_inflight_bytes=1000)
+    app = create_app(asr_toy_run, body_timeout_s=0.5, max_body_bytes=1000, max_inflight_bytes=1000)
 
     def stalling(first: bytes):
         sent = [False]
@@ -593,7 +568,7 @@ def test_stalled_clients_hold_only_their_bytes_and_the_byte_budget_sheds_large_b
     assert under[0] == 422  # past the budget check: "{}" has no features
 
 
-def test_a_byte_budget_smaller_than_one_body_is_refused(toy_run):
+def test_a_byte_budget_smaller_than_one_body_is_refused(asr_toy_run):
     with pytest.raises(ConfigError, match="max_inflight_bytes"):
-        create_app(toy_run, max_body_bytes=1000, max_inflight_bytes=999)
+        create_app(asr_toy_run, max_body_bytes=1000, max_inflight_bytes=999)
 

@@ -26,25 +26,9 @@ import asr_infer  # noqa: E402
 import asr_train  # noqa: E402
 
 
-_TINY_SPEECH = ["tiny", "--data", "speech", "--num-train", "8", "--num-val", "4", "--num-test", "4",
-                "--speech.digits-len", "1", "2", "--spec-augment", "--steps", "3", "--eval-every", "3"]
+from conftest import TINY_SPEECH  # noqa: E402  (the shared speech run's arguments)
 
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("runs")
-    asr_train.main(["tiny", "--runs-dir", str(runs)])
-    (run,) = runs.glob("asr-tiny/*")
-    return run
-
-
-@pytest.fixture(scope="module")
-def speech_run(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("speech_runs")
-    cache = tmp_path_factory.mktemp("cache")
-    asr_train.main([*_TINY_SPEECH, "--runs-dir", str(runs), "--cache-dir", str(cache)])
-    (run,) = runs.glob("asr-tiny/*")
-    return run
+# The trained runs are the session's shared ones (tests/conftest.py): asr_toy_run, asr_speech_run.
 
 
 def _error_exit(capsys, fn, argv) -> str:
@@ -83,7 +67,7 @@ def test_word_tokenizer_covers_every_word_and_is_chosen_by_the_config():
 
 
 def test_word_run_saves_its_tokenizer_and_decodes_words_joined_by_spaces(tmp_path, capsys):
-    asr_train.main([*_TINY_SPEECH, "--tokenizer", "word", "--runs-dir", str(tmp_path / "runs"),
+    asr_train.main([*TINY_SPEECH, "--tokenizer", "word", "--runs-dir", str(tmp_path / "runs"),
                     "--cache-dir", str(tmp_path / "cache")])
     (run,) = (tmp_path / "runs").glob("asr-tiny/*")
     assert json.loads((run / "tokenizer.json").read_text())["format"] == "funcml.WordTokenizer"
@@ -96,12 +80,12 @@ def test_word_run_saves_its_tokenizer_and_decodes_words_joined_by_spaces(tmp_pat
     assert all(p["hyp"] == " ".join(p["hyp"].split()) for p in m["examples"])
 
 
-def test_an_old_run_without_a_word_tokenizer_loads_as_char(speech_run):
-    saved = json.loads((speech_run / "config.json").read_text())
+def test_an_old_run_without_a_word_tokenizer_loads_as_char(asr_speech_run):
+    saved = json.loads((asr_speech_run / "config.json").read_text())
     assert saved["tokenizer"] == "char"
     del saved["tokenizer"]  # a config written before the field existed
     assert config_lib.from_dict(AsrTrainConfig, saved).tokenizer == "char"
-    _, _, tok = task.load_model(speech_run)
+    _, _, tok = task.load_model(asr_speech_run)
     assert tok.unit == "char"
 
 
@@ -138,23 +122,23 @@ def test_config_rejects_ctc_weight_without_a_ctc_head():
 # ---------------------------------------------------------------------------------- train / eval
 
 
-def test_toy_run_writes_checkpoints_tokenizer_plots_and_eval(toy_run, capsys):
-    assert (toy_run / "tokenizer.json").is_file() and (toy_run / "plots" / "val_cer.png").is_file()
-    ev = json.loads((toy_run / "eval.json").read_text())
+def test_toy_run_writes_checkpoints_tokenizer_plots_and_eval(asr_toy_run, capsys):
+    assert (asr_toy_run / "tokenizer.json").is_file() and (asr_toy_run / "plots" / "val_cer.png").is_file()
+    ev = json.loads((asr_toy_run / "eval.json").read_text())
     assert {"val", "test", "checkpoint", "step"} <= set(ev)
     for split in ("val", "test"):
         m = ev[split]
         assert m["num_utts"] == 8 and 0 <= m["token_acc"] <= 1 and m["cer"] >= 0 and m["rtf"] > 0
-    cfg, params, tok = task.load_model(toy_run)
+    cfg, params, tok = task.load_model(asr_toy_run)
     assert cfg.model.vocab_size == tok.vocab_size
 
 
-def test_eval_cli_writes_metrics_and_checks_a_cer_target(toy_run, tmp_path, capsys):
-    m = asr_eval.main(["--run", str(toy_run), "--out", str(tmp_path)])
+def test_eval_cli_writes_metrics_and_checks_a_cer_target(asr_toy_run, tmp_path, capsys):
+    m = asr_eval.main(["--run", str(asr_toy_run), "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "metrics_test.json").read_text())
     assert saved["cer"] == m["cer"] and saved["num_utts"] == 8
     with pytest.raises(SystemExit) as e:
-        asr_eval.main(["--run", str(toy_run), "--out", str(tmp_path), "--max-cer", "0"])
+        asr_eval.main(["--run", str(asr_toy_run), "--out", str(tmp_path), "--max-cer", "0"])
     assert e.value.code == 1
 
 
@@ -166,50 +150,51 @@ def test_eval_and_infer_name_a_missing_run(tmp_path, capsys):
         task.load_model(tmp_path / "run")
 
 
-def test_resume_with_another_model_is_refused(toy_run, capsys):
-    err = _error_exit(capsys, asr_train.main, ["tiny", "--resume", str(toy_run), "--model.decoder-layers", "2"])
+def test_resume_with_another_model_is_refused(asr_toy_run, capsys):
+    err = _error_exit(capsys, asr_train.main, ["tiny", "--resume", str(asr_toy_run), "--model.decoder-layers", "2"])
     assert "different model" in err
 
 
 # ----------------------------------------------------------------------------------------- infer
 
 
-def test_infer_features_from_npy_and_safetensors(toy_run, tmp_path, capsys):
+def test_infer_features_from_npy_and_safetensors(asr_toy_run, tmp_path, capsys):
     feats = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
     np.save(tmp_path / "f.npy", feats.numpy())
     save_file({"features": feats}, str(tmp_path / "f.safetensors"))
-    a = asr_infer.main(["--run", str(toy_run), "--features", str(tmp_path / "f.npy"), "--json"])
-    b = asr_infer.main(["--run", str(toy_run), "--features", str(tmp_path / "f.safetensors")])
+    a = asr_infer.main(["--run", str(asr_toy_run), "--features", str(tmp_path / "f.npy"), "--json"])
+    b = asr_infer.main(["--run", str(asr_toy_run), "--features", str(tmp_path / "f.safetensors")])
     assert a["text"] == b["text"] and len(a["timestamps"]) == len(a["tokens"])
     assert all(s < e for s, e in a["timestamps"])
 
 
-def test_infer_rejects_a_wrong_feature_dimension(toy_run, tmp_path, capsys):
+def test_infer_rejects_a_wrong_feature_dimension(asr_toy_run, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((40, 9), dtype=np.float32))
-    err = _error_exit(capsys, asr_infer.main, ["--run", str(toy_run), "--features", str(tmp_path / "bad.npy")])
+    err = _error_exit(capsys, asr_infer.main, ["--run", str(asr_toy_run), "--features", str(tmp_path / "bad.npy")])
     assert "[T, 8]" in err and "(40, 9)" in err
 
 
-def test_infer_rejects_nan_features_and_a_bad_extension(toy_run, tmp_path, capsys):
+def test_infer_rejects_nan_features_and_a_bad_extension(asr_toy_run, tmp_path, capsys):
     np.save(tmp_path / "nan.npy", np.full((10, 8), np.nan, dtype=np.float32))
-    assert "NaN" in _error_exit(capsys, asr_infer.main, ["--run", str(toy_run), "--features", str(tmp_path / "nan.npy")])
+    assert "NaN" in _error_exit(capsys, asr_infer.main,
+                                ["--run", str(asr_toy_run), "--features", str(tmp_path / "nan.npy")])
     (tmp_path / "f.txt").write_text("1 2 3")
     assert "unsupported" in _error_exit(capsys, asr_infer.main,
-                                        ["--run", str(toy_run), "--features", str(tmp_path / "f.txt")])
+                                        ["--run", str(asr_toy_run), "--features", str(tmp_path / "f.txt")])
 
 
-def test_infer_needs_exactly_one_input(toy_run, capsys):
-    assert "exactly one" in _error_exit(capsys, asr_infer.main, ["--run", str(toy_run)])
+def test_infer_needs_exactly_one_input(asr_toy_run, capsys):
+    assert "exactly one" in _error_exit(capsys, asr_infer.main, ["--run", str(asr_toy_run)])
 
 
-def test_infer_on_a_toy_model_refuses_audio(toy_run, capsys):
-    assert "toy features" in _error_exit(capsys, asr_infer.main, ["--run", str(toy_run), "--text", "one two"])
+def test_infer_on_a_toy_model_refuses_audio(asr_toy_run, capsys):
+    assert "toy features" in _error_exit(capsys, asr_infer.main, ["--run", str(asr_toy_run), "--text", "one two"])
 
 
-def test_speech_run_transcribes_a_wav_with_timestamps_and_a_plot(speech_run, tmp_path, capsys):
+def test_speech_run_transcribes_a_wav_with_timestamps_and_a_plot(asr_speech_run, tmp_path, capsys):
     wav, sr = speech.synthesize("four two", voice="en+f3")
     audio.write_wav(tmp_path / "clip.wav", wav, sr)
-    out = asr_infer.main(["--run", str(speech_run), "--wav", str(tmp_path / "clip.wav"), "--plot",
+    out = asr_infer.main(["--run", str(asr_speech_run), "--wav", str(tmp_path / "clip.wav"), "--plot",
                           str(tmp_path / "cif.png")])
     assert (tmp_path / "cif.png").stat().st_size > 1000
     assert len(out["timestamps"]) == len(out["tokens"]) and out["audio_seconds"] > 0.3
@@ -217,22 +202,23 @@ def test_speech_run_transcribes_a_wav_with_timestamps_and_a_plot(speech_run, tmp
     assert "plot written" in printed
 
 
-def test_speech_run_transcribes_text_synthesized_offline(speech_run, capsys):
-    out = asr_infer.main(["--run", str(speech_run), "--text", "nine one", "--json"])
+def test_speech_run_transcribes_text_synthesized_offline(asr_speech_run, capsys):
+    out = asr_infer.main(["--run", str(asr_speech_run), "--text", "nine one", "--json"])
     assert isinstance(out["text"], str) and out["rtf"] > 0
 
 
-def test_infer_rejects_empty_audio_a_non_wav_file_and_an_unknown_character(speech_run, tmp_path, capsys):
+def test_infer_rejects_empty_audio_a_non_wav_file_and_an_unknown_character(asr_speech_run, tmp_path, capsys):
     audio.write_wav(tmp_path / "empty.wav", torch.zeros(0), 16000)
-    assert "no audio" in _error_exit(capsys, asr_infer.main, ["--run", str(speech_run), "--wav",
+    assert "no audio" in _error_exit(capsys, asr_infer.main, ["--run", str(asr_speech_run), "--wav",
                                                               str(tmp_path / "empty.wav")])
     (tmp_path / "fake.wav").write_bytes(b"this is not a wav file at all")
-    assert "WAV" in _error_exit(capsys, asr_infer.main, ["--run", str(speech_run), "--wav", str(tmp_path / "fake.wav")])
-    assert "'#'" in _error_exit(capsys, asr_infer.main, ["--run", str(speech_run), "--text", "one # two"])
+    assert "WAV" in _error_exit(capsys, asr_infer.main,
+                                ["--run", str(asr_speech_run), "--wav", str(tmp_path / "fake.wav")])
+    assert "'#'" in _error_exit(capsys, asr_infer.main, ["--run", str(asr_speech_run), "--text", "one # two"])
 
 
-def test_transcribe_waveform_resamples_any_rate(speech_run):
-    cfg, params, tok = task.load_model(speech_run)
+def test_transcribe_waveform_resamples_any_rate(asr_speech_run):
+    cfg, params, tok = task.load_model(asr_speech_run)
     wav, sr = speech.synthesize("three", voice="en+m4")
     hyp8k, feats8k, _ = task.transcribe_waveform(params, cfg, tok, audio.resample(wav, sr, 8000), 8000)
     assert feats8k.shape[1] == 80 and isinstance(hyp8k.text, str)
@@ -258,7 +244,7 @@ def test_sim2real_recipes_are_cumulative_and_the_main_job_preset_is_the_channel_
         task.sim2real_config("nope")
 
 
-def test_a_speech_run_saves_cif_figures_of_validation_utterances(speech_run):
-    figures = sorted((speech_run / "plots").glob("cif_*.png"))
+def test_a_speech_run_saves_cif_figures_of_validation_utterances(asr_speech_run):
+    figures = sorted((asr_speech_run / "plots").glob("cif_*.png"))
     assert [p.name for p in figures] == ["cif_0.png", "cif_1.png", "cif_2.png"]
     assert all(p.stat().st_size > 5000 for p in figures)

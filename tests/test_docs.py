@@ -86,7 +86,7 @@ CONTRACT_MODULES = [
     "funcml.asr.speech", "funcml.asr.audio", "funcml.asr.viz", "funcml.asr.manifest", "funcml.asr.augment",
     "funcml.asr.longform", "funcml.seg.segmenter", "funcml.asr.recognizer", "funcml.export", "funcml.trainer",
     "funcml.seg.data", "funcml.seg.predict", "funcml.asr.data",
-    "funcml.random", "funcml.tree", "funcml.checks", "funcml.nn.layers", "funcml.nn.norm", "funcml.nn.attention",
+    "funcml.random", "funcml.tree", "funcml.checks", "funcml.devices", "funcml.nn.layers", "funcml.nn.norm", "funcml.nn.attention",
     "funcml.nn.transformer", "funcml.nn.posenc", "funcml.nn.model", "funcml.nn.bridge", "funcml.nn.ensemble",
     "funcml.nn.init", "funcml.nn.reference", "funcml.optim", "funcml.train.step", "funcml.train.state",
 ]
@@ -336,20 +336,7 @@ def _make_workspace(root: Path) -> tuple[Path, dict[str, Path]]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield _make_workspace(tmp_path_factory.mktemp("docs"))
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return _make_workspace(tmp_path_factory.mktemp("docs"))
 
 
 def _params(items: list, where=lambda x: x.where) -> list:
@@ -360,14 +347,14 @@ def _params(items: list, where=lambda x: x.where) -> list:
 
 
 @pytest.mark.parametrize("cmd", _params([c for c in _runnable_commands() if c.script]))
-def test_runnable_command_succeeds_shortened(cmd: Command, workspace, one_thread):
+def test_runnable_command_succeeds_shortened(cmd: Command, workspace):
     ws, runs = workspace
     res = run_in_process(cmd.script, prepared_argv(cmd, ws, runs), ws, cmd.env)
     assert res.code == 0, f"{cmd.where}: `{cmd.text}` exited with {res.code}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("block", _params(_blocks_of("bash fails")))
-def test_failing_command_prints_the_documented_error(block: Block, workspace, one_thread):
+def test_failing_command_prints_the_documented_error(block: Block, workspace):
     ws, runs = workspace
     (cmd,) = parse_commands(block)
     assert cmd.script is not None, f"{block.where}: a `bash fails` block holds one `python experiments/x.py` command"
@@ -391,14 +378,14 @@ def exec_snippet(block: Block) -> None:
 
 
 @pytest.mark.parametrize("block", _params(_blocks_of("python runnable")))
-def test_python_snippet_runs(block: Block, workspace, one_thread):
+def test_python_snippet_runs(block: Block, workspace):
     ws, _ = workspace
     with _inside(ws, {}):
         exec_snippet(block)
 
 
 @pytest.mark.parametrize("block", _params(_blocks_of("python raises")))
-def test_python_snippet_raises_the_documented_error(block: Block, workspace, one_thread):
+def test_python_snippet_raises_the_documented_error(block: Block, workspace):
     ws, _ = workspace
     with _inside(ws, {}), pytest.raises(Exception) as info:
         exec_snippet(block)
@@ -552,7 +539,7 @@ def test_runnable_command_succeeds_as_a_process(cmd: Command, workspace):
 
 
 @pytest.mark.slow
-def test_every_ablation_group_runs_in_smoke_mode(tmp_path, one_thread, monkeypatch):
+def test_every_ablation_group_runs_in_smoke_mode(tmp_path, monkeypatch):
     # The compile group checks that its command works; inductor's code generation (minutes on
     # a cold cache) is tested by the compile tests, so trace with aot_eager here.
     monkeypatch.setenv("FUNCML_COMPILE_BACKEND", "aot_eager")

@@ -14,24 +14,14 @@ from funcml import random, tree
 from funcml.errors import ConfigError, DataError
 from funcml.export import export_model, export_onnx, load_exported
 from funcml.nn import model as models
-from funcml.seg import Segmenter, task as seg_task
+from funcml.seg import Segmenter
 from funcml.seg.unet import UNetConfig
 
 ATOL = 1e-5  # exported vs eager apply; on CPU they agree bit for bit (asserted below)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_a_unet_transformer_run_exports_saves_loads_and_gives_the_apply_logits(tmp_path):
-    cfg = dataclasses.replace(seg_task.PRESETS["tiny"][1], steps=2, eval_every=2, val_size=8, runs_dir=tmp_path)
-    run, _ = seg_task.train(cfg, progress=False)
-    seg = Segmenter.load(run.path)
+def test_a_unet_transformer_run_exports_saves_loads_and_gives_the_apply_logits(seg_tiny_run, tmp_path):
+    seg = Segmenter.load(seg_tiny_run)
     seg.export(tmp_path / "seg.pt2", batch=2)
     ep = load_exported(tmp_path / "seg.pt2")
     x = random.normal(random.key(1), (2, 3, 16, 16))  # not the zeros it was exported with

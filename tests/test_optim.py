@@ -236,11 +236,26 @@ def test_fused_apply_falls_back_to_the_chain_inside_vmap_and_under_autograd(key)
     assert all(x.grad_fn is not None for x in tree.leaves(moved))     # differentiable through the update
 
 
-def test_chain_has_a_fused_apply_only_when_its_last_transformation_has_one():
-    assert optim.adamw(1e-3).apply is not None and optim.adam(1e-3).apply is not None
-    assert optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(1e-3)).apply is not None
-    assert optim.chain(optim.adamw(1e-3), optim.scale(0.5)).apply is None
-    assert optim.sgd(1e-3, momentum=0.9).apply is None
+@pytest.mark.parametrize("name,fused", [
+    ("adamw", True), ("adam", True), ("clip_then_adamw", True), ("adamw_then_scale", False), ("sgd_momentum", False),
+])
+def test_update_and_apply_takes_the_fused_kernel_only_when_the_chain_ends_in_adam(key, name, fused):
+    # The fused kernel rounds differently from `update` + `apply_updates` (equal to 1e-6, not bit
+    # for bit); without it, and in reference mode, update_and_apply is exactly the chain.
+    tx = {"adamw": optim.adamw(1e-2), "adam": optim.adam(1e-2),
+          "clip_then_adamw": optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(1e-2)),
+          "adamw_then_scale": optim.chain(optim.adamw(1e-2), optim.scale(0.5)),
+          "sgd_momentum": optim.sgd(1e-2, momentum=0.9)}[name]
+    params = {"w": random.normal(key, (64, 33)), "b": random.normal(random.fold_in(key, 1), (33,))}
+    grads = tree.tree_map(lambda x: 0.1 * x + 0.01, params)
+    state = tx.update(grads, tx.init(params), params)[1]  # non-zero moments
+    chain_result = optim.apply_updates(params, tx.update(grads, state, params)[0])
+    got, _ = optim.update_and_apply(tx, grads, state, params)
+    with compiler.reference_mode("adamw"):
+        reference, _ = optim.update_and_apply(tx, grads, state, params)
+    assert tree.equal(reference, chain_result)
+    assert tree.allclose(got, chain_result, rtol=1e-6, atol=1e-6)
+    assert tree.equal(got, chain_result) is not fused
 
 
 def test_first_adam_step_moves_each_coordinate_by_lr_against_the_gradient_sign():

@@ -66,7 +66,7 @@ def train_regression(cfg: RegressionConfig):
         pred, model_state = models.apply(params, model_state, x, cfg.model, key=key, train=True)
         return ((pred - y) ** 2).mean(), ({}, model_state)
 
-    def data():
+    def data(device):  # host batches: train_task puts them on the run's device
         def get_batch(step: int):
             return _examples(random.fold_in(data_key, step), cfg.batch_size)
 
@@ -169,7 +169,7 @@ def test_an_old_flat_config_file_loads_with_the_shared_fields(tmp_path):
 @pytest.mark.parametrize("cls,kw,message", [
     (SegTrainConfig, {"lr": 0.0}, "SegTrainConfig: lr must be > 0, got 0.0"),
     (AsrTrainConfig, {"batch_size": 0}, "AsrTrainConfig: batch_size must be >= 1, got 0"),
-    (SegTrainConfig, {"precision": "fp16"}, "SegTrainConfig: precision must be one of 'fp32', 'bf16', got 'fp16'"),
+    (SegTrainConfig, {"precision": "fp8"}, "SegTrainConfig: precision must be one of 'fp32', 'bf16', 'fp16', got 'fp8'"),
     (AsrTrainConfig, {"steps": 0}, "AsrTrainConfig: steps must be >= 1, got 0"),
     (SegTrainConfig, {"grad_clip": -1.0}, "SegTrainConfig: weight_decay and grad_clip must be >= 0"),
 ])

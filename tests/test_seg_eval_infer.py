@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,22 +161,14 @@ def test_save_overlay_grid_writes_a_png_and_no_temporary(tmp_path):
 # ----------------------------------------------------------------------------------------- CLIs
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """The "tiny" preset (16x16 shapes, depth 2, width 4) trained for 10 steps: one checkpoint."""
-    from funcml.seg import task
-
-    cfg = dataclasses.replace(task.PRESETS["tiny"][1], steps=10, eval_every=10, val_size=12,
-                              runs_dir=tmp_path_factory.mktemp("runs"))
-    run, _ = task.train(cfg, progress=False)
-    return Path(run.path)
+# `seg_tiny_run` (tests/conftest.py): the session's shared tiny preset run, one checkpoint (read-only).
 
 
 @pytest.fixture(scope="module")
-def train_cfg(tiny_run):
+def train_cfg(seg_tiny_run):
     from funcml.seg import task
 
-    return task.load_model(tiny_run)[0]
+    return task.load_model(seg_tiny_run)[0]
 
 
 def _exit_2_with_one_line(capsys, main, args) -> str:
@@ -192,9 +185,9 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_eval_writes_metrics_files_with_expected_columns(tiny_run, tmp_path, capsys):
+def test_eval_writes_metrics_files_with_expected_columns(seg_tiny_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    seg_eval.main(["--run", str(tiny_run), "--out", str(out), "--batch-size", "8"])
+    seg_eval.main(["--run", str(seg_tiny_run), "--out", str(out), "--batch-size", "8"])
     rows = _read_csv(out / "metrics.csv")
     assert list(rows[0]) == ["class", "IoU", "Dice", "support"]
     names = [r["class"] for r in rows]
@@ -213,19 +206,20 @@ def test_eval_writes_metrics_files_with_expected_columns(tiny_run, tmp_path, cap
     assert "background" in printed and "pixel accuracy" in printed
 
 
-def test_eval_defaults_to_run_eval_and_keeps_other_files(tiny_run):
-    out = tiny_run / "eval"
+def test_eval_defaults_to_run_eval_and_keeps_other_files(seg_tiny_run, tmp_path):
+    run = Path(shutil.copytree(seg_tiny_run, tmp_path / "run"))  # this test writes into the run
+    out = run / "eval"
     out.mkdir(exist_ok=True)
     (out / "notes.txt").write_text("keep me")
-    seg_eval.main(["--run", str(tiny_run)])
+    seg_eval.main(["--run", str(run)])
     assert (out / "notes.txt").read_text() == "keep me"
     assert {"metrics.json", "metrics.csv", "per_image_dice.csv"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_eval_on_a_folder_dataset_scores_every_file(tiny_run, train_cfg, tmp_path):
+def test_eval_on_a_folder_dataset_scores_every_file(seg_tiny_run, train_cfg, tmp_path):
     folder = write_example_folder(tmp_path / "ds", random.key(3), 5, train_cfg.data)
-    seg_eval.main(["--run", str(tiny_run), "--folder", str(folder), "--out", str(tmp_path / "out")])
+    seg_eval.main(["--run", str(seg_tiny_run), "--folder", str(folder), "--out", str(tmp_path / "out")])
     per_image = _read_csv(tmp_path / "out" / "per_image_dice.csv")
     assert [r["image"] for r in per_image] == ["0000", "0001", "0002", "0003", "0004"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -237,34 +231,34 @@ def test_eval_missing_run_exits_2_with_one_line(tmp_path, capsys):
     assert "does not exist" in err
 
 
-def test_eval_folder_image_without_mask_exits_2(tiny_run, train_cfg, tmp_path, capsys):
+def test_eval_folder_image_without_mask_exits_2(seg_tiny_run, train_cfg, tmp_path, capsys):
     folder = write_example_folder(tmp_path / "ds", random.key(3), 2, train_cfg.data)
     (folder / "masks" / "0001.png").unlink()
-    err = _exit_2_with_one_line(capsys, seg_eval.main, ["--run", str(tiny_run), "--folder", str(folder),
+    err = _exit_2_with_one_line(capsys, seg_eval.main, ["--run", str(seg_tiny_run), "--folder", str(folder),
                                                          "--out", str(tmp_path / "out")])
     assert "0001" in err and "no mask" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_eval_folder_class_id_out_of_range_exits_2(tiny_run, train_cfg, tmp_path, capsys):
+def test_eval_folder_class_id_out_of_range_exits_2(seg_tiny_run, train_cfg, tmp_path, capsys):
     folder = write_example_folder(tmp_path / "ds", random.key(3), 2, train_cfg.data)
     save_mask_png(torch.full((16, 16), 9), folder / "masks" / "0000.png")
-    err = _exit_2_with_one_line(capsys, seg_eval.main, ["--run", str(tiny_run), "--folder", str(folder),
+    err = _exit_2_with_one_line(capsys, seg_eval.main, ["--run", str(seg_tiny_run), "--folder", str(folder),
                                                          "--out", str(tmp_path / "out")])
     assert "[9]" in err and "num_classes=5" in err and "--class-map" in err
 
 
-def test_eval_draws_a_confusion_matrix_and_per_class_bars_beside_the_metrics(tiny_run, tmp_path):
+def test_eval_draws_a_confusion_matrix_and_per_class_bars_beside_the_metrics(seg_tiny_run, tmp_path):
     out = tmp_path / "eval"
-    seg_eval.main(["--run", str(tiny_run), "--out", str(out)])
+    seg_eval.main(["--run", str(seg_tiny_run), "--out", str(out)])
     for name in ("confusion_matrix.png", "per_class.png"):
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_eval_saves_the_confusion_matrix_every_figure_comes_from(tiny_run, train_cfg, tmp_path):
-    seg_eval.main(["--run", str(tiny_run), "--out", str(tmp_path / "eval")])
+def test_eval_saves_the_confusion_matrix_every_figure_comes_from(seg_tiny_run, train_cfg, tmp_path):
+    seg_eval.main(["--run", str(seg_tiny_run), "--out", str(tmp_path / "eval")])
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     cm = torch.tensor(m["confusion_matrix"])
     k = len(m["class_names"])
@@ -279,12 +273,12 @@ def test_eval_saves_the_confusion_matrix_every_figure_comes_from(tiny_run, train
             assert m["per_class"][name]["iou"] == pytest.approx(float(tp[c] / (tp[c] + fp[c] + fn[c])), abs=1e-12)
 
 
-def test_eval_figures_equal_the_task_evaluation(tiny_run, train_cfg, tmp_path):
+def test_eval_figures_equal_the_task_evaluation(seg_tiny_run, train_cfg, tmp_path):
     from funcml.seg import task
 
-    seg_eval.main(["--run", str(tiny_run), "--out", str(tmp_path / "eval")])
+    seg_eval.main(["--run", str(seg_tiny_run), "--out", str(tmp_path / "eval")])
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    _, model_cfg, params, state = task.load_model(tiny_run)
+    _, model_cfg, params, state = task.load_model(seg_tiny_run)
     want = task.evaluate(params, state, model_cfg, task.val_batches(train_cfg), train_cfg)
     assert (m["mean_iou"], m["mean_dice"], m["pixel_accuracy"]) == (want["mean_iou"], want["mean_dice"],
                                                                     want["pixel_accuracy"])
@@ -337,10 +331,10 @@ def _infer_folder(tmp_path: Path, train_data, n: int = 3, size: tuple[int, int] 
     return write_example_folder(tmp_path / "ds", random.key(11), n, cfg)
 
 
-def test_infer_on_a_folder_with_masks_writes_masks_overlays_and_grid(tiny_run, train_cfg, tmp_path):
+def test_infer_on_a_folder_with_masks_writes_masks_overlays_and_grid(seg_tiny_run, train_cfg, tmp_path):
     folder = _infer_folder(tmp_path, train_cfg.data)
     out = tmp_path / "pred"
-    seg_infer.main(["--run", str(tiny_run), "--input", str(folder / "images"), "--masks", str(folder / "masks"),
+    seg_infer.main(["--run", str(seg_tiny_run), "--input", str(folder / "images"), "--masks", str(folder / "masks"),
                     "--out", str(out)])
     for stem in ("0000", "0001", "0002"):
         with Image.open(out / f"{stem}_mask.png") as im:
@@ -386,40 +380,40 @@ def test_infer_predicts_a_native_size_folder_run_at_each_image_size_as_the_segme
         assert torch.equal(got, seg(other / "images" / f"{stem}.png"))
 
 
-def test_infer_on_one_image_without_masks_draws_two_columns(tiny_run, train_cfg, tmp_path):
+def test_infer_on_one_image_without_masks_draws_two_columns(seg_tiny_run, train_cfg, tmp_path):
     folder = _infer_folder(tmp_path, train_cfg.data, n=1)
     out = tmp_path / "pred"
-    seg_infer.main(["--run", str(tiny_run), "--input", str(folder / "images" / "0000.png"), "--out", str(out)])
+    seg_infer.main(["--run", str(seg_tiny_run), "--input", str(folder / "images" / "0000.png"), "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["0000_mask.png", "0000_overlay.png", "grid.png"]
     with Image.open(out / "grid.png") as grid:
         assert grid.width == 2 * 16 * 4 + 3 * 4
 
 
-def test_infer_skips_non_image_files_with_a_warning(tiny_run, train_cfg, tmp_path, capsys):
+def test_infer_skips_non_image_files_with_a_warning(seg_tiny_run, train_cfg, tmp_path, capsys):
     folder = _infer_folder(tmp_path, train_cfg.data, n=1)
     (folder / "images" / "README.txt").write_text("not an image")
-    seg_infer.main(["--run", str(tiny_run), "--input", str(folder / "images"), "--out", str(tmp_path / "pred")])
+    seg_infer.main(["--run", str(seg_tiny_run), "--input", str(folder / "images"), "--out", str(tmp_path / "pred")])
     assert "README.txt" in capsys.readouterr().err
     assert (tmp_path / "pred" / "0000_mask.png").is_file()
 
 
-def test_infer_missing_input_exits_2(tiny_run, tmp_path, capsys):
-    err = _exit_2_with_one_line(capsys, seg_infer.main, ["--run", str(tiny_run), "--input", str(tmp_path / "nope"),
+def test_infer_missing_input_exits_2(seg_tiny_run, tmp_path, capsys):
+    err = _exit_2_with_one_line(capsys, seg_infer.main, ["--run", str(seg_tiny_run), "--input", str(tmp_path / "nope"),
                                                           "--out", str(tmp_path / "pred")])
     assert "does not exist" in err
 
 
-def test_infer_corrupt_image_exits_2(tiny_run, tmp_path, capsys):
+def test_infer_corrupt_image_exits_2(seg_tiny_run, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    err = _exit_2_with_one_line(capsys, seg_infer.main, ["--run", str(tiny_run), "--input", str(tmp_path / "bad.png"),
+    err = _exit_2_with_one_line(capsys, seg_infer.main, ["--run", str(seg_tiny_run), "--input", str(tmp_path / "bad.png"),
                                                           "--out", str(tmp_path / "pred")])
     assert "bad.png" in err and "cannot read" in err
 
 
-def test_infer_missing_mask_stem_exits_2(tiny_run, train_cfg, tmp_path, capsys):
+def test_infer_missing_mask_stem_exits_2(seg_tiny_run, train_cfg, tmp_path, capsys):
     folder = _infer_folder(tmp_path, train_cfg.data, n=2)
     (folder / "masks" / "0001.png").unlink()
-    err = _exit_2_with_one_line(capsys, seg_infer.main, ["--run", str(tiny_run), "--input", str(folder / "images"),
+    err = _exit_2_with_one_line(capsys, seg_infer.main, ["--run", str(seg_tiny_run), "--input", str(folder / "images"),
                                                           "--masks", str(folder / "masks"), "--out", str(tmp_path / "p")])
     assert "0001" in err
 

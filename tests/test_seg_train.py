@@ -43,15 +43,6 @@ SMOKE_STEPS = 60
 SMOKE_FACTOR = 2.0  # measured: 2.9x (unet), 2.5x (unet-transformer)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a busy 2-core machine spin-wait: tiny convolutions get ~20x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(model: UNetConfig, runs_dir: Path, **kw) -> SegTrainConfig:
     base = dict(model=model, data=DATA, steps=SMOKE_STEPS, batch_size=8, lr=1e-2, warmup_steps=5,
                 eval_every=20, val_size=16, runs_dir=runs_dir, experiment="test")

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from .. import random
-from ..checks import check_dtype, check_shape
+from ..checks import check_dtype, check_shape, host_readable
 from ..errors import ConfigError, DTypeError, RangeError, ShapeError
 from ..nn.attention import make_attention_mask
 
@@ -73,16 +73,15 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.
 
     Arguments:
         lengths: `[B]` integer, each in `[0, max_len]`.
-        max_len: T (default `max(lengths)`, which reads the values: pass it inside compiled code).
+        max_len: T (default `max(lengths)`, which reads the values: pass it inside compiled code and on a GPU).
 
     Returns: `[B, T]` bool, True = a valid position.
     """
     check_shape(lengths, "b", name="lengths")
     check_dtype(lengths, "int", name="lengths")
-    compiling = torch.compiler.is_compiling()
     if max_len is None:
         max_len = int(lengths.max()) if lengths.numel() else 0
-    if not compiling and lengths.numel():
+    if lengths.numel() and host_readable(lengths):
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > max_len:
             raise RangeError(f"lengths: expected values in [0, max_len={max_len}], got min {lo} and max {hi}")
@@ -124,7 +123,7 @@ def _check_positive(name: str, value: int) -> None:
 def _check_lengths(lengths: Lengths) -> None:
     if isinstance(lengths, torch.Tensor):
         check_dtype(lengths, "int", name="lengths")
-        if not torch.compiler.is_compiling() and lengths.numel() and int(lengths.min()) < 0:
+        if lengths.numel() and host_readable(lengths) and int(lengths.min()) < 0:
             raise RangeError(f"lengths: expected values >= 0, got min {int(lengths.min())}")
     elif isinstance(lengths, bool) or not isinstance(lengths, int) or lengths < 0:
         raise RangeError(f"lengths: expected an int >= 0 or an integer tensor, got {lengths!r}")

@@ -45,7 +45,7 @@ import torch
 from einops import rearrange
 
 from .. import random
-from ..checks import check_shape
+from ..checks import check_shape, host_readable
 from ..errors import ConfigError, RangeError, ShapeError
 
 __all__ = [
@@ -224,7 +224,7 @@ def _valid_mask(features: torch.Tensor, lengths: torch.Tensor | None) -> torch.T
     if features.dim() != 3:
         raise ShapeError(f"lengths: given for a batch, so features must be [B, T, F], got {list(features.shape)}")
     check_shape(lengths, "b", name="lengths", b=features.shape[0])
-    if bool((lengths < 1).any()) or bool((lengths > t).any()):
+    if host_readable(lengths) and (bool((lengths < 1).any()) or bool((lengths > t).any())):
         raise RangeError(f"lengths: expected values in [1, {t}], got {lengths.tolist()}")
     return (torch.arange(t, device=features.device)[None, :] < lengths[:, None].to(features.device))[..., None]
 
@@ -364,15 +364,16 @@ def spec_augment(key: torch.Tensor, features: torch.Tensor, *, num_time_masks: i
         raise RangeError("spec_augment: mask counts and widths must be >= 0")
     x = features if features.dim() == 3 else features[None]
     b, t, f = x.shape
+    dev = x.device                                   # the draws run there too: the same bits on every device
     valid = _valid_mask(x, lengths)[..., 0]                                            # [B, T]
     extent_t = valid.sum(-1)
-    k_t, k_f = random.split(key)
+    k_t, k_f = random.split(key.to(dev))
     ts, tw = _spans(k_t, num_time_masks, max_time, extent_t)                          # [B, nt]
-    fs, fw = _spans(k_f, num_freq_masks, max_freq, torch.full((b,), f, dtype=torch.int64))
-    pos_t = torch.arange(t)[None, None, :]
-    pos_f = torch.arange(f)[None, None, :]
+    fs, fw = _spans(k_f, num_freq_masks, max_freq, torch.full((b,), f, dtype=torch.int64, device=dev))
+    pos_t = torch.arange(t, device=dev)[None, None, :]
+    pos_f = torch.arange(f, device=dev)[None, None, :]
     mask_t = ((pos_t >= ts[..., None]) & (pos_t < (ts + tw)[..., None])).any(1)      # [B, T]
     mask_f = ((pos_f >= fs[..., None]) & (pos_f < (fs + fw)[..., None])).any(1)      # [B, F]
-    mask = (mask_t[:, :, None] | mask_f[:, None, :]).to(x.device)
+    mask = mask_t[:, :, None] | mask_f[:, None, :]
     y = torch.where(mask, torch.as_tensor(mask_value, dtype=x.dtype, device=x.device), x)
     return y if features.dim() == 3 else y[0]

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .. import devices
 from ..checks import check_shape
 from ..errors import ConfigError, DataError, RangeError, ShapeError
 from . import audio as audio_lib
@@ -72,16 +73,25 @@ class Recognizer:
         self.silence_db = float(silence_db)
 
     @classmethod
-    def load(cls, run: str | os.PathLike, *, segment_seconds: float = 6.0, silence_db: float = -50.0) -> "Recognizer":
+    def load(cls, run: str | os.PathLike, *, segment_seconds: float = 6.0, silence_db: float = -50.0,
+             device: str | torch.device = "cpu") -> "Recognizer":
         """Load a run directory (its best checkpoint by val/cer, else its latest) or one checkpoint
-        directory. Raises DataError for a path that does not exist, CheckpointError for a run
-        without a usable checkpoint, ConfigError for a run trained on toy features."""
+        directory; the model runs on `device` (a torch device or a `--device` name: auto, cpu, cuda,
+        cuda:N; the front end runs on the host). Raises DataError for a path that does not exist,
+        CheckpointError for a run without a usable checkpoint, ConfigError for a run trained on toy
+        features."""
         path = Path(run)
         if not path.exists():
             raise DataError(f"Recognizer.load: {path} does not exist; pass a run directory (runs/<experiment>/"
                             "<time>-<id>) or one of its checkpoints/step_* directories")
-        train_cfg, params, tokenizer = load_model(path)
+        where = devices.resolve(device) if isinstance(device, str) else torch.device(device)
+        train_cfg, params, tokenizer = load_model(path, device=where)
         return cls(train_cfg, params, tokenizer, segment_seconds=segment_seconds, silence_db=silence_db)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (its params' device)."""
+        return devices.of(self.params)
 
     @property
     def sample_rate(self) -> int:

@@ -88,7 +88,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from .. import checkpoint, tree
+from .. import checkpoint, devices, tree
 from ..errors import ConfigError, FuncmlError
 from ..tasks import checkpoint_dir
 from . import audio as audio_lib
@@ -388,8 +388,8 @@ class _Model:
     min_frames: int          # the fewest input frames giving one encoder frame
 
 
-def _load(run_path: str | Path) -> _Model:
-    cfg, params, tok = task.load_model(run_path)
+def _load(run_path: str | Path, device: torch.device) -> _Model:
+    cfg, params, tok = task.load_model(run_path, device=device)
     ckpt = checkpoint_dir(Path(run_path), best_metric="val/cer", mode="min", trainer="asr_train")
     meta = checkpoint.load_meta(ckpt)
     shift = 0.01 if cfg.data == "toy" else cfg.frontend.hop_ms / 1000.0 * (
@@ -478,7 +478,8 @@ class _AccessLog:
 
 def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float = 5.0,
                max_body_bytes: int = 8 * 2**20, max_audio_seconds: float = 30.0, body_timeout_s: float = 30.0,
-               max_inflight_bodies: int = 4096, max_inflight_bytes: int = 256 * 2**20) -> FastAPI:
+               max_inflight_bodies: int = 4096, max_inflight_bytes: int = 256 * 2**20,
+               device: str | torch.device = "cpu") -> FastAPI:
     """The FastAPI app serving the Paraformer of `run_path` (see the module doc).
 
     Arguments:
@@ -493,6 +494,8 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
         max_inflight_bytes: body bytes held by the bodies being received (received so far, plus
             the declared length of a new one); a request beyond it is answered 503 at once.
             Bounds the memory of slow uploads without locking clients out behind stalled ones.
+        device: where the model runs (a torch device or a `--device` name: auto, cpu, cuda, cuda:N);
+            the WAV decoding and the front end run on the host.
 
     Raises: `DataError` / `CheckpointError` for a missing or bad run (at start, not per
     request); `ConfigError` for a limit out of range.
@@ -507,7 +510,7 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
     if max_inflight_bytes < max_body_bytes:
         raise ConfigError(f"max_inflight_bytes ({max_inflight_bytes}) must be at least max_body_bytes "
                           f"({max_body_bytes}), or no largest body could ever be received")
-    model = _load(run_path)
+    model = _load(run_path, devices.resolve(device) if isinstance(device, str) else torch.device(device))
     inflight = [0, 0]  # bodies being received, their bytes received so far
     batcher: MicroBatcher[_Item, dict] = MicroBatcher(lambda items: _transcribe_batch(model, items),
                                                       max_batch=max_batch, max_wait_ms=max_wait_ms)
@@ -563,7 +566,7 @@ def create_app(run_path: str | Path, *, max_batch: int = 8, max_wait_ms: float =
             "model": {"encoder": {"block": enc.block, "input_layer": enc.input_layer, "d_model": enc.d_model,
                                   "num_layers": enc.num_layers, "num_heads": enc.num_heads},
                       "decoder_layers": cfg.model.decoder_layers, "max_tokens": cfg.model.max_tokens,
-                      "num_params": tree.num_params(model.params)},
+                      "num_params": tree.num_params(model.params), "device": str(devices.of(model.params))},
             "limits": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait_s * 1000.0,
                        "max_body_bytes": max_body_bytes, "max_audio_seconds": max_audio_seconds,
                        "max_frames": max_frames, "min_frames": model.min_frames},

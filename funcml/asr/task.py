@@ -64,7 +64,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 import torch
 
-from .. import random
+from .. import devices, random
 from .. import trainer as trainer_lib
 from ..checks import check_dtype, check_finite, check_shape
 from ..config import require, require_at_least, require_one_of
@@ -378,9 +378,10 @@ def test_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Exa
     return speech_examples(cfg, "test", cfg.num_test, tok)
 
 
-def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
-    """`get_batch(step) -> batch dict`, a pure function of the step: this rank's `B / W`
-    examples (W processes; all `B` in one)."""
+def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer, device: torch.device | str = "cpu"):
+    """`get_batch(step) -> batch dict` on `device`, a pure function of the step: this rank's `B / W`
+    examples (W processes; all `B` in one), collated on the host (the features are computed once,
+    before training), put on `device` (from pinned memory on CUDA), then warped and masked there."""
     world = check_global_batch(cfg.batch_size)
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     warp_key = random.fold_in(aug_key, "freq_warp")
@@ -403,6 +404,7 @@ def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer):
         else:
             key = random.fold_in(distributed.shard_key(train_key), step)
             batch = collate(toy_examples(cfg, key, cfg.batch_size // world, tok), cfg)
+        batch = devices.put(batch, device)
         if cfg.freq_warp > 0:
             batch["features"] = warp_frequency(random.fold_in(warp_key, step), batch["features"],
                                                max_warp=cfg.freq_warp)
@@ -439,22 +441,25 @@ def evaluate(params: PyTree, cfg: AsrTrainConfig, examples: Sequence[Example], t
     fired token count, `<eos>` excluded, equals the reference's), `token_acc` (argmax of a
     teacher-forced pass, where CIF is given the reference length, over reference positions),
     `rtf` (model compute seconds / audio seconds, batched, front end excluded), `num_utts`,
-    and `examples`: the first `num_examples` `{ref, hyp}` pairs in length order.
+    and `examples`: the first `num_examples` `{ref, hyp}` pairs in length order. The batches are put on
+    the params' device, where the model runs.
     """
     model = cfg.model
+    device = devices.of(params)
     refs, hyps, pairs = [], [], []
     acc_sum, len_sum, n_tok, compute_s, audio_s = 0.0, 0.0, 0, 0.0, 0.0
     with torch.no_grad():
         for group in _batches(examples, batch_size):
-            batch = collate(group, cfg)
+            batch = devices.put(collate(group, cfg), device)
             x = {"features": batch["features"], "feat_lengths": batch["feat_lengths"]}
+            devices.synchronize(device)
             t0 = time.perf_counter()
             out, _ = models.apply(params, {}, x, model, train=False)
-            decoded = decode(out, cfg, tokenizer)
+            decoded = decode(out, cfg, tokenizer)  # reads the tokens on the host: the device's work is done
             compute_s += time.perf_counter() - t0
             audio_s += sum(e.seconds for e in group)
             forced, _ = models.apply(params, {}, {**x, "target_lengths": batch["token_lengths"]}, model, train=False)
-            mask = torch.arange(model.max_tokens) < batch["token_lengths"][:, None]
+            mask = torch.arange(model.max_tokens, device=device) < batch["token_lengths"][:, None]
             k = int(mask.sum())
             acc_sum += float(token_accuracy(forced.logits, batch["tokens"], mask)) * k
             n_tok += k
@@ -480,7 +485,7 @@ def evaluate(params: PyTree, cfg: AsrTrainConfig, examples: Sequence[Example], t
 def transcribe_features(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenizer,
                         features: Sequence[torch.Tensor]) -> tuple[list[Transcript], Any]:
     """Transcribe a list of feature matrices `[T_i, F]` (F = `model.encoder.input_dim`) in one
-    batch. Returns the transcripts and the `ParaformerOutput` (for plots)."""
+    batch, on the params' device. Returns the transcripts and the `ParaformerOutput` (for plots)."""
     f = cfg.model.encoder.input_dim
     for i, x in enumerate(features):
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != f:
@@ -490,7 +495,7 @@ def transcribe_features(params: PyTree, cfg: AsrTrainConfig, tokenizer: Tokenize
             raise DataError(f"features[{i}]: no frames (T = 0)")
         check_dtype(x, "float", name=f"features[{i}]")
         check_finite(x, name=f"features[{i}]")
-    batch = collate([Example(x.to(torch.float32), [0], "", 0.0) for x in features], cfg)
+    batch = devices.put(collate([Example(x.to(torch.float32), [0], "", 0.0) for x in features], cfg), devices.of(params))
     with torch.no_grad():
         out, _ = models.apply(params, {}, {"features": batch["features"], "feat_lengths": batch["feat_lengths"]},
                               cfg.model, train=False)
@@ -573,7 +578,8 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
                 "test_split": {"speech": "held-out voices", "toy": "toy test batch",
                                "manifest": f"manifest {cfg.test_manifest}"}[cfg.data]}
 
-    return train_task(TASK, cfg, data=lambda: (_train_batch_fn(cfg, tok), val_examples(cfg, tok)), loss_fn=loss_fn,
+    return train_task(TASK, cfg, data=lambda device: (_train_batch_fn(cfg, tok, device), val_examples(cfg, tok)),
+                      loss_fn=loss_fn,
                       validate=validate, report=report, params=init_params,
                       on_run=lambda run: tok.save(run.path / "tokenizer.json"), progress=progress)
 
@@ -605,11 +611,12 @@ def checkpoint_of(path: str | Path) -> Path:
     return trainer_lib.checkpoint_of(TASK, path)
 
 
-def load_model(path: str | Path) -> tuple[AsrTrainConfig, PyTree, Tokenizer]:
+def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[AsrTrainConfig, PyTree, Tokenizer]:
     """Load `(train_cfg, params, tokenizer)` from a run directory (its best checkpoint by
-    val/cer, else its latest) or from one checkpoint directory (`step_*`) (`funcml.trainer.load_run`).
-    Names, shapes and dtypes are checked against a fresh model of the saved config."""
-    cfg, ts, ckpt = load_run(TASK, path)
+    val/cer, else its latest) or from one checkpoint directory (`step_*`) (`funcml.trainer.load_run`),
+    the params on `device` (wherever the run was trained). Names, shapes and dtypes are checked
+    against a fresh model of the saved config."""
+    cfg, ts, ckpt = load_run(TASK, path, device=device)
     return cfg, ts.params, _run_tokenizer(ckpt, cfg)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
+from .. import devices
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError
 from ..nn import model as models
@@ -33,23 +34,26 @@ def predict(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, images_n
 
     images_normalized: `[B, C, H, W]` float (after `preprocess`), C = `model_cfg.in_channels`.
     Returns `pred: [B, H, W]` int64 (argmax class) and `probs: [B, K, H, W]` float32 (softmax).
+    The model runs on the params' device (`funcml.devices.of`); the results come back on the images' device.
     """
     check_shape(images_normalized, "b c h w", name="images_normalized", c=model_cfg.in_channels)
     check_dtype(images_normalized, "float", name="images_normalized")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     preds, probs = [], []
+    home, device = images_normalized.device, devices.of(params)
     with torch.no_grad():
         for i in range(0, images_normalized.shape[0], batch_size):
-            logits, _ = models.apply(params, model_state, images_normalized[i:i + batch_size], model_cfg, train=False)
+            x = devices.put(images_normalized[i:i + batch_size], device)
+            logits, _ = models.apply(params, model_state, x, model_cfg, train=False)
             p = torch.softmax(logits.float(), dim=1)  # [b, K, H, W]
             probs.append(p)
             preds.append(p.argmax(dim=1).to(torch.int64))
     if not preds:
         h, w = images_normalized.shape[-2:]
-        return (torch.zeros(0, h, w, dtype=torch.int64),
-                torch.zeros(0, model_cfg.num_classes, h, w, dtype=torch.float32))
-    return torch.cat(preds), torch.cat(probs)
+        return (torch.zeros(0, h, w, dtype=torch.int64, device=home),
+                torch.zeros(0, model_cfg.num_classes, h, w, dtype=torch.float32, device=home))
+    return torch.cat(preds).to(home), torch.cat(probs).to(home)
 
 
 def predict_full(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, images_normalized: torch.Tensor,
@@ -60,7 +64,8 @@ def predict_full(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, ima
     A run trained on patches (`train_cfg.patch`, or an explicit `window`) predicts by overlapping
     windows of that size blended with a Gaussian importance map (`funcml.seg.sliding`; settings
     `sliding`, default `train_cfg.sliding`); otherwise the whole image goes through the model at once
-    (`predict`). This is the one path of `evaluate`, `seg_eval.py` and `seg_infer.py`.
+    (`predict`). This is the one path of `evaluate`, `seg_eval.py` and `seg_infer.py`. The model runs on
+    the params' device; the results come back on the images' device.
     """
     window = window or train_cfg.patch
     if window is None:
@@ -73,10 +78,11 @@ def predict_full(params: PyTree, model_state: PyTree, model_cfg: UNetConfig, ima
         logits, _ = models.apply(params, model_state, x, model_cfg, train=False)
         return torch.softmax(logits.float(), dim=1)
 
+    home = images_normalized.device
     with torch.no_grad():
-        probs = sliding_window(probs_fn, images_normalized, window=window, overlap=sw.overlap,
-                               sigma_scale=sw.sigma_scale, batch_size=sw.batch_size, tta=sw.tta)
-    return probs.argmax(dim=1).to(torch.int64), probs
+        probs = sliding_window(probs_fn, devices.put(images_normalized, devices.of(params)), window=window,
+                               overlap=sw.overlap, sigma_scale=sw.sigma_scale, batch_size=sw.batch_size, tta=sw.tta)
+    return probs.argmax(dim=1).to(torch.int64).to(home), probs.to(home)
 
 
 def _nan_list(x: torch.Tensor) -> list[float]:
@@ -95,13 +101,16 @@ def evaluate(params: PyTree, model_state: PyTree, model_cfg: UNetConfig,
     present in its prediction or target.
 
     Returns `per_class_iou`, `per_class_dice` (lists of K floats), `mean_iou`, `mean_dice`,
-    `pixel_accuracy` (floats), `per_image_dice` (list), `class_names`, `num_images`.
+    `pixel_accuracy` (floats), `per_image_dice` (list), `class_names`, `num_images`. The batches are put on
+    the params' device, where the model and the metrics run.
     """
     k = model_cfg.num_classes
     ignore_index = train_cfg.ignore_index if ignore_index is None else ignore_index
-    cm = torch.zeros(k, k, dtype=torch.int64)
+    device = devices.of(params)
+    cm = torch.zeros(k, k, dtype=torch.int64, device=device)
     image_dice: list[float] = []
     for images, masks in batches:
+        images, masks = devices.put((images, masks), device)
         pred, _ = predict_full(params, model_state, model_cfg, preprocess(images, train_cfg), train_cfg,
                                sliding=sliding)
         check_shape(masks, "b h w", name="masks", b=pred.shape[0], h=pred.shape[1], w=pred.shape[2])

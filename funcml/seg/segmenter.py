@@ -43,6 +43,7 @@ from typing import Any, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from .. import devices
 from ..checks import check_finite, check_range
 from ..errors import ConfigError, DataError, DTypeError, ShapeError
 from .folder import read_image
@@ -82,21 +83,29 @@ class Segmenter:
 
     @classmethod
     def load(cls, run: str | os.PathLike, *, sliding: SlidingWindowConfig | None = None,
-             tta: bool | None = None) -> "Segmenter":
+             tta: bool | None = None, device: str | torch.device = "cpu") -> "Segmenter":
         """Load a run directory (its best checkpoint by val/miou, else its latest) or one checkpoint
         directory (`.../checkpoints/step_*`). `sliding` replaces the run's sliding-window settings
-        (patch-trained runs); `tta=True` adds flip test-time augmentation to them (4x compute).
+        (patch-trained runs); `tta=True` adds flip test-time augmentation to them (4x compute);
+        `device` (a torch device or a `--device` name: auto, cpu, cuda, cuda:N) is where the model
+        runs (results come back on the CPU).
         Raises DataError for a path that does not exist, CheckpointError for a run without a
         usable checkpoint."""
         path = Path(run)
         if not path.exists():
             raise DataError(f"Segmenter.load: {path} does not exist; pass a run directory (runs/<experiment>/"
                             "<time>-<id>) or one of its checkpoints/step_* directories")
-        train_cfg, _, params, model_state = load_model(path)
+        where = devices.resolve(device) if isinstance(device, str) else torch.device(device)
+        train_cfg, _, params, model_state = load_model(path, device=where)
         sw = sliding if sliding is not None else train_cfg.sliding
         if tta is not None:
             sw = dataclasses.replace(sw, tta=tta)
         return cls(train_cfg, params, model_state, sliding=sw)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (its params' device)."""
+        return devices.of(self.params)
 
     @property
     def model_cfg(self) -> UNetConfig:

@@ -385,6 +385,7 @@ def render_scene(scene: Scene, cfg: ShapesConfig = ShapesConfig(), *, key: torch
     `cfg.noise_std > 0`). Vectorized over images, objects and pixels.
     """
     device = torch.device(device) if device is not None else scene.background.device
+    cos, sin = (t.to(device) for t in _cos_sin(scene.angle))  # where the scene was drawn (the host)
     scene = Scene(*(t.to(device) for t in scene))
     n, m = scene.kind.shape
     h, w, c = cfg.height, cfg.width, cfg.channels
@@ -394,7 +395,6 @@ def render_scene(scene: Scene, cfg: ShapesConfig = ShapesConfig(), *, key: torch
         raise ConfigError(f"scene has {scene.color.shape[-1]} colour channels, cfg.channels is {c}")
 
     geometry = torch.tensor([_GEOMETRY[k] for k in cfg.classes], device=device)[scene.kind]
-    cos, sin = (t.to(device) for t in _cos_sin(scene.angle))
     inside = _inside(geometry, scene.center, scene.size, cos, sin, h, w)  # [N, M, H, W]
     # The topmost object at each pixel: the largest (slot + 1) of the active objects covering it.
     rank = ((torch.arange(m, device=device) + 1) * scene.active).to(torch.uint8)[:, :, None, None]

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Union
 import torch
 from tyro.conf import subcommand
 
-from .. import random
+from .. import devices, random
 from ..config import require, require_at_least
 from ..errors import ConfigError
 from ..nn import model as models
@@ -245,9 +245,12 @@ def resolve_config(cfg: SegTrainConfig) -> SegTrainConfig:
     return dataclasses.replace(cfg, model=model, image_channels=f.channels, mean=f.mean, std=f.std)
 
 
-def train_batch_fn(cfg: SegTrainConfig):
-    """`get_batch(step) -> (x normalized [b, C, H, W], masks [b, H, W])`, a pure function of the
-    step: this rank's `b = B / W` examples (W processes; `b = B` in one)."""
+def train_batch_fn(cfg: SegTrainConfig, device: torch.device | str = "cpu"):
+    """`get_batch(step) -> (x normalized [b, C, H, W], masks [b, H, W])` on `device`, a pure function of
+    the step: this rank's `b = B / W` examples (W processes; `b = B` in one). Shapes are rendered and
+    augmented on `device` (the few scene parameters are drawn on the host); folder patches are cut on
+    the host and put there. The bits are the same on every device."""
+    device = torch.device(device)
     world = check_global_batch(cfg.batch_size)
     aug_key = distributed.shard_key(random.fold_in(random.key(cfg.seed), "augment"))
     folder = FolderSplit(cfg) if cfg.folder is not None else None
@@ -255,9 +258,11 @@ def train_batch_fn(cfg: SegTrainConfig):
 
     def get_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if folder is not None:
-            images, masks = distributed.shard(folder.train_batch(step, cfg.batch_size))  # same key on every rank
+            images, masks = devices.put(distributed.shard(folder.train_batch(step, cfg.batch_size)),  # same key on
+                                        device)                                                    # every rank
         else:
-            images, masks = shapes_batch(random.fold_in(train_key, step), cfg.batch_size // world, cfg.data)
+            images, masks = shapes_batch(random.fold_in(train_key, step), cfg.batch_size // world, cfg.data,
+                                         device=device)
         images, masks = augment(random.fold_in(aug_key, step), images, masks, cfg.augment)
         return preprocess(images, cfg), masks
 
@@ -308,7 +313,7 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
         m = evaluate(params, model_state, cfg.model, val, cfg)
         return {"val/miou": m["mean_iou"], "val/mdice": m["mean_dice"], "val/pixel_acc": m["pixel_accuracy"]}
 
-    return train_task(TASK, cfg, data=lambda: (train_batch_fn(cfg), list(val_batches(cfg))),
+    return train_task(TASK, cfg, data=lambda device: (train_batch_fn(cfg, device), list(val_batches(cfg))),
                       loss_fn=make_loss_fn(cfg), validate=validate,
                       report=lambda params, model_state, val, run: evaluate(params, model_state, cfg.model, val, cfg),
                       progress=progress)
@@ -317,13 +322,14 @@ def train(cfg: SegTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
 # --------------------------------------------------------------------------- loading
 
 
-def load_model(path: str | Path) -> tuple[SegTrainConfig, UNetConfig, PyTree, PyTree]:
+def load_model(path: str | Path, *, device: torch.device | str = "cpu"
+               ) -> tuple[SegTrainConfig, UNetConfig, PyTree, PyTree]:
     """Load `(train_cfg, model_cfg, params, model_state)` from a run directory (its best
     checkpoint by val/miou, else its latest) or from one checkpoint directory (`step_*`)
-    (`funcml.trainer.load_run`).
+    (`funcml.trainer.load_run`), on `device` (wherever the run was trained).
 
     Names, shapes and dtypes are checked against a freshly initialized model of the saved
     config; a wrong path is a `DataError`, a missing or corrupt checkpoint a `CheckpointError`.
     """
-    cfg, ts, _ = load_run(TASK, path)
+    cfg, ts, _ = load_run(TASK, path, device=device)
     return cfg, cfg.model, ts.params, ts.model_state

@@ -181,12 +181,14 @@ def normalize(image: torch.Tensor, mean: Sequence[float] | torch.Tensor,
     """`(image - mean[c]) / std[c]` per channel; `image: [..., C, H, W]` float, mean, std: [C]."""
     dims = check_shape(image, "... c h w", name="image")
     check_dtype(image, "float", name="image")
+    # checked on the host when given as numbers (no device round trip per batch)
+    std_host = torch.as_tensor(std, dtype=torch.float64, device="cpu") if not isinstance(std, torch.Tensor) else std
+    if bool((std_host <= 0).any()):
+        raise ConfigError(f"std must be > 0 per channel, got {std_host.tolist()}")
     mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device)
     std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device)
     check_shape(mean_t, "c", name="mean", c=dims["c"])
     check_shape(std_t, "c", name="std", c=dims["c"])
-    if bool((std_t <= 0).any()):
-        raise ConfigError(f"std must be > 0 per channel, got {std_t.tolist()}")
     return (image - mean_t[:, None, None]) / std_t[:, None, None]
 
 
@@ -221,7 +223,7 @@ def random_flip(key: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, p: f
     """Flip left-right with probability `p` (if `horizontal`) and, independently, top-bottom with
     probability `p` (if `vertical`)."""
     image, mask, batched = _as_batch(image, mask)
-    keys = _example_keys(key, image.shape[0], batched)
+    keys = _example_keys(key.to(image.device), image.shape[0], batched)
     return _unbatch(*_random_flip(keys, image, mask, p, horizontal, vertical), batched)
 
 
@@ -244,7 +246,7 @@ def _random_crop(keys: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, si
 def random_crop(key: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, size: int | Sequence[int]) -> Pair:
     """A crop of `size` (int or (h, w)) at a uniform position; a ShapeError if larger than the image."""
     image, mask, batched = _as_batch(image, mask)
-    keys = _example_keys(key, image.shape[0], batched)
+    keys = _example_keys(key.to(image.device), image.shape[0], batched)
     return _unbatch(*_random_crop(keys, image, mask, _size2(size)), batched)
 
 
@@ -271,7 +273,7 @@ def _random_rot90(keys: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, b
 def random_rot90(key: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> Pair:
     """Rotate by a uniform multiple of 90 degrees; a batch must be square."""
     image, mask, batched = _as_batch(image, mask)
-    keys = _example_keys(key, image.shape[0], batched)
+    keys = _example_keys(key.to(image.device), image.shape[0], batched)
     return _unbatch(*_random_rot90(keys, image, mask, batched), batched)
 
 
@@ -295,7 +297,7 @@ def augment(key: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, cfg: Aug
     `augment` applied to each example with its key.
     """
     image, mask, batched = _as_batch(image, mask)
-    keys = _example_keys(key, image.shape[0], batched)
+    keys = _example_keys(key.to(image.device), image.shape[0], batched)
 
     def stream(name: str) -> torch.Tensor:
         return _draw(keys, lambda k: random.fold_in(k, name))
