@@ -75,8 +75,9 @@ sub-tree at path `P` gets `random.fold_in(key, P)` at init and in apply, so laye
 initialized from and draws its dropout from `fold_in(key, f"layers.{i}")` (adding a layer
 changes no other layer), the input layer's convolutions from `fold_in(key, "input.conv1")`,
 ..., and each dropout site is a named stream (`"input.dropout"`, `"attn.dropout"`, ...).
-`encode` reads tensor values only for its eager-mode range checks, which it skips under
-`torch.compile`, so it compiles with `fullgraph=True` and runs under `torch.func.grad`.
+`encode` reads tensor values only for its range checks, which run where reading is free
+(`funcml.checks.host_readable`: eager, on the CPU), so it compiles with `fullgraph=True`, runs
+under `torch.func.grad` and never waits for a GPU.
 """
 
 from __future__ import annotations
@@ -89,12 +90,12 @@ import torch
 from einops import rearrange
 
 from .. import random
-from ..checks import check_dtype, check_shape
+from ..checks import check_dtype, check_shape, host_readable
 from ..errors import ConfigError, RangeError
 from ..nn.attention import check_heads, init_mha, mha
 from ..nn.layers import activation as _activation
 from ..nn.layers import (conv2d, dense, depthwise_conv1d, dropout, init_conv2d, init_dense, init_depthwise_conv1d,
-                         relu, silu, values_readable)
+                         relu, silu)
 from ..nn.model import require_key, subkey
 from ..nn.norm import init_layer_norm, layer_norm
 from ..nn.posenc import sinusoidal_1d
@@ -450,7 +451,7 @@ def _check_lengths(lengths: torch.Tensor, dims: dict[str, int], cfg: EncoderConf
         raise RangeError(f"x: T={t} frames is too short for conv2d subsampling, which needs at least "
                          f"{_CONV2D_MIN_FRAMES} frames to produce one output frame; drop shorter utterances "
                          "or use input_layer='linear'")
-    if lengths.numel() == 0 or not values_readable(lengths):
+    if lengths.numel() == 0 or not host_readable(lengths):
         return
     lo, hi = int(lengths.min()), int(lengths.max())
     if lo < 1 or hi > t:
@@ -482,7 +483,7 @@ def encode(params: dict, x: torch.Tensor, lengths: torch.Tensor, cfg: EncoderCon
 
     Raises: ShapeError for a wrong feature dim (names `x` and the expected F) or lengths of
     the wrong size; RangeError for lengths outside `[1, T]` or an input too short for conv2d
-    subsampling (fewer than 7 frames; value checks run in eager mode only); ConfigError when
+    subsampling (fewer than 7 frames; value checks run eagerly on the CPU only); ConfigError when
     `params` do not match `cfg`; PRNGKeyError for a missing dropout key.
     """
     if not isinstance(cfg, EncoderConfig):

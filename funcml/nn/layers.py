@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import random
-from ..checks import check_dtype, check_shape
+from ..checks import check_dtype, check_shape, host_readable
 from ..errors import ConfigError, RangeError, ShapeError
 from . import init as _init
 from .model import require_key
@@ -47,7 +47,6 @@ __all__ = [
     "leaky_relu",
     "activation",
     "dropout",
-    "values_readable",
 ]
 
 Params = dict[str, torch.Tensor]
@@ -96,14 +95,6 @@ def _check_conv_padding(layer: str, padding, stride) -> None:
         if padding == "same" and any(s != 1 for s in strides):
             raise ConfigError(f"{layer}: padding='same' needs stride 1, got stride={stride}; "
                               "pass an explicit padding for strided convolutions")
-
-
-def values_readable(t: torch.Tensor) -> bool:
-    """Whether `t`'s values can be read on the host (not while tracing: torch.compile, a
-    `torch.func` transform, the meta device); eager-only value checks run when it holds."""
-    if torch.compiler.is_compiling() or t.device.type == "meta":
-        return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 # --------------------------------------------------------------------------- dense
@@ -282,14 +273,14 @@ def embedding(params: Params, ids: torch.Tensor) -> torch.Tensor:
     """`y[..., :] = table[ids[...], :]`.
 
     ids: `[...]` integer in `[0, V)` -> y: `[..., D]`. An id outside `[0, V)` raises a
-    `RangeError` naming it (checked in eager mode; a traced call relies on the indexing op's
-    own bounds check).
+    `RangeError` naming it (checked where reading is free, `funcml.checks.host_readable`: eager
+    on the CPU; a traced or CUDA call relies on the indexing op's own bounds check).
     """
     dims = check_shape(params["table"], "v d", name="embedding: params['table']")
     if not isinstance(ids, torch.Tensor):
         raise ShapeError(f"embedding: ids: expected an integer tensor, got {type(ids).__name__}")
     check_dtype(ids, "int", name="embedding: ids")
-    if ids.numel() and values_readable(ids):
+    if ids.numel() and host_readable(ids):
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= dims["v"]:
             bad = lo if lo < 0 else hi
