@@ -77,8 +77,9 @@ class TaskSpec:
     """The input size: image side for segmentation, frames for a sequence task."""
     precision: Precision
     """Precision: "fp32", or "bf16" (autocast; params stay fp32)."""
-    compile: bool
-    """Compile the step with funcml.compiler.compile."""
+    compile: bool | Literal["grads"]
+    """Compile the step with funcml.compiler.compile: True, the whole step; "grads", the loss and its gradient
+    (`make_train_step(compile="grads")`)."""
     device: torch.device
     """Where params, state and the batch live."""
     scale: Literal["main", "tiny"] = "main"
@@ -117,7 +118,7 @@ def seg_setup(preset: str, spec: TaskSpec) -> tuple[StepSetup, SegTrainConfig]:
         model_cfg = dataclasses.replace(model_cfg, **_TINY_MODEL, **extra)
     data = dataclasses.replace(base.data, height=spec.size, width=spec.size)
     cfg = dataclasses.replace(base, model=model_cfg, data=data, batch_size=spec.batch_size, precision=spec.precision,
-                              compile=spec.compile, seed=spec.seed)
+                              compile=bool(spec.compile), seed=spec.seed)
     root = random.key(cfg.seed)
     params, model_state = models.init(random.fold_in(root, "init"), cfg.model)
     tx = make_optimizer(cfg)
@@ -125,29 +126,30 @@ def seg_setup(preset: str, spec: TaskSpec) -> tuple[StepSetup, SegTrainConfig]:
     images, masks = shapes_batch(random.fold_in(split_key(random.key(cfg.data_seed), "train"), 0), spec.batch_size,
                                  cfg.data)
     batch = (preprocess(images, cfg), masks)
-    step = make_train_step(make_loss_fn(cfg), tx, precision=cfg.precision, compile=cfg.compile)
+    step = make_train_step(make_loss_fn(cfg), tx, precision=cfg.precision, compile=spec.compile)
     model = {"type": type(cfg.model).__name__, **dataclasses.asdict(cfg.model), "params": tree.num_params(params)}
     setup = StepSetup(step, tree.to(ts, spec.device), tree.to(batch, spec.device), items=spec.batch_size,
                       unit="images", model=model)
     return setup, cfg
 
 
-def paraformer_setup(spec: TaskSpec) -> StepSetup:
-    """The train step of the ASR `speech` preset (SAN-M Paraformer, glancing, CE + quantity loss)
-    on one batch of `spec.batch_size` utterances of `spec.size` log-mel frames (10 ms each;
-    random features, `min(max_tokens, T // 10)` random characters per utterance: about the rate of
-    the synthesized digit strings). `scale="tiny"`: a one-layer d=16 model."""
+def paraformer_setup(spec: TaskSpec, preset: str = "speech") -> StepSetup:
+    """The train step of an ASR preset's Paraformer (SAN-M encoder, glancing, CE + quantity loss;
+    `preset` "speech", or "sim2real", the main job's) on one batch of `spec.batch_size` utterances
+    of `spec.size` log-mel frames (10 ms each; random features; random tokens per utterance:
+    `min(max_tokens, T // 10)` characters for "speech", about the rate of the synthesized digit
+    strings, 3 words for "sim2real", its longest digit string). `scale="tiny"`: a one-layer d=16 model."""
     from funcml.asr import task as asr_task
     from funcml.asr.paraformer import paraformer_loss
     from funcml.tasks import make_optimizer as make_tx
 
-    base = asr_task.resolve(asr_task.PRESETS["speech"][1])
+    base = asr_task.resolve(asr_task.PRESETS[preset][1])
     model_cfg = base.model
     if spec.scale == "tiny":
         enc = dataclasses.replace(model_cfg.encoder, d_model=16, num_heads=2, d_ff=32, num_layers=1)
         model_cfg = dataclasses.replace(model_cfg, encoder=enc, decoder_layers=1)
     cfg = dataclasses.replace(base, model=model_cfg, batch_size=spec.batch_size, precision=spec.precision,
-                              compile=spec.compile, seed=spec.seed)
+                              compile=bool(spec.compile), seed=spec.seed)
     root = random.key(cfg.seed)
     params, model_state = models.init(random.fold_in(root, "init"), cfg.model)
     tx = make_tx(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
@@ -155,7 +157,7 @@ def paraformer_setup(spec: TaskSpec) -> StepSetup:
     ts = init_train_state(params, model_state, tx, random.fold_in(root, "train"))
     b, t, n = spec.batch_size, spec.size, model_cfg.max_tokens
     k_x, k_y = random.split(random.key(cfg.data_seed))
-    length = max(1, min(n, t // 10))
+    length = max(1, min(n, t // 10 if base.tokenizer == "char" else 3))
     tokens = torch.where(torch.arange(n) < length, random.randint(k_y, (b, n), 5, model_cfg.vocab_size), 0)
     batch = {"features": random.normal(k_x, (b, t, model_cfg.encoder.input_dim)),
              "feat_lengths": torch.full((b,), t, dtype=torch.int64), "tokens": tokens,
@@ -165,7 +167,7 @@ def paraformer_setup(spec: TaskSpec) -> StepSetup:
         loss, m = paraformer_loss(p, batch, cfg.model, cfg.loss, key=key, train=True)
         return loss, (m, s)
 
-    step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=cfg.compile)
+    step = make_train_step(loss_fn, tx, precision=cfg.precision, compile=spec.compile)
     model = {"type": "ParaformerConfig", "encoder": dataclasses.asdict(model_cfg.encoder),
              "decoder_layers": model_cfg.decoder_layers, "params": tree.num_params(params)}
     return StepSetup(step, tree.to(ts, spec.device), tree.to(batch, spec.device), items=b, unit="utterances",

@@ -14,6 +14,18 @@ Dynamo that its ops are traceable as single calls, so Dynamo would trace einops'
 parsing and caching) at every call site. `compile` registers them once
 (`einops._torch_specific.allow_ops_in_compiled_graph`): measured on the Paraformer train step
 (aot_eager, 2 busy cores), tracing went from 156 s to 107 s.
+
+Compile cache. Inductor keeps what it compiled (the FX graph cache: generated C++ and the built
+libraries; the AOTAutograd cache: the joint forward/backward graphs) on disk, keyed by the graph,
+the torch version and the config, so a second process that compiles the same step finds it there
+and skips code generation (the warm compile: Dynamo still traces the Python once per process).
+`compile` points those caches at `cache_dir()`: `$TORCHINDUCTOR_CACHE_DIR` when the user set it,
+else `.cache/funcml-compile` under the working directory, beside the speech corpus cache
+(`.cache/funcml-speech`), instead of torch's default `/tmp/torchinductor_<user>`, which a reboot
+empties. Delete the folder to start cold. torch's "mega-cache"
+(`torch.compiler.save_cache_artifacts` / `load_cache_artifacts`) serializes the same caches to
+bytes for another machine; on one machine the folder is already the persistent form, so funcml
+does not use it.
 """
 
 from __future__ import annotations
@@ -21,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import torch
 
-__all__ = ["compile", "backend", "plain_eager", "reference_mode", "FAST_PATHS"]
+__all__ = ["compile", "region", "backend", "cache_dir", "plain_eager", "reference_mode", "FAST_PATHS", "CACHE_DIR"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -33,6 +46,29 @@ F = TypeVar("F", bound=Callable)
 def backend() -> str:
     """The compile backend in force: `$FUNCML_COMPILE_BACKEND`, else "inductor"."""
     return os.environ.get("FUNCML_COMPILE_BACKEND", "inductor")
+
+
+CACHE_DIR = Path(".cache/funcml-compile")
+"""The compile cache's folder when `$TORCHINDUCTOR_CACHE_DIR` is not set, relative to the working directory."""
+
+_ENV = "TORCHINDUCTOR_CACHE_DIR"
+# Read once, at import: torch itself writes its default folder into this variable the first time
+# it looks the folder up, after which "set by the user" could no longer be told apart.
+_USER_CACHE_DIR = os.environ.get(_ENV)
+
+
+def cache_dir() -> Path:
+    """The folder of the compile cache (absolute): `$TORCHINDUCTOR_CACHE_DIR` if the user set it
+    (before importing funcml), else `CACHE_DIR` under the current working directory."""
+    return Path(_USER_CACHE_DIR if _USER_CACHE_DIR else CACHE_DIR).absolute()
+
+
+def _use_cache_dir() -> None:
+    """Point inductor's on-disk caches at `cache_dir()` (torch reads the variable at every lookup)."""
+    folder = cache_dir()
+    if os.environ.get(_ENV) != str(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[_ENV] = str(folder)
 
 
 _EINOPS_REGISTERED = False
@@ -49,9 +85,26 @@ def _register_einops() -> None:
 
 def compile(fn: F, *, fullgraph: bool = True, dynamic: bool | None = False) -> F:  # noqa: A001 - mirrors torch.compile
     """`torch.compile(fn, fullgraph=fullgraph, dynamic=dynamic, backend=backend())`, with einops'
-    ops registered with Dynamo first (see the module doc)."""
+    ops registered with Dynamo first and the compile cache in `cache_dir()` (see the module doc)."""
     _register_einops()
+    _use_cache_dir()
     return torch.compile(fn, fullgraph=fullgraph, dynamic=dynamic, backend=backend())
+
+
+def region(fn: F) -> F:
+    """Mark `fn` as a compile region (`torch.compiler.nested_compile_region`): inside a compiled
+    function, the first call of `fn` is traced and compiled and later calls with inputs of the
+    same shapes, dtypes and strides reuse it instead of being traced again, so a stack of L
+    identical blocks costs about one block's compile. In eager mode `fn` runs as it is.
+
+        block = compiler.region(encoder_block)   # every layer of the stack is one region
+
+    Not yet usable inside a train step: on torch 2.13, tracing a region inside
+    `torch.func.grad_and_value` (how a compiled funcml step differentiates) fails with
+    "AssertionError: Expected FakeTensor" (benchmarks/bench_compile.py, variants `-region`). It
+    works in forward-only compiled functions (evaluation, inference).
+    """
+    return torch.compiler.nested_compile_region(fn)
 
 
 FAST_PATHS = ("grad", "batch_norm", "adamw", "fold_in")

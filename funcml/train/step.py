@@ -107,7 +107,8 @@ def _split_micro(batch: Any, n: int) -> list[Any]:
 
 
 def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precision: Precision = "fp32",
-                    grad_accum: int = 1, compile: bool = True, nonfinite: Literal["raise", "skip"] = "raise",
+                    grad_accum: int = 1, compile: bool | Literal["grads"] = True,
+                    nonfinite: Literal["raise", "skip"] = "raise",
                     growth_interval: int = 200, data_parallel: bool | None = None
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Build `train_step(ts, batch) -> (ts, metrics)`.
@@ -119,7 +120,10 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
             state must come from `init_train_state(..., precision="fp16")`).
         grad_accum: split the batch into this many micro-batches and average their grads
             (micro-batch i uses the key `fold_in(step_key, i)`; model state is threaded).
-        compile: wrap the step in `torch.compile(fullgraph=True)`.
+        compile: True: wrap the step in `torch.compile(fullgraph=True)`; "grads": compile only the
+            loss and its gradient (forward and backward) and run the optimizer update eagerly, on
+            torch's fused kernels (a graph about half the size, compiled in about half the time:
+            benchmarks/bench_compile.py); False: eager.
         nonfinite: "raise" or "skip" (see the module docstring); either way the step runs its
             optimizer as `optim.apply_if_finite(tx)`, whose state `init_train_state` builds.
         data_parallel: average grads over the processes of the `torch.distributed` group
@@ -138,6 +142,9 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         raise ConfigError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
     if grad_accum < 1:
         raise ConfigError(f"grad_accum must be >= 1, got {grad_accum}")
+    if compile not in (True, False, "grads"):
+        raise ConfigError(f"compile must be True, False or 'grads', got {compile!r}")
+    compile_update = compile is True
     if data_parallel is None:
         data_parallel = distributed.world_size() > 1
     elif data_parallel and not distributed.is_initialized():
@@ -210,7 +217,7 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         # The all-reduce runs between two compiled graphs: a collective inside a fullgraph
         # region is not portable across backends.
         local_grads_c = compiler.compile(local_grads) if compile else local_grads
-        update_c = compiler.compile(update) if compile else update
+        update_c = compiler.compile(update) if compile_update else update
 
         def compiled(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
             # Loss, metrics and model state travel with the grads (one buffer per dtype), so
@@ -220,7 +227,13 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         def describe(ts: TrainState, batch: Any) -> str:
             return _describe_nonfinite(lambda t, b: grads_and_aux(t, b, offset), ts, batch, data_parallel=True)
     else:
-        compiled = compiler.compile(step) if compile else step
+        if compile == "grads":
+            grads_c = compiler.compile(grads_and_aux)
+
+            def compiled(ts: TrainState, batch: Any) -> tuple[TrainState, dict]:
+                return update(ts, *grads_c(ts, batch))
+        else:
+            compiled = compiler.compile(step) if compile else step
 
         def describe(ts: TrainState, batch: Any) -> str:
             return _describe_nonfinite(grads_and_aux, ts, batch)
