@@ -226,12 +226,16 @@ def test_word_gap_lengthens_speech_and_intonation_changes_it():
     assert flat.numel() != plain.numel() or not torch.equal(flat, plain)
 
 
-def test_cache_key_changes_with_every_new_field(tmp_path):
+def test_a_corpus_with_any_new_field_changed_is_synthesized_and_cached_anew(tmp_path):
     base = dataclasses.replace(SMALL, text_kind="digits", digits_len=(1, 1))
-    for change in ({"eq_db": 3.0}, {"warp_range": (0.9, 1.1)}, {"speed_factors": (0.9, 1.1)}, {"reverb_prob": 0.5},
-                   {"babble_prob": 0.5}, {"lowpass_hz_range": (3000.0, 4000.0)}, {"word_gap_range": (0, 5)}):
-        assert speech._cache_path(tmp_path, random.key(0), 1, base, "train") != \
-            speech._cache_path(tmp_path, random.key(0), 1, dataclasses.replace(base, **change), "train"), change
+    speech.make_corpus(random.key(0), 1, base, cache_dir=tmp_path)
+    for i, change in enumerate(({"eq_db": 3.0}, {"warp_range": (0.9, 1.1)}, {"speed_factors": (0.9, 1.1)},
+                                {"reverb_prob": 0.5}, {"babble_prob": 0.5}, {"lowpass_hz_range": (3000.0, 4000.0)},
+                                {"word_gap_range": (0, 5)})):
+        speech.make_corpus(random.key(0), 1, dataclasses.replace(base, **change), cache_dir=tmp_path)
+        assert len(list(tmp_path.iterdir())) == i + 2, change  # not the base corpus read back from the cache
+    speech.make_corpus(random.key(0), 1, base, cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 8  # the base config itself is a cache hit
 
 
 def test_augmented_corpus_round_trips_through_the_cache(tmp_path):
