@@ -190,7 +190,7 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         skipped = new_opt_state.total_notfinite
         if not wrapped:
             new_opt_state = new_opt_state.inner_state
-        if not (_plain_eager(ts.params) and bool(finite)):  # eager and finite: keep as is, bit-identical
+        if not (_plain_eager(ts.params) and finite.device.type == "cpu" and bool(finite)):  # eager, finite: as is
             new_model_state = tree.tree_map(lambda n, o: torch.where(finite, n, o), new_model_state, ts.model_state)
         loss_scale = ts.loss_scale
         if loss_scale is not None:
