@@ -8,8 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from funcml import random
 
@@ -131,6 +133,26 @@ def seg_tiny_run(tmp_path_factory) -> Path:
     run, _ = task.train(cfg, progress=False)
     with _read_only(Path(run.path)) as path:
         yield path
+
+
+def binary_folder(root: Path, n: int = 4, size: tuple[int, int] = (24, 20), seed: int = 0,
+                  values: tuple[int, int] = (0, 255)) -> Path:
+    """A folder dataset of `n` grey images with a bright disc (`images/`, `masks/`): masks `values[1]`
+    inside the disc, `values[0]` outside (0/255 by default, as EM membrane masks). For the mask-scan
+    and real-folder tests."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        cy, cx, r = rng.integers(5, h - 5), rng.integers(5, w - 5), rng.integers(3, 6)
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        image = np.where(inside, 200, 60) + rng.integers(0, 20, size=(h, w))
+        Image.fromarray(image.astype(np.uint8), "L").save(root / "images" / f"s{i:02d}.png")
+        mask = np.where(inside, values[1], values[0]).astype(np.uint8)
+        Image.fromarray(mask, "L").save(root / "masks" / f"s{i:02d}.png")
+    return root
 
 
 @pytest.fixture

@@ -17,22 +17,7 @@ from funcml.seg.masks import (check_mask_values, format_class_map, parse_class_m
 from funcml.seg.task import SegTrainConfig, resolve_config, train
 from funcml.seg.unet import UNetConfig
 
-
-def _binary_folder(root: Path, n: int = 4, size: tuple[int, int] = (24, 20), seed: int = 0,
-                   values: tuple[int, int] = (0, 255)) -> Path:
-    """Grey images with a bright disc; masks `values[1]` inside the disc, `values[0]` outside (0/255 by default)."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    h, w = size
-    yy, xx = np.mgrid[:h, :w]
-    for i in range(n):
-        cy, cx, r = rng.integers(5, h - 5), rng.integers(5, w - 5), rng.integers(3, 6)
-        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        image = np.where(inside, 200, 60) + rng.integers(0, 20, size=(h, w))
-        Image.fromarray(image.astype(np.uint8), "L").save(root / "images" / f"s{i:02d}.png")
-        Image.fromarray(np.where(inside, values[1], values[0]).astype(np.uint8), "L").save(root / "masks" / f"s{i:02d}.png")
-    return root
+from conftest import binary_folder
 
 
 def _cfg(folder: Path, runs: Path, **kw) -> SegTrainConfig:
@@ -55,7 +40,7 @@ def test_parse_class_map_names_a_malformed_entry(text):
 
 
 def test_scan_counts_every_raw_value_over_all_files(tmp_path):
-    folder = _binary_folder(tmp_path / "ds", n=3)
+    folder = binary_folder(tmp_path / "ds", n=3)
     scan = scan_masks(sorted((folder / "masks").iterdir()))
     assert scan.values == (0, 255) and scan.files == 3 and scan.total == 3 * 24 * 20
     masks = [np.asarray(Image.open(p)) for p in sorted((folder / "masks").iterdir())]
@@ -64,7 +49,7 @@ def test_scan_counts_every_raw_value_over_all_files(tmp_path):
 
 
 def test_a_0_255_mask_without_a_map_is_an_error_naming_the_values_and_the_flag(tmp_path):
-    scan = scan_masks(sorted((_binary_folder(tmp_path / "ds") / "masks").iterdir()))
+    scan = scan_masks(sorted((binary_folder(tmp_path / "ds") / "masks").iterdir()))
     with pytest.raises(DataError) as e:
         check_mask_values(scan, num_classes=2, class_map=None, ignore_index=255)
     msg = str(e.value)
@@ -72,33 +57,33 @@ def test_a_0_255_mask_without_a_map_is_an_error_naming_the_values_and_the_flag(t
 
 
 def test_values_outside_the_classes_without_a_map_are_an_error_with_a_suggested_map(tmp_path):
-    scan = scan_masks(sorted((_binary_folder(tmp_path / "ds", values=(0, 128)) / "masks").iterdir()))
+    scan = scan_masks(sorted((binary_folder(tmp_path / "ds", values=(0, 128)) / "masks").iterdir()))
     with pytest.raises(DataError, match=r"\[128\].*--class-map 0:0,128:1"):
         check_mask_values(scan, num_classes=2, class_map=None, ignore_index=255)
 
 
 def test_a_raw_value_missing_from_the_map_is_an_error(tmp_path):
-    scan = scan_masks(sorted((_binary_folder(tmp_path / "ds") / "masks").iterdir()))
+    scan = scan_masks(sorted((binary_folder(tmp_path / "ds") / "masks").iterdir()))
     with pytest.raises(DataError, match=r"\[255\] are not in --class-map 0:1"):
         check_mask_values(scan, num_classes=2, class_map={0: 1}, ignore_index=-1)
 
 
 def test_a_class_no_pixel_holds_is_a_warning(tmp_path):
-    scan = scan_masks(sorted((_binary_folder(tmp_path / "ds") / "masks").iterdir()))
+    scan = scan_masks(sorted((binary_folder(tmp_path / "ds") / "masks").iterdir()))
     warnings = check_mask_values(scan, num_classes=3, class_map={0: 0, 255: 1}, ignore_index=-1)
     assert len(warnings) == 1 and "class 2 never appears" in warnings[0]
     assert check_mask_values(scan, num_classes=2, class_map={0: 1, 255: 0}, ignore_index=255) == []
 
 
 def test_training_on_0_255_masks_without_a_map_stops_before_any_step(tmp_path):
-    folder = _binary_folder(tmp_path / "ds")
+    folder = binary_folder(tmp_path / "ds")
     with pytest.raises(DataError, match="--class-map"):
         train(_cfg(folder, tmp_path / "runs"), progress=False)
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
 def test_class_map_flag_is_saved_in_the_run_config_and_scores_the_foreground(tmp_path, capsys):
-    folder = _binary_folder(tmp_path / "ds")
+    folder = binary_folder(tmp_path / "ds")
     run, summary = train(_cfg(folder, tmp_path / "runs", class_map="0:0,255:1"), progress=False)
     saved = config.load(SegTrainConfig, run.path / "config.json")
     assert saved.class_map == "0:0,255:1" and saved.ignore_index == 255
@@ -109,7 +94,7 @@ def test_class_map_flag_is_saved_in_the_run_config_and_scores_the_foreground(tmp
 
 
 def test_grey_images_get_one_channel_and_measured_mean_std_saved_with_the_run(tmp_path):
-    folder = _binary_folder(tmp_path / "ds")
+    folder = binary_folder(tmp_path / "ds")
     cfg = _cfg(folder, tmp_path / "runs", class_map="0:0,255:1", model=UNetConfig(in_channels=3, num_classes=2,
                                                                                     depth=2, base_width=4))
     resolved = resolve_config(cfg)
@@ -122,7 +107,7 @@ def test_grey_images_get_one_channel_and_measured_mean_std_saved_with_the_run(tm
 
 
 def test_val_stems_hold_out_the_named_files_and_an_unknown_stem_is_an_error(tmp_path):
-    folder = _binary_folder(tmp_path / "ds")
+    folder = binary_folder(tmp_path / "ds")
     with pytest.raises(DataError, match="nope"):
         resolve_config(_cfg(folder, tmp_path / "runs", class_map="0:0,255:1", val_stems=("nope",)))
     from funcml.seg.data import FolderSplit

@@ -16,7 +16,7 @@ from PIL import Image
 from funcml import config
 from funcml.seg.task import PRESETS, SegTrainConfig, load_model, train
 from funcml.seg.unet import UNetConfig
-from test_seg_masks import _binary_folder
+from conftest import binary_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,8 @@ seg_infer = _load("seg_infer_real", ROOT / "experiments" / "seg_infer.py")
 
 @pytest.fixture(scope="module")
 def patch_run(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("real")
-    folder = _binary_folder(root / "ds", n=5, size=(40, 36))
+    folder = binary_folder(root / "ds", n=5, size=(40, 36))
     cfg = SegTrainConfig(model=UNetConfig(in_channels=3, num_classes=2, depth=2, base_width=4), folder=folder,
                          class_map="0:0,255:1", patch=(16, 16), fg_fraction=1 / 3, steps=4, batch_size=4,
                          eval_every=4, lr=1e-2, warmup_steps=1, val_stems=("s04",), runs_dir=root / "runs",
