@@ -162,8 +162,8 @@ def fold_in(k: Key, data: int | str | torch.Tensor) -> Key:
     check_key(k)
     hi, lo = _data_words(data)
     if k.device.type == "cpu" and compiler.plain_eager("fold_in"):
-        # The same block on Python ints: ~100 tiny tensor ops (0.7 ms, 1% of an eager U-Net
-        # step) become ~30 us. Traced, vmapped and CUDA calls keep the tensor ops.
+        # The same block on Python ints instead of ~100 tiny tensor ops (measured: benchmarks/RESULTS.md,
+        # "Measurements behind the presets and design choices"). Traced, vmapped and CUDA calls keep the tensor ops.
         k0, k1 = k.tolist()
         y0, y1 = threefry2x32(k0 ^ _FOLD_TWEAK[0], k1 ^ _FOLD_TWEAK[1], int(hi), int(lo))
         return torch.tensor([y0, y1], dtype=torch.int64)

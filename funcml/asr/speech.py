@@ -498,7 +498,8 @@ def _load(path: Path, n: int) -> list[Utterance]:
 @contextlib.contextmanager
 def _one_thread():
     """Run torch on one thread, then restore the setting: per-utterance tensors are small, and
-    on a busy machine handing each op to a thread pool was measured 50x slower than doing it."""
+    on a busy machine handing each op to a thread pool is many times slower than doing it
+    (measured: benchmarks/RESULTS.md, "Measurements behind the presets and design choices")."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -532,11 +533,11 @@ def make_corpus(key: torch.Tensor, n: int, cfg: SpeechConfig = SpeechConfig(), s
     `n`, split and the espeak/torch versions, and loaded from there on the next call; a
     corrupt file is regenerated with a warning. Without it nothing touches the disk.
 
-    `workers > 1` processes synthesize contiguous shares of the keys (2 workers: 1.95x faster on 2
-    idle cores); each utterance depends on its key alone and runs on one thread, so the corpus is
+    `workers > 1` processes synthesize contiguous shares of the keys (benchmarks/RESULTS.md, "Speech
+    corpus synthesis in worker processes"); each utterance depends on its key alone and runs on one thread, so the corpus is
     the same bits for any number of workers. The workers are spawned (fresh interpreters: a forked
     child of a process whose OpenMP pool has run deadlocks), so the calling script needs the
-    `if __name__ == "__main__":` guard, and each worker pays an import of torch (~2 s).
+    `if __name__ == "__main__":` guard, and each worker pays an import of torch.
     `progress`: a line on stderr every 10 s of synthesis and one at the end (a cache hit prints
     nothing).
 

@@ -181,11 +181,10 @@ class AsrTrainConfig(TrainConfig, steps=2000, lr=1e-3, weight_decay=1e-2, warmup
 
 # --------------------------------------------------------------------------- presets
 
-# The speech preset. Measured on 2 busy CPU cores, eager, B=16 of ~290 frames: 1.45 s/step with
-# conv_channels=144, 0.42 s with 32; dropout 0.1 costs another ~0.45 s/step in eager mode (its
-# Threefry bits are ~100 elementwise passes over every masked tensor; compiled they fuse), so the
-# preset regularizes with SpecAugment and glancing instead. LFR input (60 ms frames) is cheaper
-# still but cannot fire the ~18 characters/s of fast speech (at most one token per frame).
+# The speech preset: a narrow conv2d front (conv_channels=32) and no dropout (SpecAugment and glancing
+# regularize instead: eager dropout's Threefry bits cost more than the rest of the step; measured:
+# benchmarks/RESULTS.md, "Measurements behind the presets and design choices"). LFR input (60 ms frames) cannot fire the ~18 characters/s of fast speech (at most one
+# token per frame).
 _SPEECH_MODEL = ParaformerConfig(
     encoder=EncoderConfig(d_model=144, num_heads=4, d_ff=576, num_layers=4, block="sanm", input_layer="conv2d",
                           conv_channels=32, dropout=0.0),
@@ -193,11 +192,7 @@ _SPEECH_MODEL = ParaformerConfig(
 
 
 def _preset_speech() -> AsrTrainConfig:
-    # Measured (busy 2-core machine, one thread): 1200 steps at lr 2e-3 on 2000 utterances reached
-    # test CER 5.0% (held-out voices) in 974 s; 1000 steps at lr 2.5e-3 on 1500 reached 5.5% in
-    # 509 s (387 ms/step median, before the train-step work of benchmarks/RESULTS.md; ~270 ms
-    # after it). This preset is sized for the main job's 6-minute ASR budget: 800 steps until the
-    # step got faster, 1000 since.
+    # Sized for the main job's 6-minute ASR budget (the runs behind it: benchmarks/RESULTS.md, "Measurements behind the presets and design choices").
     return AsrTrainConfig(model=_SPEECH_MODEL, data="speech", num_train=1500, num_val=100, num_test=200,
                           steps=1000, batch_size=16, lr=2.5e-3, warmup_steps=100, eval_every=250,
                           experiment="asr-speech")

@@ -144,14 +144,8 @@ class SegTrainConfig(TrainConfig, steps=1000, lr=3e-3, weight_decay=1e-4, warmup
 
 
 # The main job's data (issue 17): 32x32 images with 1-3 shapes, rotated, overlapping (0.3), an occluding
-# patch (0.2) and imbalanced kinds (circle 3 : square 1 : triangle 1 : ellipse 2).
-# Measured (val mIoU, 256 images; 1 torch thread on a shared 2-core machine): the earlier width-16 preset,
-# 2400 steps (103 ms/step, 272 s) 0.8375 (lr 8e-3: 0.806 at 1600 vs 0.813, no better); width 8, 4000 steps
-# (53 ms/step, 221 s) 0.836; width 12, 3000 steps (82 ms/step, 254 s) 0.849 -- width 12 learns as fast per
-# step as width 16 at 0.6x the cost. Weakest classes: triangle (~0.71) and ellipse (~0.78).
-# This preset, `experiments/main.py --only seg --threads 2` on the idle machine: 3200 steps, 71 ms/step,
-# 230.7 s in all, val mIoU 0.8453 (best checkpoint, step 3000): under 4 minutes, but short of the 0.85 target.
-# The old easy data (1-2 axis-aligned shapes, no occlusion) reached 0.917 in 700 steps; rotated, 400: 0.39.
+# patch (0.2) and imbalanced kinds (circle 3 : square 1 : triangle 1 : ellipse 2). Width 12 x 3200 steps is
+# the best of the widths and step counts tried within the 4-minute budget (measured: benchmarks/RESULTS.md, "Measurements behind the presets and design choices").
 _MAIN_DATA = ShapesConfig(height=32, width=32, objects=(1, 3), size=(0.2, 0.35), rotate=True, overlap_prob=0.3,
                           occlusion_prob=0.2, class_weights=(3.0, 1.0, 1.0, 2.0))
 _MAIN_STEPS = 3200
@@ -173,12 +167,9 @@ def _preset_unet() -> SegTrainConfig:
 # Real images (the EM membranes of benchmarks/seg_real.py): native resolution, 128x128 patches, a third of
 # them centred on foreground, flips + rotation + scaling + elastic deformation + intensity transforms,
 # sliding-window validation with flip TTA; channels and mean/std from the training images.
-# Chosen on a validation split of the 15 training slices (train em00-em11, score em12-em14, 1 torch thread on
-# a shared machine): the previous width-16 U-Net, 500 steps (720 ms/step): IoU 0.703, pixel error 0.078;
-# width 8, 1500 steps (316 ms/step, the same training time): 0.706 / 0.076, with flip TTA 0.714 / 0.073;
-# width 8 with flips and rot90 only: 0.707 / 0.075 (the heavy augmentation neither helps nor hurts at this
-# budget; it is kept for other data). Width 8 trades width for ~2.5x the steps. 1500 steps: 208 ms/step with
-# 2 threads on the idle machine (287 ms with 1), about 5.5 minutes, within the issue's 6 minutes on 2 cores.
+# Width 8 x 1500 steps was chosen on a validation split of the 15 training slices: it trades width for ~2.5x
+# the steps of width 16 in the same 6 minutes; the heavy augmentation is kept for other data (measured:
+# benchmarks/RESULTS.md, "Measurements behind the presets and design choices").
 _REAL_AUGMENT = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90=True, rotate_p=0.3, rotate_deg=45.0, scale_p=0.3,
                               scale=(0.85, 1.2), elastic_p=0.3, elastic_sigma=8.0, elastic_grid=4, noise_p=0.15,
                               noise_std=0.05, blur_p=0.15, blur_sigma=(0.5, 1.0), gamma_p=0.3, gamma=(0.7, 1.5),
