@@ -109,7 +109,7 @@ def test_collate_rejects_a_text_longer_than_max_tokens():
 def test_train_batches_are_a_pure_function_of_the_step():
     cfg = task.resolve(dataclasses.replace(task.PRESETS["tiny"][1], spec_augment=True))
     tok = task.tokenizer_for(cfg)
-    a, b = task._train_batch_fn(cfg, tok), task._train_batch_fn(cfg, tok)
+    a, b = task.train_batch_fn(cfg, tok), task.train_batch_fn(cfg, tok)
     assert all(torch.equal(a(3)[k], b(3)[k]) for k in a(3))
     assert not torch.equal(a(3)["features"], a(4)["features"])
 

@@ -163,7 +163,7 @@ def test_mel_warping_and_masking_draw_on_the_features_device():
 def test_asr_batches_are_put_on_the_device_then_masked_there_and_the_step_runs():
     cfg = asr_task.resolve(dataclasses.replace(asr_task.PRESETS["tiny"][1], spec_augment=True))
     tok = asr_task.tokenizer_for(cfg)
-    batch = asr_task._train_batch_fn(cfg, tok, META)(0)
+    batch = asr_task.train_batch_fn(cfg, tok, META)(0)
     _assert_on(batch, META)
     ts, tx = trainer.initial_state(cfg)
     new_ts, metrics = make_train_step(_asr_loss(cfg), tx, compile=False, nonfinite="skip")(devices.put(ts, META), batch)

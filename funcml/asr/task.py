@@ -88,7 +88,7 @@ from .tokenizer import CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
 from .toy import ToyConfig, toy_tokenizer
 
 __all__ = ["AsrTrainConfig", "PRESETS", "SIM2REAL_RECIPES", "sim2real_config", "Example", "resolve", "tokenizer_for", "with_init", "train_examples",
-           "val_examples", "test_examples", "manifest_examples", "collate", "evaluate", "train", "load_model",
+           "val_examples", "test_examples", "manifest_examples", "train_batch_fn", "collate", "evaluate", "train", "load_model",
            "transcribe", "transcribe_features", "transcribe_waveform", "decode", "frame_shift", "feature_dim",
            "save_cif_figures", "checkpoint_of", "TASK"]
 
@@ -373,7 +373,7 @@ def test_examples(cfg: AsrTrainConfig, tok: Tokenizer | None = None) -> list[Exa
     return speech_examples(cfg, "test", cfg.num_test, tok)
 
 
-def _train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer, device: torch.device | str = "cpu"):
+def train_batch_fn(cfg: AsrTrainConfig, tok: Tokenizer, device: torch.device | str = "cpu"):
     """`get_batch(step) -> batch dict` on `device`, a pure function of the step: this rank's `B / W`
     examples (W processes; all `B` in one), collated on the host (the features are computed once,
     before training), put on `device` (from pinned memory on CUDA), then warped and masked there."""
@@ -573,7 +573,7 @@ def train(cfg: AsrTrainConfig, *, progress: bool = True) -> tuple[RunDir, dict[s
                 "test_split": {"speech": "held-out voices", "toy": "toy test batch",
                                "manifest": f"manifest {cfg.test_manifest}"}[cfg.data]}
 
-    return train_task(TASK, cfg, data=lambda device: (_train_batch_fn(cfg, tok, device), val_examples(cfg, tok)),
+    return train_task(TASK, cfg, data=lambda device: (train_batch_fn(cfg, tok, device), val_examples(cfg, tok)),
                       loss_fn=loss_fn,
                       validate=validate, report=report, params=init_params,
                       on_run=lambda run: tok.save(run.path / "tokenizer.json"), progress=progress)
