@@ -64,7 +64,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import fresh_results_path, machine_info, machine_line, markdown_table, write_json  # noqa: E402
+from benchmarks.common import (fresh_results_path, machine_info, machine_line, markdown_table,  # noqa: E402
+                               resolve_device, write_json)
 from funcml.errors import ConfigError, cli_main  # noqa: E402
 
 BASES = ("step", "grads", "blocks")
@@ -106,6 +107,8 @@ class CompileBenchConfig:
     """Model size: "main", the main job's models; "tiny", smoke-test models (for checking the script)."""
     backend: str = "inductor"
     """The compile backend of the measuring processes (`$FUNCML_COMPILE_BACKEND`)."""
+    device: str = "cpu"
+    """Torch device of the steps: "cpu", "cuda" or "cuda:N" (inductor then generates Triton kernels)."""
     threads: int = 1
     """torch intra-op threads of the measuring processes (1 on the shared 2-core machine)."""
     timeout: int = 1800
@@ -154,11 +157,11 @@ def _compile_blocks(on: bool) -> None:
         setattr(*site, compiler.compile(plain) if on else plain)
 
 
-def _build(task: str, mode: bool | str, batch: int, frames: int, scale: str):
+def _build(task: str, mode: bool | str, batch: int, frames: int, scale: str, device: torch.device):
     """`(train_step, train_state, batch)` of `task`, with `make_train_step(compile=mode)`."""
     from benchmarks.bench_train_step import TaskSpec, paraformer_setup, seg_setup
 
-    spec = TaskSpec(batch, 32 if task == "seg" else frames, "fp32", mode, torch.device("cpu"), scale)
+    spec = TaskSpec(batch, 32 if task == "seg" else frames, "fp32", mode, device, scale)
     setup = seg_setup("unet-transformer", spec)[0] if task == "seg" else paraformer_setup(spec, "sim2real")
     return setup.train_step, setup.train_state, setup.batch
 
@@ -172,7 +175,7 @@ def _phases() -> dict[str, float]:
 
 
 def measure(task: str, variant: str, phase: str, batch: int, frames: int, repeat: int,
-            scale: str = "main") -> dict[str, Any]:
+            scale: str = "main", device: str = "cpu") -> dict[str, Any]:
     """In this process: the first two calls of the compiled step and, when `phase == "warm"`,
     compiled vs eager step times. Returns a JSON-able dict."""
     from torch._dynamo.utils import counters
@@ -193,13 +196,18 @@ def measure(task: str, variant: str, phase: str, batch: int, frames: int, repeat
     if base == "blocks":
         _compile_blocks(True)
     mode = {"grads": "grads", "step": True, "blocks": False}[base]
-    step, ts, b = _build(task, mode, batch, frames, scale)
+    dev = torch.device(device)
+    step, ts, b = _build(task, mode, batch, frames, scale, dev)
     out: dict[str, Any] = {"task": task, "variant": variant, "phase": phase}
+    from benchmarks.common import synchronize
+
     try:
         t0 = time.perf_counter()
         ts1, _ = step(ts, b)
+        synchronize(dev)
         t1 = time.perf_counter()
         step(ts1, b)
+        synchronize(dev)
         t2 = time.perf_counter()
     except Exception as e:  # noqa: BLE001 - a variant that does not compile is a result
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
@@ -212,7 +220,7 @@ def measure(task: str, variant: str, phase: str, batch: int, frames: int, repeat
     if phase == "warm":
         if base == "blocks":
             _compile_blocks(False)  # the eager twin runs the plain blocks
-        eager, ts_e, b_e = _build(task, False, batch, frames, scale)
+        eager, ts_e, b_e = _build(task, False, batch, frames, scale, dev)
         state = {"c": ts1, "e": ts_e}
 
         def run_compiled():
@@ -221,7 +229,7 @@ def measure(task: str, variant: str, phase: str, batch: int, frames: int, repeat
         def run_eager():
             state["e"], _ = eager(state["e"], b_e)
 
-        t = time_interleaved({"compiled": run_compiled, "eager": run_eager}, warmup=2, repeat=repeat)
+        t = time_interleaved({"compiled": run_compiled, "eager": run_eager}, warmup=2, repeat=repeat, device=dev)
         out.update(compiled_ms=t["compiled"].median_s * 1e3, eager_ms=t["eager"].median_s * 1e3)
     return out
 
@@ -229,16 +237,17 @@ def measure(task: str, variant: str, phase: str, batch: int, frames: int, repeat
 # --------------------------------------------------------------------------- the driver
 
 
-def _run_child(cfg: CompileBenchConfig, task: str, variant: str, phase: str, cache: Path) -> dict[str, Any]:
+def _run_child(cfg: CompileBenchConfig, task: str, variant: str, phase: str, cache: Path,
+               device: torch.device) -> dict[str, Any]:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(cfg.threads),
            "FUNCML_COMPILE_BACKEND": cfg.backend}
     code = ("import json, sys, torch; sys.path.insert(0, sys.argv[1]); torch.set_num_threads(int(sys.argv[2])); "
             "from benchmarks.bench_compile import measure; "
             "print('RESULT ' + json.dumps(measure(sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), "
-            "int(sys.argv[7]), int(sys.argv[8]), sys.argv[9])))")
+            "int(sys.argv[7]), int(sys.argv[8]), sys.argv[9], sys.argv[10])))")
     root = str(Path(__file__).resolve().parents[1])
     args = [sys.executable, "-c", code, root, str(cfg.threads), task, variant, phase, str(cfg.batch_size),
-            str(cfg.asr_frames), str(cfg.repeat), cfg.scale]
+            str(cfg.asr_frames), str(cfg.repeat), cfg.scale, str(device)]
     t0 = time.perf_counter()
     try:
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=cfg.timeout)
@@ -276,8 +285,9 @@ COLUMNS = {"task": "task", "variant": "variant", "cold_s": "cold s", "cold_secon
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Measure every task x variant of the config; print the table; write the JSON."""
     cfg = tyro.cli(CompileBenchConfig, args=args, description="\n\n".join(__doc__.split("\n\n")[:2]))
+    device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
-    info = machine_info(torch.device("cpu"))
+    info = machine_info(device)
     info["command"] = "python benchmarks/bench_compile.py " + " ".join(sys.argv[1:] if args is None else args)
     print(machine_line(info), flush=True)
     rows, raw = [], []
@@ -286,8 +296,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             cache = cfg.cache_root / f"{task}-{variant}"
             shutil.rmtree(cache, ignore_errors=True)
             cache.mkdir(parents=True)
-            cold = _run_child(cfg, task, variant, "cold", cache)
-            warm = _run_child(cfg, task, variant, "warm", cache) if "error" not in cold else cold
+            cold = _run_child(cfg, task, variant, "cold", cache, device)
+            warm = _run_child(cfg, task, variant, "warm", cache, device) if "error" not in cold else cold
             raw += [cold, warm]
             rows.append(_row(cold, warm))
             r = rows[-1]
