@@ -1,6 +1,6 @@
 """What compiling the main job's train steps costs and buys: cold and warm compile, compiled vs eager.
 
-    python benchmarks/bench_compile.py --threads 1                          # every task and variant (~30 min)
+    python benchmarks/bench_compile.py --threads 1                          # the default rows (~40 min on 2 cores)
     python benchmarks/bench_compile.py --tasks seg --variants step grads    # some rows
 
 For every task and variant, two fresh Python processes run one after the other on one cache folder
@@ -32,7 +32,8 @@ A variant is a base and optional modifiers joined by "-" (`grads-region-scalar`)
 * `-region`: every transformer block (seg: the 2 bottleneck layers; asr: the 4 SAN-M encoder and 2
   decoder layers) wrapped in `funcml.compiler.region`, so the compiler traces one block and reuses
   it for the others (the model files do not use `region` yet: this script wraps the blocks for
-  its run);
+  its run). On torch 2.13 this fails inside the train step's `torch.func.grad_and_value`
+  ("Expected FakeTensor"), which the row records;
 * `-scalar`: inductor's C++ kernels without SIMD (`torch._inductor.config.cpp.simdlen = 1`):
   plain loops, quicker for the C++ compiler than the vectorized templates, slower to run;
 * `-dynamic`: compiled with `dynamic=True` (one graph for every batch shape: the main job's ASR
@@ -93,7 +94,7 @@ class CompileBenchConfig:
 
     tasks: tuple[Literal["seg", "asr"], ...] = ("seg", "asr")
     """seg: the main job's U-Net+Transformer step; asr: its Paraformer step."""
-    variants: tuple[str, ...] = ("step", "grads", "grads-region", "grads-scalar", "grads-region-scalar")
+    variants: tuple[str, ...] = ("step", "grads", "grads-scalar", "blocks", "grads-region")
     """Compile variants: a base (step, grads) and modifiers (region, scalar, dynamic) joined by '-'."""
     batch_size: int = 16
     """Examples per step (the main job's 16)."""
