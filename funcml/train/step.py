@@ -122,9 +122,10 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
             (micro-batch i uses the key `fold_in(step_key, i)`; model state is threaded).
         compile: True: wrap the step in `torch.compile(fullgraph=True)`; "grads": compile only the
             loss and its gradient (forward and backward) and run the optimizer update eagerly, on
-            torch's fused kernels (measured on the main job's seg step: half the cold compile, a
-            third of the warm one, and 1.39x eager where the whole step is 1.02x:
-            benchmarks/bench_compile.py); False: eager.
+            torch's fused kernels (measured on the main job's seg step, benchmarks/bench_compile.py:
+            a third to a half of the whole step's cold compile, 69 s against 192 s on 2 cores, a
+            third of its warm one, 10 s against 30 s; 1.23-1.39x eager, the whole step 1.02-1.36x);
+            False: eager.
         nonfinite: "raise" or "skip" (see the module docstring); either way the step runs its
             optimizer as `optim.apply_if_finite(tx)`, whose state `init_train_state` builds.
         data_parallel: average grads over the processes of the `torch.distributed` group
