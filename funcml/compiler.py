@@ -12,8 +12,8 @@ stage (`FUNCML_COMPILE_BACKEND=inductor python3 dev.py test -m "slow or compile"
 einops. funcml writes every layout change with `einops.rearrange`; einops 0.8 no longer tells
 Dynamo that its ops are traceable as single calls, so Dynamo would trace einops' Python (its
 parsing and caching) at every call site. `compile` registers them once
-(`einops._torch_specific.allow_ops_in_compiled_graph`): measured on the Paraformer train step
-(aot_eager, 2 busy cores), tracing went from 156 s to 107 s.
+(`einops._torch_specific.allow_ops_in_compiled_graph`), which cuts Dynamo's tracing of the
+Paraformer train step by about a third (benchmarks/RESULTS.md, "einops registered with Dynamo").
 
 Compile cache. Inductor keeps what it compiled (the FX graph cache: generated C++ and the built
 libraries; the AOTAutograd cache: the joint forward/backward graphs) on disk, keyed by the graph,

@@ -86,9 +86,9 @@ class TrainConfig:
     keys, batches and metrics live there; checkpoints load on any device."""
     compile: bool = False
     """torch.compile the loss and its gradient, the optimizer update staying on torch's fused eager kernels
-    (`make_train_step(compile="grads")`: on 2 CPU cores the seg step ran 1.39x eager after a cold compile of
-    ~2 minutes, ~17 s from the cache in .cache/funcml-compile; pays off for long or repeated runs with fixed
-    shapes)."""
+    (`make_train_step(compile="grads")`: on 2 CPU cores the main job's seg step ran 1.23x eager after a cold
+    compile of ~70 s, ~10 s from the cache in .cache/funcml-compile; pays off for long or repeated runs with
+    fixed shapes)."""
     eval_every: int = 100
     """Validate (and checkpoint) every this many steps, and at the end."""
     seed: int = 0

@@ -318,7 +318,8 @@ def _autograd_grad_and_value(f: Callable) -> Callable:
     differentiates detached copies of the leaves, so the caller's params are untouched and
     the function stays pure from the outside. Same numbers as `torch.func` (same autograd
     formulas), without functorch's interpreter wrapping every op of the forward and the
-    backward: 26 ms of a 94 ms eager U-Net step (benchmarks/RESULTS.md). Only for plain
+    backward (about a fifth of an eager U-Net step; benchmarks/RESULTS.md, "Eager gradients
+    by `torch.autograd.grad`"). Only for plain
     eager calls (`_plain_eager`); traced and transformed steps keep `torch.func`.
     """
 
