@@ -38,7 +38,7 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
-__all__ = ["compile", "region", "backend", "cache_dir", "plain_eager", "reference_mode", "FAST_PATHS", "CACHE_DIR"]
+__all__ = ["compile", "region", "backend", "cache_dir", "plain_eager", "in_transform", "reference_mode", "FAST_PATHS", "CACHE_DIR"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -120,7 +120,16 @@ def plain_eager(path: str | None = None) -> bool:
     off = getattr(_REFERENCE, "off", ())
     if path is not None and path in off:
         return False
-    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+    return not torch.compiler.is_compiling() and not in_transform()
+
+
+def in_transform() -> bool:
+    """Whether this call runs inside a `torch.func` transform (vmap, grad, jvp), whose
+    interpreters have no rules for some eager-only ops (foreach kernels, in-place updates of
+    the statistics). Also true while `torch.compile` traces (on torch 2.13 Dynamo reports an
+    interpreter on functorch's stack, tested), so code gated on it runs its plain per-leaf form
+    there, which inductor fuses. The transform half of `plain_eager`."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
 _REFERENCE = threading.local()

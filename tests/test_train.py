@@ -442,6 +442,28 @@ def test_reference_mode_runs_every_fast_path_as_its_reference_equal_to_rounding(
     assert tree.allclose(fast, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_plain_eager_is_off_inside_compile_and_transforms_and_in_transform_names_that_half():
+    """The one definition each fast path checks: eager outside, not eager under vmap / grad (whose
+    interpreters lack the eager-only kernels) nor under torch.compile; `in_transform` is its transform
+    half, which Dynamo's tracing also turns on (so the optimizer's foreach lists run per leaf there)."""
+    seen = {}
+
+    def probe(x):
+        seen.setdefault("inside", (compiler.plain_eager(), compiler.in_transform()))
+        return x.sum()
+
+    assert compiler.plain_eager() and not compiler.in_transform()
+    torch.func.vmap(probe)(torch.ones(3, 2))
+    assert seen.pop("inside") == (False, True)
+    torch.func.grad(probe)(torch.ones(2))
+    assert seen.pop("inside") == (False, True)
+
+    def traced(x):
+        return x * (1.0 if compiler.plain_eager() else 2.0) + (10.0 if compiler.in_transform() else 0.0)
+
+    assert torch.equal(compiler.compile(traced)(torch.ones(2)), torch.full((2,), 12.0))
+
+
 def test_reference_mode_rejects_an_unknown_path_by_name():
     with pytest.raises(ConfigError, match=r"unknown fast path\(s\) \['fused'\]; the fast paths are"):
         with compiler.reference_mode("fused"):

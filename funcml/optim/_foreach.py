@@ -1,5 +1,6 @@
-"""Lists of leaves: foreach kernels in eager mode and under torch.compile, one op per leaf inside
-torch.func transforms (foreach ops have no batching rule). Private to funcml.optim."""
+"""Lists of leaves: foreach kernels in eager mode, one op per leaf inside torch.func transforms
+(foreach ops have no batching rule) and under torch.compile (`compiler.in_transform` is true while
+Dynamo traces; inductor fuses the per-leaf ops). Private to funcml.optim."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from typing import Any
 
 import torch
 
+from .. import compiler
+
+
 def _use_foreach() -> bool:
     """False inside a torch.func transform (vmap, grad), whose interpreters have no foreach rules."""
-    return torch._C._functorch.peek_interpreter_stack() is None
+    return not compiler.in_transform()
 
 
 def _mul(xs: list, y: Any) -> list:
