@@ -141,7 +141,7 @@ def paraformer_setup(spec: TaskSpec, preset: str = "speech") -> StepSetup:
     strings, 3 words for "sim2real", its longest digit string). `scale="tiny"`: a one-layer d=16 model."""
     from funcml.asr import task as asr_task
     from funcml.asr.paraformer import paraformer_loss
-    from funcml.tasks import make_optimizer as make_tx
+    from funcml.trainer import make_optimizer as make_tx
 
     base = asr_task.resolve(asr_task.PRESETS[preset][1])
     model_cfg = base.model

@@ -41,20 +41,20 @@ import sys
 import time
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
 from . import checkpoint, devices, optim, random
 from . import config as config_lib
-from .errors import CheckpointError, ConfigError, TrainingInterrupted
+from .errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
 from .nn import model as models
-from .runs import RunDir, create_run
-from .tasks import checkpoint_dir, make_optimizer, open_for_resume, write_curves
+from .runs import RunDir, create_run, open_run
 from .train import EarlyStop, TrainState, distributed, fit, init_train_state, make_train_step
 
 __all__ = ["TrainConfig", "Task", "optimizer", "initial_state", "check_global_batch", "train_task",
-           "checkpoint_of", "config_of", "load_run", "Prefetched"]
+           "checkpoint_of", "config_of", "load_run", "Prefetched", "make_optimizer", "open_for_resume",
+           "checkpoint_dir", "epoch_indices"]
 
 PyTree = Any
 
@@ -150,12 +150,12 @@ class Task:
     resume_fields: tuple[str, ...]
     """Config fields a resumed run must keep (its model and data)."""
     curves: tuple[tuple[str, str, str, str], ...] = (("loss", "train", "loss", "train loss"),)
-    """Plots written at the end: `(file_stem, split, metric, y_label)` (`funcml.tasks.write_curves`)."""
+    """Plots written at the end: `(file_stem, split, metric, y_label)` (`funcml.report.curves.write_curves`)."""
 
 
 def optimizer(cfg: TrainConfig) -> optim.GradientTransformation:
     """Clip by global norm (if `grad_clip > 0`), then AdamW with warmup + cosine decay over `steps`
-    (`funcml.tasks.make_optimizer` of the config's fields)."""
+    (`make_optimizer` of the config's fields)."""
     return make_optimizer(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                           weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
 
@@ -252,6 +252,8 @@ def train_task(task: Task, cfg: TrainConfig, *, data: Callable[[torch.device], t
                                   f"continue with --resume {run.path}")
     if manager is None:  # not rank 0
         return run, {**summary, "run": str(run.path)}
+    from .report.curves import write_curves  # matplotlib, only when a run ends
+
     summary["plots"] = [str(p) for p in write_curves(run, task.curves)]
     if manager.latest() is not None:
         _, best, ckpt = load_run(task, run.path, device=device)
@@ -313,3 +315,82 @@ def load_run(task: Task, path: str | Path, *, device: torch.device | str = "cpu"
     cfg = config_of(task, ckpt)
     like, _ = initial_state(cfg)
     return cfg, checkpoint.restore(ckpt, like, device=device), ckpt
+
+
+# ------------------------------------------------------------------ run plumbing (optimizer, resume, lookup, order)
+
+
+def make_optimizer(*, steps: int, lr: float, warmup_steps: int, weight_decay: float,
+                   grad_clip: float) -> optim.GradientTransformation:
+    """Clip by global norm (if `grad_clip > 0`), then AdamW with a linear warmup to `lr` over
+    `warmup_steps` and cosine decay to 0 at `steps`; weight decay on every leaf (`optim.adamw`'s
+    default mask: weights with ndim >= 2)."""
+    steps = max(steps, 1)
+    warmup = min(warmup_steps, steps)
+    schedule = optim.warmup_cosine_decay_schedule(0.0, lr, warmup, steps)
+    adamw = optim.adamw(schedule, weight_decay=weight_decay)
+    return optim.chain(optim.clip_by_global_norm(grad_clip), adamw) if grad_clip > 0 else adamw
+
+
+def open_for_resume(path: str | Path, cfg: Any, cfg_cls: type, *, fields: Sequence[str]) -> RunDir:
+    """Open the run directory `path` to continue training with `cfg`.
+
+    Raises `DataError` when `path` is not a directory, `CheckpointError` when it has no
+    `checkpoints/`, and `ConfigError` naming the first of `fields` whose value differs from
+    the run's saved `config.json` (resuming with another model or data would silently mix two
+    experiments)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"--resume {path}: no such run directory; pass the folder that a previous run printed "
+                        "(runs/<experiment>/<time>-<id>)")
+    run = open_run(path)
+    if not run.checkpoints.is_dir():
+        raise CheckpointError(f"--resume {path}: the run has no checkpoints/ folder to resume from")
+    saved_path = path / "config.json"
+    if saved_path.is_file():
+        saved = config_lib.load(cfg_cls, saved_path)
+        for field in fields:
+            if getattr(saved, field) != getattr(cfg, field):
+                raise ConfigError(f"--resume {path}: the run was trained with a different {field} "
+                                  f"({getattr(saved, field)!r}, now {getattr(cfg, field)!r}); resume with its own "
+                                  f"config: --config {saved_path} --resume {path}")
+    return run
+
+
+def checkpoint_dir(path: Path, *, best_metric: str, mode: str, trainer: str) -> Path:
+    """The checkpoint to load from `path`: `path` itself if it is one (has meta.json), else the
+    best checkpoint of the run directory by `best_metric` (`mode` "max"/"min") that verifies, else
+    its newest that verifies. Broken checkpoints met on the way are set aside and named on stderr
+    (`CheckpointManager.best_verified`), never silently passed over."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; pass a run directory (runs/<experiment>/<time>-<id>) or one of its "
+                        "checkpoints/step_* folders")
+    if (path / "meta.json").is_file():
+        return path
+    if (path / "checkpoints").is_dir():
+        manager = checkpoint.CheckpointManager(path / "checkpoints", best_metric=best_metric, mode=mode)
+        found = manager.best_verified()
+        if found is None:
+            raise CheckpointError(f"{path}: the run has no complete checkpoint under checkpoints/ (did training "
+                                  "reach its first eval?)")
+        return found
+    raise DataError(f"{path} is neither a run directory (with checkpoints/) nor a checkpoint directory (with "
+                    f"meta.json); pass the run folder that {trainer} printed")
+
+
+def epoch_indices(key: torch.Tensor, n: int, step: int, batch_size: int) -> torch.Tensor:
+    """The example indices of batch `step` when walking a dataset of `n` items epoch by epoch.
+
+    Global example `g = step * B + i` is position `g mod n` of the permutation of epoch
+    `g // n`, `permutation(fold_in(key, epoch), n)`: a pure function of `(key, step)`, so a
+    resumed run sees the batches of the uninterrupted one. Returns `[B]` int64.
+    """
+    if n < 1:
+        raise DataError(f"epoch_indices: the dataset is empty (n={n})")
+    if batch_size < 1:
+        raise ConfigError(f"epoch_indices: batch_size must be >= 1, got {batch_size}")
+    g = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs = torch.unique(g // n).tolist()
+    perms = {e: random.permutation(random.fold_in(key, e), n) for e in epochs}
+    return torch.stack([perms[int(e)][int(p)] for e, p in zip(g // n, g % n)])

@@ -475,7 +475,7 @@ def test_write_curves_draws_titled_plots_with_the_best_marked_and_adds_lr_and_gr
 
     from PIL import Image
 
-    from funcml.tasks import _ema, write_curves
+    from funcml.report.curves import ema, write_curves
 
     run = create_run(tmp_path / "runs", "demo")
     for s in range(10, 101, 10):
@@ -485,5 +485,5 @@ def test_write_curves_draws_titled_plots_with_the_best_marked_and_adds_lr_and_gr
     assert [p.name for p in paths] == ["loss.png", "val_cer.png", "lr.png", "grad_norm.png"]
     assert all(Image.open(p).size == (600, 360) for p in paths)
     # the smoothing is TensorBoard's debiased EMA: a constant series stays constant
-    assert _ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
-    assert _ema([0.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75])
+    assert ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    assert ema([0.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75])

@@ -90,7 +90,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import checkpoint, devices, tree
 from ..errors import ConfigError, FuncmlError
-from ..tasks import checkpoint_dir
+from ..trainer import checkpoint_dir
 from . import audio as audio_lib
 from . import task
 from .encoder import encoder_lengths

@@ -17,7 +17,7 @@ utterances with the training voices (cached on disk under `cache_dir`), `num_val
 the same voices (validation, picks the best checkpoint) and `num_test` with the *held-out*
 voices (the test split: generalization to unseen speakers); the front end
 (`funcml.asr.frontend.features`) turns them into log-mel features once. Training batches walk
-epoch permutations of the training set (`funcml.tasks.epoch_indices`), with SpecAugment from
+epoch permutations of the training set (`funcml.trainer.epoch_indices`), with SpecAugment from
 `fold_in(augment_key, step)`. `data="toy"`: every batch is `toy_batch(fold_in(train_key, step))`
 and the val / test splits are fixed toy batches. `data="manifest"`: the user's recordings,
 listed in JSONL manifests or Kaldi data dirs (`funcml.asr.manifest`: `train_manifest`,
@@ -71,7 +71,7 @@ from ..config import require, require_at_least, require_one_of
 from ..errors import CheckpointError, ConfigError, DataError, ShapeError
 from ..nn import model as models
 from ..runs import RunDir
-from ..tasks import epoch_indices
+from ..trainer import epoch_indices
 from ..train import distributed
 from ..trainer import Task, TrainConfig, check_global_batch, config_of, load_run, train_task
 from . import audio as audio_lib

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .. import random, tasks
+from .. import random, trainer
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError, DataError
 from .folder import FolderDataset
@@ -145,9 +145,9 @@ class FolderSplit:
 
     def train_batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Example `g = step * B + i` is training image `g mod n` of the permutation of epoch `g // n`
-        (`funcml.tasks.epoch_indices`); with `patch`, one patch of it (`sample_patches` with the key
+        (`funcml.trainer.epoch_indices`); with `patch`, one patch of it (`sample_patches` with the key
         `fold_in(patch_key, step)`), else the whole image on the padded canvas."""
-        idx = tasks.epoch_indices(self.key, len(self.train_idx), step, batch_size)
+        idx = trainer.epoch_indices(self.key, len(self.train_idx), step, batch_size)
         images, masks = self.canvas[idx], self.canvas_masks[idx]
         if self.cfg.patch is None:
             return images, masks
