@@ -109,7 +109,7 @@ def region(fn: F) -> F:
 
 FAST_PATHS = ("grad", "batch_norm", "adamw", "fold_in")
 """The fast eager paths, by name: the train step's `autograd.grad`, BatchNorm's in-kernel
-statistics, the fused AdamW apply, `fold_in` on Python ints."""
+statistics, the fused AdamW apply, `fold_in` on Python ints (all in `funcml/_eager.py`)."""
 
 
 def plain_eager(path: str | None = None) -> bool:

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from . import compiler
+from . import _eager
 from .errors import PRNGKeyError
 
 __all__ = [
@@ -161,12 +161,8 @@ def fold_in(k: Key, data: int | str | torch.Tensor) -> Key:
     """
     check_key(k)
     hi, lo = _data_words(data)
-    if k.device.type == "cpu" and compiler.plain_eager("fold_in"):
-        # The same block on Python ints instead of ~100 tiny tensor ops (measured: benchmarks/RESULTS.md,
-        # "Measurements behind the presets and design choices"). Traced, vmapped and CUDA calls keep the tensor ops.
-        k0, k1 = k.tolist()
-        y0, y1 = threefry2x32(k0 ^ _FOLD_TWEAK[0], k1 ^ _FOLD_TWEAK[1], int(hi), int(lo))
-        return torch.tensor([y0, y1], dtype=torch.int64)
+    if _eager.fold_in_applies(k):  # the same block on Python ints; traced, vmapped and CUDA calls: tensor ops
+        return _eager.fold_in(k, hi, lo, _FOLD_TWEAK)
     y0, y1 = threefry2x32(k[0] ^ _FOLD_TWEAK[0], k[1] ^ _FOLD_TWEAK[1], hi, lo)
     return torch.stack([torch.as_tensor(y0), torch.as_tensor(y1)]).to(device=k.device)
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_shape
-from ..compiler import plain_eager
+from .. import _eager
 from ..errors import ConfigError, ShapeError
 from . import init as _init
 
@@ -169,7 +169,8 @@ def batch_norm(params: Params, state: dict[str, torch.Tensor], x: torch.Tensor, 
     Training runs torch's fused kernel, `torch.native_batch_norm`: two passes over x forward
     and two backward, where the same formula written with `var_mean` and elementwise ops takes
     about ten (measured: see benchmarks/RESULTS.md, "Performance work: before and after"). Eagerly the
-    kernel also updates the running statistics, on copies of `state` made for the purpose;
+    kernel also updates the running statistics, on copies of `state` made for the purpose
+    (`funcml._eager.batch_norm_train`);
     traced or inside a torch.func transform it gets no running statistics and the new state
     is computed from the `mu` and `1 / sqrt(sigma^2 + eps)` it returns (equal to float32
     rounding; nothing is mutated either way).
@@ -196,13 +197,8 @@ def batch_norm(params: Params, state: dict[str, torch.Tensor], x: torch.Tensor, 
     if n < 2:
         raise ShapeError(f"batch_norm: training needs more than one value per channel to estimate a variance, "
                          f"got x of shape {list(x.shape)}; use a batch of at least 2 (or train=False)")
-    if _fused_ok(x, params["scale"]) and _stats_in_kernel(state):
-        # Eager: the kernel also updates the running statistics, on copies made here (the
-        # state passed in is never written): two clones instead of ~10 small ops per layer.
-        new_state = {"mean": state["mean"].clone(), "var": state["var"].clone()}
-        y, _, _ = torch.native_batch_norm(x, params["scale"], params["bias"], new_state["mean"], new_state["var"],
-                                          True, momentum, eps)
-        return y, new_state
+    if _fused_ok(x, params["scale"]) and _eager.batch_norm_applies(state):  # the kernel updates copies of the stats
+        return _eager.batch_norm_train(params, state, x, momentum=momentum, eps=eps)
     if _fused_ok(x, params["scale"]):
         # y, the batch mean and 1 / sqrt(sigma^2 + eps), statistics in float32 for bf16/fp16 x.
         y, mu, invstd = torch.native_batch_norm(x, params["scale"], params["bias"], None, None, True, 0.0, eps)
@@ -214,17 +210,6 @@ def batch_norm(params: Params, state: dict[str, torch.Tensor], x: torch.Tensor, 
         "var": ((1.0 - momentum) * state["var"] + momentum * var * (n / (n - 1))).to(state["var"].dtype),
     }
     return y, new_state
-
-
-def _stats_in_kernel(state: dict[str, torch.Tensor]) -> bool:
-    """Whether `torch.native_batch_norm` may update copies of the running statistics itself:
-    plain eager (not traced, no torch.func transform, whose in-place rules differ), float32 or
-    float64 statistics (the kernel's), no autograd history on them."""
-    if not plain_eager("batch_norm"):
-        return False
-    mean, var = state["mean"], state["var"]
-    return (mean.dtype == var.dtype and mean.dtype in (torch.float32, torch.float64)
-            and not mean.requires_grad and not var.requires_grad)
 
 
 def _fused_ok(x: torch.Tensor, scale: torch.Tensor) -> bool:

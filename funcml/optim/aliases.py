@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
-
-from .. import compiler, tree
+from .. import _eager, tree
 from .base import (GradientTransformation, Mask, PyTree, Schedule, ScaleByAdamState, ScaleByLearningRateState,
                    _resolve_mask, _tensors_like, apply_updates)
 from .transforms import add_decayed_weights, chain, scale_by_adam, scale_by_learning_rate, trace
@@ -70,13 +68,13 @@ def _fused_adam_apply(inner: GradientTransformation, lr: float | Schedule, b1: f
                       weight_decay: float, mask: Mask, *, decay_state: bool) -> Callable:
     """The `apply` of `adam` / `adamw`: `inner` is their chain, whose state it reads and writes.
 
-    Eagerly, on float leaves of one dtype and device, it copies params and moments once and
-    runs `torch._fused_adamw_` on the copies: one pass that reads p, g, m, v and writes p, m,
-    v, where the chain makes about ten (each a new tensor per leaf). The inputs are never
-    written. In a traced or transformed context (torch.compile, vmap), or when a leaf
-    carries autograd history (an update being differentiated), it is the chain's update
-    followed by `apply_updates`. The kernel computes `p (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps)`
-    with `sqrt(v̂) = sqrt(v) / sqrt(1 - b2^t)`, torch.optim.AdamW(fused=True)'s arithmetic.
+    Eagerly, on float leaves of one dtype and device, it is `funcml._eager.adamw`: torch's fused
+    AdamW kernel on copies of params and moments, one pass where the chain makes about ten ops
+    per leaf; the inputs are never written. In a traced or transformed context (torch.compile,
+    vmap), or when a leaf carries autograd history (an update being differentiated), it is the
+    chain's update followed by `apply_updates`. Both compute
+    `p (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps)` with `sqrt(v̂) = sqrt(v) / sqrt(1 - b2^t)`,
+    torch.optim.AdamW(fused=True)'s arithmetic.
     """
 
     def apply(grads, state, params):
@@ -87,44 +85,16 @@ def _fused_adam_apply(inner: GradientTransformation, lr: float | Schedule, b1: f
         g, rebuild, ps = _tensors_like(grads, params, "grads", "params", like_flat=params_flat)
         mu, _, _ = _tensors_like(adam_s.mu, params, "the optimizer state's mu", "params", like_flat=params_flat)
         nu, _, _ = _tensors_like(adam_s.nu, params, "the optimizer state's nu", "params", like_flat=params_flat)
-        if not _fused_ok(g, ps, mu, nu, lr_s.lr):
+        if not _eager.adamw_applies(g, ps, mu, nu, lr_s.lr):
             return update_and_apply(inner._replace(apply=None), grads, state, params)
         count = adam_s.count + 1
         value = lr(lr_s.count).to(lr_s.lr.dtype) if callable(lr) else lr_s.lr
-        # The kernel walks the four tensors of a leaf as flat memory: give grads and moments
-        # the layout of the param's copy (autograd may return a channels-last grad for a
-        # contiguous kernel; a compiled step may hand back moments with other strides).
-        new_p = [x.clone() for x in ps]
-        new_mu, new_nu = ([_copy_as(x, q) for x, q in zip(xs, new_p)] for xs in (mu, nu))
-        g = [x if x.stride() == q.stride() else _copy_as(x, q) for x, q in zip(g, new_p)]
-        step = count.to(lr_s.lr.dtype)
         decay = ([x.ndim >= 2 for x in ps] if mask is None else _resolve_mask(mask, params)) if weight_decay \
             else [False] * len(ps)
-        for wd in {weight_decay if d else 0.0 for d in decay}:
-            idx = [i for i, d in enumerate(decay) if (weight_decay if d else 0.0) == wd]
-            torch._fused_adamw_([new_p[i] for i in idx], [g[i] for i in idx], [new_mu[i] for i in idx],
-                                [new_nu[i] for i in idx], [], [step] * len(idx), lr=value, beta1=b1, beta2=b2,
-                                weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
+        new_p, new_mu, new_nu = _eager.adamw(ps, g, mu, nu, count.to(lr_s.lr.dtype), lr=value, b1=b1, b2=b2,
+                                             eps=eps, weight_decay=[weight_decay if d else 0.0 for d in decay])
         new_adam = ScaleByAdamState(count, rebuild(new_mu), rebuild(new_nu))
         new_lr = ScaleByLearningRateState(lr_s.count + 1, value)
         return rebuild(new_p), ((new_adam, state[1], new_lr) if decay_state else (new_adam, new_lr))
 
     return apply
-
-
-def _copy_as(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A copy of `x` with the strides of `like` (same shape; `like` dense)."""
-    return x.clone() if x.stride() == like.stride() else torch.empty_like(like).copy_(x)
-
-
-def _fused_ok(*lists: Any) -> bool:
-    """Whether the fused Adam kernel may run: eager (not traced, not inside a torch.func
-    transform), one float dtype and device type cpu/cuda for every leaf, no autograd history."""
-    if not compiler.plain_eager("adamw"):
-        return False
-    xs = [x for xs in lists for x in (xs if isinstance(xs, list) else [xs])]
-    if not xs:
-        return False
-    dtype, device = xs[0].dtype, xs[0].device
-    return (dtype in (torch.float32, torch.float64) and device.type in ("cpu", "cuda")
-            and all(x.dtype == dtype and x.device == device and not x.requires_grad for x in xs))

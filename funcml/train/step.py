@@ -12,7 +12,8 @@ The step follows big_vision's `update_fn`: the step key is `fold_in(ts.key, ts.s
 run resumed from a saved step replays the same randomness; gradients come from
 `torch.func.grad_and_value(loss_fn, has_aux=True)` when the step is compiled or transformed
 (vmap over an ensemble), and from `torch.autograd.grad` on detached copies of the params when
-it runs eagerly (the same numbers without functorch's per-op overhead); the optimizer is an
+it runs eagerly (`funcml._eager.grad_and_value`: the same numbers without functorch's per-op
+overhead); the optimizer is an
 optax-style transformation; nothing is updated in place. The whole step is compiled as one graph
 (`funcml.compiler.compile`: `torch.compile(fullgraph=True)`), optimizer included.
 
@@ -60,7 +61,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from .. import compiler, optim, random, tree
+from .. import _eager, compiler, optim, random, tree
 from ..checks import check_finite
 from ..errors import ConfigError, NonFiniteError, ShapeError
 from . import distributed
@@ -160,7 +161,7 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         return loss * scale if scale is not None else loss, (loss, metrics, new_state)
 
     grad_fn = torch.func.grad_and_value(scaled_loss, has_aux=True)
-    eager_grad_fn = _autograd_grad_and_value(scaled_loss)
+    eager_grad_fn = _eager.grad_and_value(scaled_loss)  # the same numbers, eagerly without functorch
 
     guard = optim.apply_if_finite(tx)
 
@@ -169,7 +170,7 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         micro-batch (`rank * grad_accum`); micro-batch i then uses `fold_in(step_key, offset + i)`."""
         step_key = random.fold_in(ts.key, ts.step)
         scale = ts.loss_scale.scale if ts.loss_scale is not None else None
-        grad_fn_ = eager_grad_fn if _plain_eager(ts.params) else grad_fn
+        grad_fn_ = eager_grad_fn if _eager.grad_applies(ts.params) else grad_fn
         if grad_accum == 1 and micro_offset is None:
             grads, (_, (loss, metrics, new_state)) = grad_fn_(ts.params, ts.model_state, batch, step_key, scale)
         else:
@@ -192,7 +193,7 @@ def make_train_step(loss_fn: LossFn, tx: optim.GradientTransformation, *, precis
         skipped = new_opt_state.total_notfinite
         if not wrapped:
             new_opt_state = new_opt_state.inner_state
-        if not (_plain_eager(ts.params) and finite.device.type == "cpu" and bool(finite)):  # eager, finite: as is
+        if not (_eager.grad_applies(ts.params) and finite.device.type == "cpu" and bool(finite)):  # eager, finite: as is
             new_model_state = tree.tree_map(lambda n, o: torch.where(finite, n, o), new_model_state, ts.model_state)
         loss_scale = ts.loss_scale
         if loss_scale is not None:
@@ -299,50 +300,6 @@ def _restride_like(new: Any, old: Any) -> Any:
     if all(a == b or n == 1 for a, b, n in zip(new.stride(), old.stride(), new.shape)):
         return new.as_strided(old.shape, old.stride())
     return new
-
-
-def _plain_eager(params: Any) -> bool:
-    """Whether the step runs in plain eager autograd: not traced by `torch.compile`, not
-    inside a `torch.func` transform (vmap over an ensemble, an outer grad), and params not
-    part of an outer autograd graph."""
-    if not compiler.plain_eager("grad"):
-        return False
-    return not any(x.requires_grad for x in tree.leaves(params) if isinstance(x, torch.Tensor))
-
-
-def _autograd_grad_and_value(f: Callable) -> Callable:
-    """`torch.func.grad_and_value(f, has_aux=True)` computed with `torch.autograd.grad`.
-
-    `f(params, *args) -> (out, aux)`; returns `(grads, (out, aux))` with grads shaped like
-    params (zeros where `out` does not depend on a leaf) and `out`, `aux` detached. It
-    differentiates detached copies of the leaves, so the caller's params are untouched and
-    the function stays pure from the outside. Same numbers as `torch.func` (same autograd
-    formulas), without functorch's interpreter wrapping every op of the forward and the
-    backward (about a fifth of an eager U-Net step; benchmarks/RESULTS.md, "Eager gradients
-    by `torch.autograd.grad`"). Only for plain
-    eager calls (`_plain_eager`); traced and transformed steps keep `torch.func`.
-    """
-
-    def grad_and_value(params: Any, *args: Any) -> tuple[Any, tuple[torch.Tensor, Any]]:
-        flat, spec = tree.flatten(params)
-        idx = [i for i, x in enumerate(flat) if isinstance(x, torch.Tensor)]
-        inputs = list(flat)
-        for i in idx:
-            inputs[i] = flat[i].detach().requires_grad_()
-        with torch.enable_grad():
-            out, aux = f(tree.unflatten(spec, inputs), *args)
-            wrt = [inputs[i] for i in idx]
-            if out.requires_grad:
-                gs = torch.autograd.grad(out, wrt, allow_unused=True, materialize_grads=True)
-            else:  # the output does not depend on params at all
-                gs = [torch.zeros_like(x) for x in wrt]
-        grads = list(flat)
-        for i, g in zip(idx, gs):
-            grads[i] = g
-        aux = tree.tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, aux)
-        return tree.unflatten(spec, grads), (out.detach(), aux)
-
-    return grad_and_value
 
 
 def _as_float(v: Any) -> Any:
