@@ -19,6 +19,11 @@ specializes on them), so fields hold tuples, not lists. A config checks its own 
         config.require_one_of(self, "precision", ("fp32", "bf16"))
         config.require(self.lr > 0, self, f"lr must be > 0, got {self.lr}")
 
+The set: `require` (any condition, your message), `require_at_least`, `require_one_of`,
+`require_positive_int` (ints, or tuples of them), `require_in_range` (a number in [low, high] or
+[low, high)) and `require_pair` (a `(min, max)` range with optional bounds). Every config of
+funcml checks itself with these, so every message has one shape.
+
 `load`/`from_dict` check every field and name the one that is unknown, missing or of the
 wrong type. A nested dataclass
 whose field type is a Union is saved with a `"_type"` tag (its class name) so that the
@@ -42,7 +47,7 @@ import tyro
 from .errors import ConfigError
 
 __all__ = ["to_dict", "from_dict", "save", "load", "cli", "replace", "TYPE_TAG", "require", "require_at_least",
-           "require_one_of"]
+           "require_one_of", "require_positive_int", "require_in_range", "require_pair"]
 
 T = TypeVar("T")
 TYPE_TAG = "_type"
@@ -69,6 +74,57 @@ def require_one_of(cfg: Any, name: str, choices: Sequence[Any]) -> None:
     code, not only by tyro), else `ConfigError("<Class>: <name> must be one of ..., got <value>")`."""
     value = getattr(cfg, name)
     require(value in choices, cfg, f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def require_positive_int(cfg: Any, *names: str) -> None:
+    """Each field `names` of `cfg` is an int >= 1 (a tuple field: a tuple of them), else
+    `ConfigError("<Class>: <name> must be a positive int, got <value>")` for the first that is not."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, tuple):
+            require(all(_is_int(v) and v >= 1 for v in value), cfg,
+                    f"{name} must be a tuple of positive ints, got {value!r}")
+        else:
+            require(_is_int(value) and value >= 1, cfg, f"{name} must be a positive int, got {value!r}")
+
+
+def require_in_range(cfg: Any, low: float, high: float, *names: str, high_open: bool = False) -> None:
+    """Each field `names` of `cfg` is a number in `[low, high]` (`[low, high)` with `high_open`), else
+    `ConfigError("<Class>: <name> must be a number in [low, high], got <value>")` for the first that is not."""
+    for name in names:
+        value = getattr(cfg, name)
+        inside = _is_number(value) and low <= value and (value < high if high_open else value <= high)
+        require(inside, cfg, f"{name} must be a number in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+
+
+def require_pair(cfg: Any, *names: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """Each field `names` of `cfg` is a `(min, max)` pair of numbers with `min <= max`, inside
+    `[low, high]` where given (`(low, high]` with `low_open`), else `ConfigError("<Class>: <name> must
+    be (min, max) with <the bounds>, got <value>")` for the first that is not. A None field passes
+    (an optional range left off)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        ok = isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value)
+        if ok:
+            lo, hi = value
+            ok = (lo <= hi and (low is None or (lo > low if low_open else lo >= low))
+                  and (high is None or hi <= high))
+        bounds = " <= ".join(b for b in (
+            None if low is None else f"{low}", "min", "max", None if high is None else f"{high}") if b is not None)
+        if low is not None and low_open:
+            bounds = bounds.replace(f"{low} <= min", f"{low} < min", 1)
+        require(ok, cfg, f"{name} must be (min, max) with {bounds}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -151,6 +151,47 @@ class Checked:
         config.require(self.lr > 0, self, f"lr must be > 0, got {self.lr}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Ranged:
+    depth: int = 2
+    widths: tuple[int, ...] = (8, 16)
+    dropout: float = 0.0
+    p: float = 1.0
+    size: tuple[float, float] = (0.2, 0.5)
+    gap: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        config.require_positive_int(self, "depth", "widths")
+        config.require_in_range(self, 0.0, 1.0, "dropout", high_open=True)
+        config.require_in_range(self, 0.0, 1.0, "p")
+        config.require_pair(self, "size", low=0.0, low_open=True)
+        config.require_pair(self, "gap", low=0.0, high=2.0)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"depth": 0}, "Ranged: depth must be a positive int, got 0"),
+    ({"depth": True}, "Ranged: depth must be a positive int, got True"),
+    ({"depth": 2.0}, "Ranged: depth must be a positive int, got 2.0"),
+    ({"widths": (8, 0)}, "Ranged: widths must be a tuple of positive ints, got (8, 0)"),
+    ({"dropout": 1.0}, "Ranged: dropout must be a number in [0.0, 1.0), got 1.0"),
+    ({"dropout": "0.1"}, "Ranged: dropout must be a number in [0.0, 1.0), got '0.1'"),
+    ({"p": 1.5}, "Ranged: p must be a number in [0.0, 1.0], got 1.5"),
+    ({"size": (0.0, 0.5)}, "Ranged: size must be (min, max) with 0.0 < min <= max, got (0.0, 0.5)"),
+    ({"size": (0.5, 0.2)}, "Ranged: size must be (min, max) with 0.0 < min <= max, got (0.5, 0.2)"),
+    ({"gap": (0.0, 3.0)}, "Ranged: gap must be (min, max) with 0.0 <= min <= max <= 2.0, got (0.0, 3.0)"),
+    ({"gap": (1.0,)}, "Ranged: gap must be (min, max) with 0.0 <= min <= max <= 2.0, got (1.0,)"),
+])
+def test_range_validators_name_the_class_the_field_the_bounds_and_the_value(kw, message):
+    with pytest.raises(ConfigError) as info:
+        Ranged(**kw)
+    assert str(info.value) == message
+
+
+def test_range_validators_pass_good_values_and_bounds_and_a_missing_optional_pair():
+    r = Ranged(depth=1, widths=(), dropout=0.0, p=1.0, size=(1e-9, 1e-9), gap=(0.0, 2.0))
+    assert r.gap == (0.0, 2.0) and Ranged().gap is None
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"batch_size": 0}, "Checked: batch_size must be >= 1, got 0"),
     ({"steps": -2, "batch_size": 0}, "Checked: steps must be >= 1, got -2"),  # the first bad field, in order
