@@ -106,14 +106,14 @@ def require_in_range(cfg: Any, low: float, high: float, *names: str, high_open: 
 
 
 def require_pair(cfg: Any, *names: str, low: float | None = None, high: float | None = None,
-                 low_open: bool = False) -> None:
+                 low_open: bool = False, optional: bool = False) -> None:
     """Each field `names` of `cfg` is a `(min, max)` pair of numbers with `min <= max`, inside
     `[low, high]` where given (`(low, high]` with `low_open`), else `ConfigError("<Class>: <name> must
-    be (min, max) with <the bounds>, got <value>")` for the first that is not. A None field passes
-    (an optional range left off)."""
+    be (min, max) with <the bounds>, got <value>")` for the first that is not. With `optional`, None
+    passes (a range left off, for fields typed `tuple[...] | None`)."""
     for name in names:
         value = getattr(cfg, name)
-        if value is None:
+        if value is None and optional:
             continue
         ok = isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value)
         if ok:

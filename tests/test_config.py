@@ -165,7 +165,7 @@ class Ranged:
         config.require_in_range(self, 0.0, 1.0, "dropout", high_open=True)
         config.require_in_range(self, 0.0, 1.0, "p")
         config.require_pair(self, "size", low=0.0, low_open=True)
-        config.require_pair(self, "gap", low=0.0, high=2.0)
+        config.require_pair(self, "gap", low=0.0, high=2.0, optional=True)
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -180,6 +180,7 @@ class Ranged:
     ({"size": (0.5, 0.2)}, "Ranged: size must be (min, max) with 0.0 < min <= max, got (0.5, 0.2)"),
     ({"gap": (0.0, 3.0)}, "Ranged: gap must be (min, max) with 0.0 <= min <= max <= 2.0, got (0.0, 3.0)"),
     ({"gap": (1.0,)}, "Ranged: gap must be (min, max) with 0.0 <= min <= max <= 2.0, got (1.0,)"),
+    ({"size": None}, "Ranged: size must be (min, max) with 0.0 < min <= max, got None"),  # not optional
 ])
 def test_range_validators_name_the_class_the_field_the_bounds_and_the_value(kw, message):
     with pytest.raises(ConfigError) as info:

@@ -153,7 +153,7 @@ def test_cnn_rejects_wrong_channel_count_naming_the_model(key):
 
 
 def test_cnn_config_rejects_unknown_norm():
-    with pytest.raises(ConfigError, match="norm must be 'batch' or 'none'"):
+    with pytest.raises(ConfigError, match="^CNNConfig: norm must be one of 'batch', 'none', got 'layer'$"):
         CNNConfig(norm="layer")
 
 

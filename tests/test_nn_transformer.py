@@ -273,7 +273,7 @@ def test_transformer_config_is_frozen_and_hashable():
 
 @pytest.mark.parametrize("fields, message", [
     (dict(num_heads=3), "d_model=8 is not divisible by num_heads=3"),
-    (dict(dropout=1.0), "dropout must be in"),
+    (dict(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
     (dict(impl="flash"), "impl must be"),
     (dict(num_layers=0), "num_layers must be a positive int"),
     (dict(activation="nope"), "unknown activation"),

@@ -91,6 +91,7 @@ from einops import rearrange
 
 from .. import random
 from ..checks import check_dtype, check_shape, host_readable
+from ..config import require, require_in_range, require_one_of, require_positive_int
 from ..errors import ConfigError, RangeError
 from ..nn.attention import check_heads, init_mha, mha
 from ..nn.layers import activation as _activation
@@ -147,37 +148,27 @@ class EncoderConfig:
     """The FFN nonlinearity (a name of `funcml.nn.layers.activation`)."""
 
     def __post_init__(self):
-        for field in ("input_dim", "d_model", "num_heads", "d_ff", "num_layers"):
-            value = getattr(self, field)
-            if not _is_int(value) or value < 1:
-                raise ConfigError(f"EncoderConfig.{field} must be a positive int, got {value!r}")
-        if not _is_int(self.conv_channels) or self.conv_channels < 0:
-            raise ConfigError(f"EncoderConfig.conv_channels must be an int >= 0 (0 = d_model), "
-                              f"got {self.conv_channels!r}")
+        require_positive_int(self, "input_dim", "d_model", "num_heads", "d_ff", "num_layers")
+        require(_is_int(self.conv_channels) and self.conv_channels >= 0, self,
+                f"conv_channels must be an int >= 0 (0 = d_model), got {self.conv_channels!r}")
         for field in ("conv_kernel", "fsmn_kernel"):
             value = getattr(self, field)
-            if not _is_int(value) or value < 1 or value % 2 == 0:
-                raise ConfigError(f"EncoderConfig.{field} must be an odd int >= 1 (a centred 'same' "
-                                  f"convolution), got {value!r}")
-        for field, allowed in (("block", _BLOCKS), ("input_layer", _INPUT_LAYERS), ("impl", _IMPLS)):
-            value = getattr(self, field)
-            if value not in allowed:
-                raise ConfigError(f"EncoderConfig.{field} must be one of {allowed}, got {value!r}")
-        if (not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool)
-                or not 0.0 <= self.dropout < 1.0):
-            raise ConfigError(f"EncoderConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+            require(_is_int(value) and value >= 1 and value % 2 == 1, self,
+                    f"{field} must be an odd int >= 1 (a centred 'same' convolution), got {value!r}")
+        require_one_of(self, "block", _BLOCKS)
+        require_one_of(self, "input_layer", _INPUT_LAYERS)
+        require_one_of(self, "impl", _IMPLS)
+        require_in_range(self, 0, 1, "dropout", high_open=True)
         check_heads(self.d_model, self.num_heads, "EncoderConfig")
-        if self.d_model % 2:
-            raise ConfigError(f"EncoderConfig.d_model must be even (sinusoidal positions come in "
-                              f"sin/cos pairs), got {self.d_model}")
-        if self.input_layer == "conv2d" and self.input_dim < _CONV2D_MIN_FRAMES:
-            raise ConfigError(f"EncoderConfig.input_dim={self.input_dim} is too small for input_layer='conv2d', "
-                              f"which subsamples the feature axis too and needs input_dim >= "
-                              f"{_CONV2D_MIN_FRAMES}; use input_layer='linear'")
+        require(self.d_model % 2 == 0, self,
+                f"d_model must be even (sinusoidal positions come in sin/cos pairs), got {self.d_model}")
+        require(self.input_layer != "conv2d" or self.input_dim >= _CONV2D_MIN_FRAMES, self,
+                f"input_dim={self.input_dim} is too small for input_layer='conv2d', which subsamples the feature "
+                f"axis too and needs input_dim >= {_CONV2D_MIN_FRAMES}; use input_layer='linear'")
         try:
             _activation(self.activation)
         except ConfigError as e:
-            raise ConfigError(f"EncoderConfig.activation: {e}") from None
+            require(False, self, f"activation: {e}")
 
 
 def _is_int(v) -> bool:

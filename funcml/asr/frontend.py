@@ -46,6 +46,7 @@ from einops import rearrange
 
 from .. import random
 from ..checks import check_shape, host_readable
+from ..config import require, require_one_of, require_positive_int
 from ..errors import ConfigError, RangeError, ShapeError
 
 __all__ = [
@@ -91,18 +92,17 @@ class FrontendConfig:
     the module doc); 0 keeps the log-mel frame as it is."""
 
     def __post_init__(self):
-        if self.window not in ("hamming", "hann", "none"):
-            raise ConfigError(f"window: expected 'hamming', 'hann' or 'none', got {self.window!r}")
-        if self.normalize not in ("utterance", "global", "none"):
-            raise ConfigError(f"normalize: expected 'utterance', 'global' or 'none', got {self.normalize!r}")
-        if self.win_length > self.n_fft:
-            raise ConfigError(f"n_fft={self.n_fft} is shorter than the window ({self.win_length} samples)")
-        if self.hop_length < 1 or self.lfr_m < 1 or self.lfr_n < 1 or self.n_mels < 1:
-            raise ConfigError("hop_ms, lfr_m, lfr_n and n_mels must be positive")
-        if not 0 <= self.fmin < (self.fmax or self.sample_rate / 2) <= self.sample_rate / 2:
-            raise ConfigError(f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, fmax={self.fmax}")
-        if not 0 <= self.lifter <= self.n_mels:
-            raise ConfigError(f"lifter: expected 0 (off) .. n_mels={self.n_mels} coefficients, got {self.lifter}")
+        require_one_of(self, "window", ("hamming", "hann", "none"))
+        require_one_of(self, "normalize", ("utterance", "global", "none"))
+        require(self.win_length <= self.n_fft, self,
+                f"n_fft={self.n_fft} is shorter than the window ({self.win_length} samples)")
+        require_positive_int(self, "n_mels", "lfr_m", "lfr_n")
+        require(self.hop_length >= 1, self,
+                f"hop_ms must give a hop of >= 1 sample, got hop_ms={self.hop_ms} ({self.hop_length} samples)")
+        require(0 <= self.fmin < (self.fmax or self.sample_rate / 2) <= self.sample_rate / 2, self,
+                f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, fmax={self.fmax}")
+        require(0 <= self.lifter <= self.n_mels, self,
+                f"lifter must be 0 (off) .. n_mels={self.n_mels} coefficients, got {self.lifter}")
 
     @property
     def win_length(self) -> int:

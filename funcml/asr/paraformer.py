@@ -45,6 +45,7 @@ from einops import rearrange
 
 from .. import random, tree
 from ..checks import check_dtype, check_shape
+from ..config import require, require_at_least, require_in_range, require_positive_int
 from ..errors import ConfigError, ShapeError
 from ..nn import model as models
 from ..nn.layers import dense, init_dense
@@ -91,21 +92,18 @@ class ParaformerConfig:
     """The id of the CTC <blank> (the tokenizers' default)."""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"ParaformerConfig: {msg}")
-
-        for name in ("vocab_size", "decoder_layers", "predictor_kernel", "max_tokens"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive int, got {v!r}")
-        need(isinstance(self.encoder, EncoderConfig), f"encoder must be an EncoderConfig, got {self.encoder!r}")
-        need(self.decoder_d_ff >= 0, f"decoder_d_ff must be >= 0 (0 = encoder.d_ff), got {self.decoder_d_ff}")
-        need(self.threshold > 0, f"threshold must be > 0, got {self.threshold}")
-        need(0 <= self.tail_threshold < self.threshold,
-             f"tail_threshold must be in [0, threshold={self.threshold}), got {self.tail_threshold}")
+        require_positive_int(self, "vocab_size", "decoder_layers", "predictor_kernel", "max_tokens")
+        require(isinstance(self.encoder, EncoderConfig), self,
+                f"encoder must be an EncoderConfig, got {self.encoder!r}")
+        require(self.decoder_d_ff >= 0, self,
+                f"decoder_d_ff must be >= 0 (0 = encoder.d_ff), got {self.decoder_d_ff}")
+        require(self.threshold > 0, self, f"threshold must be > 0, got {self.threshold}")
+        require(0 <= self.tail_threshold < self.threshold, self,
+                f"tail_threshold must be in [0, threshold={self.threshold}), got {self.tail_threshold}")
         for name in ("eos_id", "blank_id"):
             v = getattr(self, name)
-            need(0 <= v < self.vocab_size, f"{name}={v} is not an id of a vocabulary of {self.vocab_size}")
+            require(0 <= v < self.vocab_size, self,
+                    f"{name}={v} is not an id of a vocabulary of {self.vocab_size}")
 
     @property
     def d_model(self) -> int:
@@ -128,13 +126,9 @@ class LossConfig:
     """The glancing sampler's ratio (0 = one decoder pass, no glancing)."""
 
     def __post_init__(self) -> None:
-        for name in ("ce_weight", "quantity_weight", "ctc_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"LossConfig: {name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"LossConfig: label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.glance_ratio <= 1:
-            raise ConfigError(f"LossConfig: glance_ratio must be in [0, 1], got {self.glance_ratio}")
+        require_at_least(self, 0, "ce_weight", "quantity_weight", "ctc_weight")
+        require_in_range(self, 0, 1, "label_smoothing", high_open=True)
+        require_in_range(self, 0, 1, "glance_ratio")
 
 
 class ParaformerOutput(NamedTuple):

@@ -69,6 +69,8 @@ import numpy as np
 import torch
 
 from .. import random
+from ..config import (require, require_at_least, require_in_range, require_one_of, require_pair,
+                      require_positive_int)
 from ..errors import ConfigError, DataError, RangeError
 from . import augment
 from .audio import resample
@@ -169,51 +171,36 @@ class SpeechConfig:
     """Band-limit: the bottom of the kept band in Hz, `[low, high)` (e.g. 0 300); None keeps from 0 Hz."""
 
     def __post_init__(self):
-        if self.text_kind not in ("digits", "words", "mixed"):
-            raise ConfigError(f"text_kind: expected 'digits', 'words' or 'mixed', got {self.text_kind!r}")
-        for name in ("digits_len", "words_len", "rate_range", "pitch_range", "gain_db_range", "snr_db_range"):
-            lo_hi = getattr(self, name)
-            if lo_hi is not None and (len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]):
-                raise ConfigError(f"{name}: expected (low, high) with low <= high, got {lo_hi}")
-        if self.digits_len[0] < 1 or self.words_len[0] < 1:
-            raise ConfigError(f"digits_len / words_len must start at >= 1, got {self.digits_len}, {self.words_len}")
-        if not (_RATE_MIN <= self.rate_range[0] and self.rate_range[1] <= _RATE_MAX):
-            raise ConfigError(f"rate_range: espeak accepts {_RATE_MIN}-{_RATE_MAX} words/min, got {self.rate_range}")
-        if not (0 <= self.pitch_range[0] and self.pitch_range[1] <= 100):
-            raise ConfigError(f"pitch_range: espeak accepts 0-100, got {self.pitch_range}")
-        if not self.train_voices or not self.test_voices:
-            raise ConfigError("train_voices and test_voices must each name at least one voice")
-        if set(self.train_voices) & set(self.test_voices):
-            raise ConfigError(f"held-out test_voices overlap train_voices: "
-                              f"{sorted(set(self.train_voices) & set(self.test_voices))}")
-        if self.sample_rate <= 0:
-            raise ConfigError(f"sample_rate: expected a positive integer, got {self.sample_rate}")
-        for name in ("word_gap_range", "intonation_range", "warp_range", "rt60_range", "wet_range",
-                     "noise_beta_range", "lowpass_hz_range", "highpass_hz_range"):
-            lo_hi = getattr(self, name)
-            if lo_hi is not None and (len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]):
-                raise ConfigError(f"{name}: expected (low, high) with low <= high, got {lo_hi}")
-        if self.word_gap_range[0] < 0 or not 0 <= self.intonation_range[0] <= self.intonation_range[1] <= 100:
-            raise ConfigError(f"word_gap_range must be >= 0 and intonation_range within 0-100, got "
-                              f"{self.word_gap_range}, {self.intonation_range}")
-        if not (0.5 <= self.warp_range[0] and self.warp_range[1] <= 2.0):
-            raise ConfigError(f"warp_range: expected factors in [0.5, 2] (1 = unchanged), got {self.warp_range}")
-        if not self.speed_factors or not all(0.5 <= f <= 2.0 for f in self.speed_factors):
-            raise ConfigError(f"speed_factors: expected one or more factors in [0.5, 2], got {self.speed_factors}")
-        for name in ("reverb_prob", "babble_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
-        if self.rt60_range[0] <= 0 or not 0 <= self.wet_range[0] <= self.wet_range[1] <= 1:
-            raise ConfigError(f"rt60_range must be > 0 s and wet_range within [0, 1], got {self.rt60_range}, "
-                              f"{self.wet_range}")
-        if self.noise_beta_range[0] < 0 or self.eq_db < 0:
-            raise ConfigError(f"noise_beta_range and eq_db must be >= 0, got {self.noise_beta_range}, {self.eq_db}")
+        require_one_of(self, "text_kind", ("digits", "words", "mixed"))
+        require_pair(self, "digits_len", "words_len", low=1)
+        require_pair(self, "rate_range", "pitch_range", "gain_db_range")
+        require_pair(self, "snr_db_range", optional=True)
+        require(_RATE_MIN <= self.rate_range[0] and self.rate_range[1] <= _RATE_MAX, self,
+                f"rate_range: espeak accepts {_RATE_MIN}-{_RATE_MAX} words/min, got {self.rate_range}")
+        require(0 <= self.pitch_range[0] and self.pitch_range[1] <= 100, self,
+                f"pitch_range: espeak accepts 0-100, got {self.pitch_range}")
+        for name in ("train_voices", "test_voices"):
+            voices = getattr(self, name)
+            require(bool(voices), self, f"{name} must name at least one voice, got {voices!r}")
+        overlap = sorted(set(self.train_voices) & set(self.test_voices))
+        require(not overlap, self, f"held-out test_voices overlap train_voices: {overlap}")
+        require_positive_int(self, "sample_rate")
+        require_pair(self, "word_gap_range", "noise_beta_range", low=0)
+        require_pair(self, "intonation_range", low=0, high=100)
+        require_pair(self, "warp_range", low=0.5, high=2.0)
+        require_pair(self, "rt60_range", low=0, low_open=True)
+        require_pair(self, "wet_range", low=0, high=1)
+        require_pair(self, "lowpass_hz_range", "highpass_hz_range", optional=True)
+        require(bool(self.speed_factors) and all(0.5 <= f <= 2.0 for f in self.speed_factors), self,
+                f"speed_factors must be one or more factors in [0.5, 2], got {self.speed_factors}")
+        require_in_range(self, 0, 1, "reverb_prob", "babble_prob")
+        require_at_least(self, 0, "eq_db")
         nyq = self.sample_rate / 2
         lo = self.highpass_hz_range or (0.0, 0.0)
         hi = self.lowpass_hz_range or (nyq, nyq)
-        if lo[0] < 0 or hi[1] > nyq or lo[1] >= hi[0]:
-            raise ConfigError(f"band limits: need 0 <= highpass_hz_range < lowpass_hz_range <= Nyquist ({nyq} Hz), "
-                              f"got {self.highpass_hz_range}, {self.lowpass_hz_range}")
+        require(lo[0] >= 0 and hi[1] <= nyq and lo[1] < hi[0], self,
+                f"band limits: need 0 <= highpass_hz_range < lowpass_hz_range <= Nyquist ({nyq} Hz), "
+                f"got {self.highpass_hz_range}, {self.lowpass_hz_range}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -48,6 +48,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..checks import check_dtype, check_shape
+from ..config import require
 from ..errors import ConfigError, DataError, RangeError, ShapeError
 
 __all__ = ["CharTokenizer", "WordTokenizer", "Tokenizer", "load_tokenizer", "SPECIALS", "PAD", "UNK", "SOS", "EOS",
@@ -87,18 +88,15 @@ class CharTokenizer:
         object.__setattr__(self, "chars", chars)
         object.__setattr__(self, "specials", specials)
         bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
-        if bad:
-            raise ConfigError(f"CharTokenizer: every entry of chars must be one character, got {bad[:5]!r}")
+        require(not bad, self, f"every entry of chars must be one character, got {bad[:5]!r}")
         dup = sorted({c for c in chars if chars.count(c) > 1})
-        if dup:
-            raise ConfigError(f"CharTokenizer: chars has duplicates {dup!r}")
-        if not specials or specials[0] != PAD:
-            raise ConfigError(f"CharTokenizer: specials must start with {PAD!r} (id 0), got {list(specials)}")
+        require(not dup, self, f"chars has duplicates {dup!r}")
+        require(bool(specials) and specials[0] == PAD, self,
+                f"specials must start with {PAD!r} (id 0), got {list(specials)}")
         missing = [s for s in SPECIALS if s not in specials]
-        if missing:
-            raise ConfigError(f"CharTokenizer: specials lack {missing}; got {list(specials)}")
-        if len(set(specials)) != len(specials) or any(not isinstance(s, str) or len(s) < 2 for s in specials):
-            raise ConfigError(f"CharTokenizer: specials must be distinct names of 2+ characters, got {list(specials)}")
+        require(not missing, self, f"specials lack {missing}; got {list(specials)}")
+        require(len(set(specials)) == len(specials) and all(isinstance(s, str) and len(s) >= 2 for s in specials),
+                self, f"specials must be distinct names of 2+ characters, got {list(specials)}")
         index = {tok: i for i, tok in enumerate(specials + chars)}
         object.__setattr__(self, "_index", index)
 
@@ -343,17 +341,13 @@ class WordTokenizer:
         object.__setattr__(self, "words", words)
         object.__setattr__(self, "specials", specials)
         bad = [w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)]
-        if bad:
-            raise ConfigError(f"WordTokenizer: every word must be a non-empty string without whitespace, "
-                              f"got {bad[:5]!r}")
+        require(not bad, self, f"every word must be a non-empty string without whitespace, got {bad[:5]!r}")
         dup = sorted({w for w in words if words.count(w) > 1})
-        if dup:
-            raise ConfigError(f"WordTokenizer: words has duplicates {dup[:10]!r}")
+        require(not dup, self, f"words has duplicates {dup[:10]!r}")
         # The specials are checked as in CharTokenizer (one definition of a valid special list).
         CharTokenizer((), specials=specials)
         clash = sorted(set(words) & set(specials))
-        if clash:
-            raise ConfigError(f"WordTokenizer: words {clash!r} are special token names; rename them in the texts")
+        require(not clash, self, f"words {clash!r} are special token names; rename them in the texts")
         object.__setattr__(self, "_index", {tok: i for i, tok in enumerate(specials + words)})
 
     @classmethod

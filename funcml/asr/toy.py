@@ -42,6 +42,7 @@ import dataclasses
 import torch
 
 from .. import random
+from ..config import require, require_at_least, require_in_range, require_pair, require_positive_int
 from ..errors import ConfigError
 from .tokenizer import CharTokenizer
 
@@ -78,25 +79,20 @@ class ToyConfig:
     """The seed of the prototypes (fixed across batches and splits)."""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"ToyConfig: {msg}")
-
-        need(isinstance(self.vocab, str) and len(self.vocab.replace(" ", "")) >= 1,
-             f"vocab must be a str with at least one non-space character, got {self.vocab!r}")
-        need(len(set(self.vocab)) == len(self.vocab), f"vocab has repeated characters: {self.vocab!r}")
-        need(self.feat_dim >= 1, f"feat_dim must be >= 1, got {self.feat_dim}")
-        need(1 <= self.min_len <= self.max_len,
-             f"need 1 <= min_len <= max_len, got min_len={self.min_len}, max_len={self.max_len}")
-        lo, hi = self.frames_per_token
-        need(1 <= lo <= hi, f"frames_per_token must be (min, max) with 1 <= min <= max, got {self.frames_per_token}")
-        lo, hi = self.silence
-        need(0 <= lo <= hi, f"silence must be (min, max) with 0 <= min <= max, got {self.silence}")
-        need(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
-        need(0 <= self.coarticulation <= 0.5, f"coarticulation must be in [0, 0.5], got {self.coarticulation}")
-        need(0 <= self.space_prob <= 1, f"space_prob must be in [0, 1], got {self.space_prob}")
-        need(self.prototype_scale > 0, f"prototype_scale must be > 0, got {self.prototype_scale}")
-        need(0 <= self.prototype_seed < 2**64, f"prototype_seed must be in [0, 2**64), got {self.prototype_seed}")
+        require(isinstance(self.vocab, str) and len(self.vocab.replace(" ", "")) >= 1, self,
+                f"vocab must be a str with at least one non-space character, got {self.vocab!r}")
+        require(len(set(self.vocab)) == len(self.vocab), self, f"vocab has repeated characters: {self.vocab!r}")
+        require_positive_int(self, "feat_dim", "min_len", "max_len")
+        require(self.min_len <= self.max_len, self,
+                f"need min_len <= max_len, got min_len={self.min_len}, max_len={self.max_len}")
+        require_pair(self, "frames_per_token", low=1)
+        require_pair(self, "silence", low=0)
+        require_at_least(self, 0, "noise")
+        require_in_range(self, 0, 0.5, "coarticulation")
+        require_in_range(self, 0, 1, "space_prob")
+        require(self.prototype_scale > 0, self, f"prototype_scale must be > 0, got {self.prototype_scale}")
+        require(0 <= self.prototype_seed < 2**64, self,
+                f"prototype_seed must be in [0, 2**64), got {self.prototype_seed}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ToyConfig":

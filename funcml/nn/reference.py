@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from einops import reduce
 
-from .. import random
+from .. import config, random
 from ..checks import check_shape
-from ..errors import ConfigError
 from . import model as _model
 from .layers import activation, conv2d, dense, dropout, init_conv2d, init_dense, relu
 from .norm import batch_norm, init_batch_norm
@@ -28,18 +27,6 @@ from .norm import batch_norm, init_batch_norm
 __all__ = ["MLPConfig", "init_mlp", "apply_mlp", "MLP", "CNNConfig", "init_cnn", "apply_cnn", "CNN"]
 
 PyTree = Any
-
-
-def _check_dropout(name: str, rate: float) -> None:
-    if not 0.0 <= rate < 1.0:
-        raise ConfigError(f"{name}.dropout must be in [0, 1), got {rate}")
-
-
-def _check_positive(name: str, field: str, value: Any) -> None:
-    values = value if isinstance(value, tuple) else (value,)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise ConfigError(f"{name}.{field} must be {'a tuple of ' if isinstance(value, tuple) else ''}"
-                          f"positive int{'s' if isinstance(value, tuple) else ''}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------- MLP
@@ -61,13 +48,11 @@ class MLPConfig:
     """Rate applied after every hidden activation in train mode (needs a key)."""
 
     def __post_init__(self):
-        _check_positive("MLPConfig", "in_dim", self.in_dim)
-        _check_positive("MLPConfig", "out_dim", self.out_dim)
-        if not isinstance(self.hidden, tuple):
-            raise ConfigError(f"MLPConfig.hidden must be a tuple (configs are hashable), got {self.hidden!r}")
-        if self.hidden:
-            _check_positive("MLPConfig", "hidden", self.hidden)
-        _check_dropout("MLPConfig", self.dropout)
+        config.require_positive_int(self, "in_dim", "out_dim")
+        config.require(isinstance(self.hidden, tuple), self,
+                       f"hidden must be a tuple (configs are hashable), got {self.hidden!r}")
+        config.require_positive_int(self, "hidden")  # () passes: a linear model
+        config.require_in_range(self, 0, 1, "dropout", high_open=True)
         activation(self.activation)  # an unknown name fails here, when the config is made
 
 
@@ -128,14 +113,12 @@ class CNNConfig:
     """Rate applied before the head in train mode (needs a key)."""
 
     def __post_init__(self):
-        _check_positive("CNNConfig", "in_channels", self.in_channels)
-        _check_positive("CNNConfig", "num_classes", self.num_classes)
-        if not isinstance(self.channels, tuple) or not self.channels:
-            raise ConfigError(f"CNNConfig.channels must be a non-empty tuple of ints, got {self.channels!r}")
-        _check_positive("CNNConfig", "channels", self.channels)
-        if self.norm not in ("batch", "none"):
-            raise ConfigError(f"CNNConfig.norm must be 'batch' or 'none', got {self.norm!r}")
-        _check_dropout("CNNConfig", self.dropout)
+        config.require_positive_int(self, "in_channels", "num_classes")
+        config.require(isinstance(self.channels, tuple) and len(self.channels) > 0, self,
+                       f"channels must be a non-empty tuple of ints, got {self.channels!r}")
+        config.require_positive_int(self, "channels")
+        config.require_one_of(self, "norm", ("batch", "none"))
+        config.require_in_range(self, 0, 1, "dropout", high_open=True)
 
 
 def init_cnn(key: torch.Tensor, cfg: CNNConfig) -> tuple[PyTree, PyTree]:

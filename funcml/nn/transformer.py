@@ -32,9 +32,8 @@ import dataclasses
 
 import torch
 
-from .. import random
+from .. import config, random
 from ..checks import check_shape
-from ..errors import ConfigError
 from .attention import check_heads, init_mha, mha
 from .layers import activation as _activation
 from .layers import dense, dropout, init_dense
@@ -69,15 +68,10 @@ class TransformerConfig:
     """The FFN nonlinearity."""
 
     def __post_init__(self):
-        for field in ("d_model", "num_heads", "d_ff", "num_layers"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"TransformerConfig.{field} must be a positive int, got {value!r}")
+        config.require_positive_int(self, "d_model", "num_heads", "d_ff", "num_layers")
         check_heads(self.d_model, self.num_heads, "TransformerConfig")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.impl not in ("sdpa", "math"):
-            raise ConfigError(f"TransformerConfig.impl must be 'sdpa' or 'math', got {self.impl!r}")
+        config.require_in_range(self, 0, 1, "dropout", high_open=True)
+        config.require_one_of(self, "impl", ("sdpa", "math"))
         _activation(self.activation)  # an unknown name fails when the config is made
 
 

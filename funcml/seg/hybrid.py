@@ -75,13 +75,11 @@ class UNetTransformerConfig(UNetConfig):
         super().__post_init__()
         config.require(_is_int(self.num_layers) and self.num_layers >= 0, self,
                        f"num_layers must be a non-negative int, got {self.num_layers!r}")
-        for field in ("num_heads", "max_tokens", "d_model", "d_ff"):
-            value = getattr(self, field)
-            if value is not None or field in ("num_heads", "max_tokens"):
-                config.require(_is_int(value) and value >= 1, self, f"{field} must be a positive int, got {value!r}")
-        rate = self.transformer_dropout
-        config.require(not isinstance(rate, bool) and isinstance(rate, (int, float)) and 0.0 <= rate < 1.0, self,
-                       f"transformer_dropout must be a number in [0, 1), got {rate!r}")
+        config.require_positive_int(self, "num_heads", "max_tokens")
+        for field in ("d_model", "d_ff"):
+            if getattr(self, field) is not None:  # None: derived from the bottleneck width
+                config.require_positive_int(self, field)
+        config.require_in_range(self, 0, 1, "transformer_dropout", high_open=True)
         config.require_one_of(self, "posenc", ("sinusoidal", "learned"))
         config.require_one_of(self, "impl", ("sdpa", "math"))
         config.require(self.token_dim % self.num_heads == 0, self,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .. import random
+from .. import config, random
 from ..errors import ConfigError
 
 __all__ = [
@@ -107,35 +107,27 @@ class ShapesConfig:
     """Standard deviation (pixels) of the Gaussian blur; 0 = none."""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"ShapesConfig: {msg}")
-
-        need(self.height >= 1 and self.width >= 1, f"height and width must be >= 1, got {self.height}x{self.width}")
-        need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
-        need(len(self.classes) >= 1, "classes must name at least one shape kind")
+        config.require_positive_int(self, "height", "width")
+        config.require_one_of(self, "channels", (1, 3))
+        config.require(len(self.classes) >= 1, self, "classes must name at least one shape kind")
         bad = [c for c in self.classes if c not in SHAPE_KINDS]
-        need(not bad, f"unknown shape kind(s) {bad} in classes; choose from {list(SHAPE_KINDS)}")
-        need(len(set(self.classes)) == len(self.classes), f"classes has duplicates: {list(self.classes)}")
-        need(self.mode in ("multiclass", "binary"), f"mode must be 'multiclass' or 'binary', got {self.mode!r}")
-        lo, hi = self.objects
-        need(0 <= lo <= hi and 1 <= hi <= 255,
-             f"objects must be (min, max) with 0 <= min <= max, 1 <= max <= 255, got {self.objects}")
-        need(0 < self.size[0] <= self.size[1], f"size must be (min, max) with 0 < min <= max, got {self.size}")
-        need(0 < self.aspect[0] <= self.aspect[1], f"aspect must be (min, max) with 0 < min <= max, got {self.aspect}")
+        config.require(not bad, self, f"unknown shape kind(s) {bad} in classes; choose from {list(SHAPE_KINDS)}")
+        config.require(len(set(self.classes)) == len(self.classes), self,
+                       f"classes has duplicates: {list(self.classes)}")
+        config.require_one_of(self, "mode", ("multiclass", "binary"))
+        config.require_pair(self, "objects", low=0, high=255)
+        config.require(self.objects[1] >= 1, self, f"objects must be (min, max) with max >= 1, got {self.objects}")
+        config.require_pair(self, "size", "aspect", low=0.0, low_open=True)
         if self.class_weights is not None:
-            need(len(self.class_weights) == len(self.classes),
-                 f"class_weights has {len(self.class_weights)} entries for {len(self.classes)} classes "
-                 f"{list(self.classes)}")
-            need(all(w >= 0 for w in self.class_weights) and sum(self.class_weights) > 0,
-                 f"class_weights must be >= 0 with a positive sum, got {self.class_weights}")
-        for name in ("overlap_prob", "occlusion_prob"):
-            p = getattr(self, name)
-            need(0.0 <= p <= 1.0, f"{name} must be in [0, 1], got {p}")
-        need(0.0 <= self.min_contrast <= 0.5, f"min_contrast must be in [0, 0.5], got {self.min_contrast}")
-        need(self.gradient >= 0 and self.texture >= 0, "gradient and texture amplitudes must be >= 0")
-        need(self.texture_cells >= 1, f"texture_cells must be >= 1, got {self.texture_cells}")
-        need(self.noise_std >= 0 and self.blur_sigma >= 0, "noise_std and blur_sigma must be >= 0")
+            config.require(len(self.class_weights) == len(self.classes), self,
+                           f"class_weights has {len(self.class_weights)} entries for {len(self.classes)} classes "
+                           f"{list(self.classes)}")
+            config.require(all(w >= 0 for w in self.class_weights) and sum(self.class_weights) > 0, self,
+                           f"class_weights must be >= 0 with a positive sum, got {self.class_weights}")
+        config.require_in_range(self, 0, 1, "overlap_prob", "occlusion_prob")
+        config.require_in_range(self, 0, 0.5, "min_contrast")
+        config.require_at_least(self, 0, "gradient", "texture", "noise_std", "blur_sigma")
+        config.require_positive_int(self, "texture_cells")
 
     @property
     def num_classes(self) -> int:

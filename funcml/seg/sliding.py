@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import config
 from ..checks import check_shape
 from ..errors import ConfigError, ShapeError
 
@@ -52,12 +53,9 @@ class SlidingWindowConfig:
     """Also predict the left-right, top-bottom and both-way mirrored windows and average (4x the compute)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.overlap < 1.0:
-            raise ConfigError(f"SlidingWindowConfig.overlap must be in [0, 1), got {self.overlap}")
-        if self.sigma_scale < 0:
-            raise ConfigError(f"SlidingWindowConfig.sigma_scale must be >= 0, got {self.sigma_scale}")
-        if self.batch_size < 1:
-            raise ConfigError(f"SlidingWindowConfig.batch_size must be >= 1, got {self.batch_size}")
+        config.require_in_range(self, 0, 1, "overlap", high_open=True)
+        config.require_at_least(self, 0, "sigma_scale")
+        config.require_positive_int(self, "batch_size")
 
 
 def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125, *,

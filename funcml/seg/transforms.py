@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .. import random
+from .. import config, random
 from ..checks import check_dtype, check_shape
 from ..errors import ConfigError, ShapeError
 from .deform import random_warp
@@ -94,27 +94,17 @@ class AugmentConfig:
     """(min, max) gamma."""
 
     def __post_init__(self) -> None:
-        for name in ("hflip_p", "vflip_p"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"AugmentConfig.{name} must be in [0, 1], got {p}")
-        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
-            raise ConfigError(f"AugmentConfig.crop must be None or (h, w) >= 1, got {self.crop}")
-        if not 0.0 <= self.contrast <= 1.0 or self.brightness < 0.0:
-            raise ConfigError(f"AugmentConfig: need brightness >= 0 and contrast in [0, 1], "
-                              f"got {self.brightness}, {self.contrast}")
-        for name in ("brightness_p", "contrast_p", "rotate_p", "scale_p", "elastic_p", "noise_p", "blur_p", "gamma_p"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"AugmentConfig.{name} must be in [0, 1], got {p}")
-        for name in ("scale", "blur_sigma", "gamma"):
-            lo, hi = getattr(self, name)
-            ok = 0.0 <= lo <= hi if name == "blur_sigma" else 0.0 < lo <= hi
-            if not ok:
-                raise ConfigError(f"AugmentConfig.{name} must be (min, max) with 0 < min <= max, got {(lo, hi)}")
-        if self.elastic_sigma < 0 or self.noise_std < 0 or self.rotate_deg < 0 or self.elastic_grid < 2:
-            raise ConfigError(f"AugmentConfig: need elastic_sigma, noise_std, rotate_deg >= 0 and elastic_grid >= 2, "
-                              f"got {self.elastic_sigma}, {self.noise_std}, {self.rotate_deg}, {self.elastic_grid}")
+        if self.crop is not None:  # None: no crop
+            config.require(isinstance(self.crop, tuple) and len(self.crop) == 2, self,
+                           f"crop must be None or (h, w), got {self.crop!r}")
+            config.require_positive_int(self, "crop")
+        config.require_in_range(self, 0, 1, "hflip_p", "vflip_p", "brightness_p", "contrast_p", "rotate_p", "scale_p",
+                                "elastic_p", "noise_p", "blur_p", "gamma_p")
+        config.require_at_least(self, 0, "brightness", "rotate_deg", "elastic_sigma", "noise_std")
+        config.require_in_range(self, 0, 1, "contrast")
+        config.require_at_least(self, 2, "elastic_grid")
+        config.require_pair(self, "scale", "gamma", low=0.0, low_open=True)
+        config.require_pair(self, "blur_sigma", low=0.0)
 
 
 def _as_batch(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -52,9 +52,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import random
+from .. import config, random
 from ..checks import check_dtype, check_shape
-from ..errors import ConfigError, ShapeError
+from ..errors import ShapeError
 from ..nn import model as _model
 from ..nn.layers import activation, conv2d, conv_transpose2d, dropout, init_conv2d, init_conv_transpose2d
 from ..nn.norm import (batch_norm, group_norm, init_batch_norm, init_group_norm, init_instance_norm,
@@ -70,21 +70,6 @@ _NORMS = ("batch", "group", "instance", "none")
 _UPSAMPLES = ("transpose", "bilinear")
 _PAD_MODES = ("pad", "reject")
 _PAD_FILLS = ("reflect", "zeros")
-
-
-def _check_positive_int(cls: str, field: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{cls}.{field} must be a positive int, got {value!r}")
-
-
-def _check_choice(cls: str, field: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{cls}.{field} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def _check_rate(cls: str, field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{cls}.{field} must be a number in [0, 1), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,21 +102,19 @@ class UNetConfig:
     """Compute in channels_last memory format (a layout, not a shape: tensors stay [B, C, H, W])."""
 
     def __post_init__(self):
-        name = type(self).__name__
-        for field in ("in_channels", "num_classes", "depth", "base_width", "groups"):
-            _check_positive_int(name, field, getattr(self, field))
-        _check_choice(name, "norm", self.norm, _NORMS)
-        _check_choice(name, "upsample", self.upsample, _UPSAMPLES)
-        _check_choice(name, "pad_mode", self.pad_mode, _PAD_MODES)
-        _check_choice(name, "pad_fill", self.pad_fill, _PAD_FILLS)
-        _check_rate(name, "dropout", self.dropout)
-        if not isinstance(self.channels_last, bool):
-            raise ConfigError(f"{name}.channels_last must be a bool, got {self.channels_last!r}")
+        config.require_positive_int(self, "in_channels", "num_classes", "depth", "base_width", "groups")
+        config.require_one_of(self, "norm", _NORMS)
+        config.require_one_of(self, "upsample", _UPSAMPLES)
+        config.require_one_of(self, "pad_mode", _PAD_MODES)
+        config.require_one_of(self, "pad_fill", _PAD_FILLS)
+        config.require_in_range(self, 0, 1, "dropout", high_open=True)
+        config.require(isinstance(self.channels_last, bool), self,
+                       f"channels_last must be a bool, got {self.channels_last!r}")
         activation(self.activation)  # an unknown name fails when the config is made
-        if self.norm == "group" and self.base_width % self.groups:
-            raise ConfigError(f"{name}: norm='group' needs base_width={self.base_width} divisible by "
-                              f"groups={self.groups} (every stage width is base_width * 2^i); "
-                              f"choose groups among the divisors of {self.base_width}")
+        config.require(self.norm != "group" or self.base_width % self.groups == 0, self,
+                       f"norm='group' needs base_width={self.base_width} divisible by groups={self.groups} "
+                       f"(every stage width is base_width * 2^i); "
+                       f"choose groups among the divisors of {self.base_width}")
 
     def width(self, stage: int) -> int:
         """Channels of encoder/decoder stage `stage` (`stage = depth`: the bottleneck)."""
