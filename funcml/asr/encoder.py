@@ -167,8 +167,10 @@ class EncoderConfig:
                 f"axis too and needs input_dim >= {_CONV2D_MIN_FRAMES}; use input_layer='linear'")
         try:
             _activation(self.activation)
+            unknown = None
         except ConfigError as e:
-            require(False, self, f"activation: {e}")
+            unknown = e
+        require(unknown is None, self, f"activation: {unknown}")  # raised outside the except: no chained traceback
 
 
 def _is_int(v) -> bool:
