@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from . import compiler, tree
+from . import random as _random  # a cycle resolved at call time: random imports this module
 
 __all__: list[str] = []  # private: the readable modules call these
 
@@ -154,8 +155,6 @@ def fold_in_applies(k: torch.Tensor) -> bool:
 def fold_in(k: torch.Tensor, hi: int, lo: int, tweak: tuple[int, int]) -> torch.Tensor:
     """`random.fold_in`'s Threefry block on Python ints instead of ~100 tiny tensor ops: the same
     cipher (`random.threefry2x32` is written for ints and tensors alike), the same bits."""
-    from .random import threefry2x32  # random imports this module
-
     k0, k1 = k.tolist()
-    y0, y1 = threefry2x32(k0 ^ tweak[0], k1 ^ tweak[1], int(hi), int(lo))
+    y0, y1 = _random.threefry2x32(k0 ^ tweak[0], k1 ^ tweak[1], int(hi), int(lo))
     return torch.tensor([y0, y1], dtype=torch.int64)

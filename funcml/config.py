@@ -120,11 +120,9 @@ def require_pair(cfg: Any, *names: str, low: float | None = None, high: float | 
             lo, hi = value
             ok = (lo <= hi and (low is None or (lo > low if low_open else lo >= low))
                   and (high is None or hi <= high))
-        bounds = " <= ".join(b for b in (
-            None if low is None else f"{low}", "min", "max", None if high is None else f"{high}") if b is not None)
-        if low is not None and low_open:
-            bounds = bounds.replace(f"{low} <= min", f"{low} < min", 1)
-        require(ok, cfg, f"{name} must be (min, max) with {bounds}, got {value!r}")
+        above = "" if low is None else f"{low} {'<' if low_open else '<='} "
+        below = "" if high is None else f" <= {high}"
+        require(ok, cfg, f"{name} must be (min, max) with {above}min <= max{below}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

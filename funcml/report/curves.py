@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..runs import RunDir
+from .summary import metric_mode
 
 __all__ = ["write_curves", "ema"]
-
-_LOWER_IS_BETTER = ("cer", "wer", "loss", "error", "err")
-
 
 def ema(values: Sequence[float], weight: float) -> list[float]:
     """Exponential moving average with bias correction (TensorBoard's smoothing): s_t = w s_{t-1} + (1-w) x_t,
@@ -32,7 +30,8 @@ def write_curves(run: RunDir, curves: Sequence[tuple[str, str, str, str]], *, sm
     """One titled PNG per `(file_stem, split, metric, y_label)` under `run.plots`: the metric of the
     rows of that split in the run's metrics log, against the step. Train curves are drawn raw (faint)
     and smoothed (an exponential moving average, weight `smoothing`); validation curves with markers
-    and their best point marked (lowest for CER/WER/loss/error metrics, highest otherwise). When the
+    and their best point marked (the direction of `summary.metric_mode`: lowest for CER/WER/loss/
+    error metrics, highest otherwise). When the
     train rows log them, `lr.png` (the learning-rate schedule) and `grad_norm.png` are added."""
     import matplotlib
 
@@ -62,7 +61,7 @@ def write_curves(run: RunDir, curves: Sequence[tuple[str, str, str, str]], *, sm
                 ax.plot(xs, ys, color="tab:blue" if split == "train" else "tab:orange", linewidth=1.5,
                         marker="o" if split != "train" and len(pts) < 40 else None, markersize=4)
             if split != "train":
-                lower = any(k in metric.lower() for k in _LOWER_IS_BETTER)
+                lower = metric_mode(metric) == "min"
                 i = min(range(len(ys)), key=lambda j: (ys[j] if lower else -ys[j], xs[j]))
                 ax.plot([xs[i]], [ys[i]], marker="*", markersize=14, color="tab:red", linestyle="none",
                         label=f"best {ys[i]:.4g} at step {xs[i]}")
